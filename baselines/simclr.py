@@ -1,0 +1,50 @@
+"""SimCLR (Chen et al., ICML 2020, "A Simple Framework for Contrastive Learning of Visual
+Representations"): an MLP projector and the NT-Xent loss over two augmented views.
+
+NT-Xent, for N images with projections z¹, z² (2N vectors ẑ = z/‖z‖, temperature τ)::
+
+    ℓ(i, j) = −log  exp(ẑ_i·ẑ_j / τ) / Σ_{k ≠ i} exp(ẑ_i·ẑ_k / τ)
+    L = (1 / 2N) Σ_{n=1..N} [ℓ(n, n+N) + ℓ(n+N, n)]
+
+(eq. 1 of the paper), i.e. a cross-entropy over the 2N − 1 other vectors whose target is the
+other view of the same image.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def nt_xent(z1, z2, temperature=0.5):
+    """NT-Xent loss of two views ``z1``, ``z2`` ([N, D]) at ``temperature`` (see module docstring)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def projection_mlp(in_dim, hidden_dim, out_dim):
+    """SimCLR's projector: Linear → BatchNorm → ReLU → Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))
+
+
+class SimCLR(nn.Module):
+    """SimCLR head and loss. ``forward(backbone, batch)`` returns the named loss terms.
+
+    Defaults for 28×28 glyphs: projector 512 → 128, τ = 0.5 (the paper's CIFAR-10 setting uses a
+    2048-d hidden layer, 128-d output and τ = 0.5).
+    """
+
+    def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, temperature=0.5):
+        super().__init__()
+        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
+        self.temperature = temperature
+
+    def forward(self, backbone, batch):
+        v1, v2 = batch["views"]
+        z = self.projector(backbone(torch.cat([v1, v2])))
+        z1, z2 = z.chunk(2)
+        loss = nt_xent(z1, z2, self.temperature)
+        return {"loss": loss, "nt_xent": loss}

@@ -1,0 +1,96 @@
+"""The training configuration: one dataclass, resolved as defaults ← YAML file ← CLI flags.
+
+The resolved config is saved as ``config.yaml`` in the run folder; ``--resume`` reads it back and
+applies only the flags given on the command line.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from tasks.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``python -m gessl.train``; the field's metadata holds its ``--help`` text."""
+
+    base: str = dataclasses.field(default="simclr", metadata={"help": "base SSL method"})
+    reg: str = dataclasses.field(default="none", metadata={"help": "regulariser added to the base loss"})
+    meta: str = dataclasses.field(default="none", metadata={"help": "meta-optimiser wrapping the base method"})
+    dataset: str = dataclasses.field(default="glyphs", metadata={"help": "training data (background split)"})
+    backbone: str = dataclasses.field(default="conv4", metadata={"help": "encoder architecture"})
+    epochs: int = dataclasses.field(default=8, metadata={"help": "passes over the training data"})
+    max_steps: int = dataclasses.field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
+    batch_size: int = dataclasses.field(default=256, metadata={"help": "images per step (each gives two views)"})
+    lr: float = dataclasses.field(default=2e-3, metadata={"help": "peak learning rate of Adam"})
+    weight_decay: float = dataclasses.field(default=1e-6, metadata={"help": "Adam weight decay"})
+    warmup_steps: int = dataclasses.field(default=20, metadata={"help": "linear warm-up, then cosine decay"})
+    temperature: float = dataclasses.field(default=0.5, metadata={"help": "temperature of contrastive losses"})
+    proj_hidden: int = dataclasses.field(default=512, metadata={"help": "hidden width of the projector"})
+    proj_dim: int = dataclasses.field(default=128, metadata={"help": "output width of the projector"})
+    image_size: int = dataclasses.field(default=28, metadata={"help": "side of the (square) images"})
+    data_root: str = dataclasses.field(default="", metadata={"help": "dataset cache folder (default: ~/.cache/gessl or $GESSL_DATA)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    out: str = dataclasses.field(default="", metadata={"help": "run folder (default: runs/BASE-BACKBONE-seedSEED)"})
+    log_every: int = dataclasses.field(default=10, metadata={"help": "steps between metrics.jsonl records"})
+    ckpt_every: int = dataclasses.field(default=100, metadata={"help": "steps between checkpoints"})
+    eval_episodes: int = dataclasses.field(default=600, metadata={"help": "episodes of the few-shot check after training (0: skip)"})
+
+    def validate(self):
+        """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
+        positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
+                    "log_every", "ckpt_every"]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes"]:
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise UserError("--batch-size must be at least 2: contrastive losses need other images")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        return self
+
+    def to_yaml(self):
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def add_config_flags(parser):
+    """Add one flag per ``TrainConfig`` field; flags not given are left out of the namespace."""
+    for f in fields(TrainConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type if f.type != bool else None,
+                            default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+
+
+def read_yaml(path):
+    """Read a YAML config file into a dict of known fields; unknown keys and bad files are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option: value")
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"config file {path} has unknown options {unknown}; see `python -m gessl.train --help`")
+    try:
+        return {k: known[k](v) for k, v in data.items()}
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config file {path} has a value of the wrong type: {exc}") from None
+
+
+def resolve_config(*layers):
+    """Merge dicts of overrides over the defaults, later layers winning, and validate."""
+    values = {}
+    for layer in layers:
+        values.update(layer)
+    return TrainConfig(**values).validate()

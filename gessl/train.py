@@ -1,0 +1,239 @@
+"""Train a self-supervised backbone: ``python -m gessl.train --base simclr``.
+
+The run folder (``--out``) holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one
+record per logged step), ``checkpoint.pt`` (the latest state, written atomically),
+``backbone.pt`` (the encoder alone) and, after the closing few-shot check, ``results.jsonl``.
+
+Every random choice of a step (batch order, augmentation) is drawn from generators seeded by
+``(seed, epoch)`` and ``(seed, step)``, so ``--resume`` after a stop ends with the same weights as
+a run that never stopped (on CPU, where kernels are deterministic).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from baselines import BASE_METHODS
+from gessl.backbones import BACKBONES, build_backbone, load_torch_file, save_backbone
+from gessl.config import add_config_flags, read_yaml, resolve_config
+from gessl.device import resolve_device
+from gessl.evaluate import evaluate_run, print_table
+from tasks.augment import GlyphAugment
+from tasks.datasets import DATASETS, load_split
+from tasks.errors import UserError, run_cli
+from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
+
+REGULARISERS = {"none": None}
+META_OPTIMISERS = {"none": None}
+CHECKPOINT_FORMAT = "gessl-checkpoint/1"
+
+
+class SSLModel(nn.Module):
+    """A backbone and a base method's heads; ``forward(batch)`` returns the named loss terms."""
+
+    def __init__(self, backbone, method):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+
+    def forward(self, batch):
+        return self.method(self.backbone, batch)
+
+
+def pick(registry, name, flag):
+    """Look ``name`` up in ``registry``; an unknown name is a ``UserError`` listing the choices."""
+    if name not in registry:
+        raise UserError(f"unknown {flag} {name!r}; choose one of: {', '.join(registry)}")
+    return registry[name]
+
+
+def check_names(cfg):
+    """Fail early, before anything is written, on names no registry knows."""
+    pick(BASE_METHODS, cfg.base, "--base")
+    pick(REGULARISERS, cfg.reg, "--reg")
+    pick(META_OPTIMISERS, cfg.meta, "--meta")
+    pick(BACKBONES, cfg.backbone, "--backbone")
+    pick(DATASETS, cfg.dataset, "--dataset")
+
+
+def build_model(cfg, in_channels):
+    """The backbone and base method named by ``cfg``, initialised from ``cfg.seed``."""
+    method_cls = pick(BASE_METHODS, cfg.base, "--base")
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.backbone, in_channels, cfg.image_size)
+    method = method_cls(backbone.out_dim, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim,
+                        temperature=cfg.temperature)
+    return SSLModel(backbone, method)
+
+
+def lr_at(step, cfg, total_steps):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_batch(images, cfg, step, steps_per_epoch, augment, device):
+    """The two augmented views of training step ``step`` (deterministic in ``cfg.seed`` and ``step``)."""
+    epoch, i = divmod(step, steps_per_epoch)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+    x = images[idx].to(device, non_blocking=True).float().div_(255)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return {"views": [augment(x, gen), augment(x, gen)]}
+
+
+class Trainer:
+    """Owns one run folder: builds the model, trains it, checkpoints and logs."""
+
+    def __init__(self, cfg, run_dir, resume=False):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        images, _ = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
+        self.images = torch.as_tensor(images)
+        self.steps_per_epoch = len(self.images) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(self.images)} training "
+                            f"images; use a smaller batch")
+        self.in_channels = 1 if self.images.dim() == 3 else self.images.shape[1]
+        self.model = build_model(cfg, self.in_channels).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.augment = GlyphAugment()
+        self.step = 0
+        if resume:
+            self._load_checkpoint()
+
+    @property
+    def checkpoint_path(self):
+        return self.run_dir / "checkpoint.pt"
+
+    def _load_checkpoint(self):
+        state = load_torch_file(self.checkpoint_path, "checkpoint", self.device)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{self.checkpoint_path} is not a gessl checkpoint; delete it or choose another --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        # Records logged after the checkpoint belong to steps that will be run again.
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def save_checkpoint(self):
+        state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "config": dataclasses.asdict(self.cfg)}
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+        save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size,
+                      self.run_dir / "backbone.pt")
+
+    def train_step(self):
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = step_batch(self.images, cfg, self.step, self.steps_per_epoch, self.augment, self.device)
+        self.model.train()
+        terms = self.model(batch)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {self.step}; lower --lr (now {cfg.lr}) "
+                            f"and resume from the last checkpoint with --resume")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return {"lr": lr, **{k: v.item() for k, v in terms.items()}}
+
+    def fit(self):
+        """Train until ``total_steps``; on Ctrl-C, checkpoint and say how to resume."""
+        cfg = self.cfg
+        log_path = self.run_dir / "metrics.jsonl"
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.base}/{cfg.backbone}",
+                   unit="step", dynamic_ncols=True)
+        tick, tick_step = time.time(), self.step
+        try:
+            while self.step < self.total_steps:
+                logs = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    now = time.time()
+                    rate = (self.step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                    append_jsonl(log_path, [{"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
+                                             **logs, "img_per_s": rate, "time": now}])
+                    tick, tick_step = now, self.step
+                if self.step % cfg.ckpt_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            self.save_checkpoint()
+            raise UserError(f"interrupted at step {self.step}; continue with "
+                            f"`python -m gessl.train --out {self.run_dir} --resume`") from None
+        bar.close()
+        self.save_checkpoint()
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m gessl.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (flags override it)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint.pt (its config.yaml, with the flags given)")
+    add_config_flags(parser)
+    return vars(parser.parse_args(argv))
+
+
+def prepare_run(args):
+    """Resolve the config and the run folder from parsed flags, refusing to overwrite a run."""
+    resume = args.pop("resume")
+    file_layer = read_yaml(args.pop("config")) if "config" in args else {}
+    if resume:
+        if not args.get("out"):
+            raise UserError("--resume needs --out DIR, the run folder to continue")
+        saved = Path(args["out"]) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"{saved} does not exist: {args['out']} is not a run folder; "
+                            f"start a new run without --resume")
+        cfg = resolve_config(read_yaml(saved), file_layer, args)
+    else:
+        cfg = resolve_config(file_layer, args)
+        if not cfg.out:
+            cfg = dataclasses.replace(cfg, out=f"runs/{cfg.base}-{cfg.backbone}-seed{cfg.seed}")
+        if (Path(cfg.out) / "checkpoint.pt").exists():
+            raise UserError(f"{cfg.out} already holds a run; continue it with --resume or choose another --out")
+    check_names(cfg)
+    return cfg, Path(cfg.out), resume
+
+
+def main(argv=None):
+    cfg, run_dir, resume = prepare_run(parse_args(argv))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, run_dir, resume=resume)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    started = time.time()
+    trainer.fit()
+    minutes = (time.time() - started) / 60
+    print(f"trained {trainer.step} steps in {minutes:.1f} min; run folder: {run_dir}")
+    if cfg.eval_episodes:
+        records = evaluate_run(run_dir, episodes=cfg.eval_episodes, device=cfg.device)
+        print_table(records)
+
+
+if __name__ == "__main__":
+    run_cli(main)

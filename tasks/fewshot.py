@@ -1,0 +1,207 @@
+"""Few-shot evaluation over cached frozen features.
+
+A dataset is embedded once (`embed`); episodes are then drawn as *indices* by learn2learn's task
+samplers (`sample_episodes`) and classified in one batched tensor op over all episodes
+(`evaluate_fewshot`). Episodes depend only on (labels, ways, shots, queries, episodes, seed), so
+every model sees the same episodes and two models can be compared paired.
+
+Protocol (Ericsson et al. 2021, "How Well Do Self-Supervised Models Transfer?"; BSCD-FSL):
+N-way K-shot episodes with Q queries per class, accuracy averaged over episodes and reported as
+mean ± 1.96·s/√n (`mean_ci95`).
+"""
+import hashlib
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from learn2learn.data import MetaDataset, TaskDataset
+from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from tasks.errors import UserError
+
+_EPISODE_CACHE = {}  # (labels digest, ways, shots, queries, episodes, seed) -> (support, query)
+_EPISODE_CACHE_SIZE = 32
+_CHUNK_ELEMENTS = 1 << 24  # features gathered per classifier call (64 MiB of float32)
+
+
+@torch.no_grad()
+def embed(extractor, images, batch_size=256, device="cpu"):
+    """Features of uint8 ``images`` ([N,H,W] or [N,C,H,W]) as a float32 CPU tensor [N,D].
+
+    Each batch is scaled to [0, 1] (x/255) and given a channel dim if it has none. A Module
+    extractor runs in eval mode; every submodule's train/eval mode is restored afterwards.
+    Outputs with more than two dims are flattened to [B, D].
+    """
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"embed expects uint8 images, got {images.dtype}")
+    if images.dim() not in (3, 4):
+        raise ValueError(f"embed expects images [N,H,W] or [N,C,H,W], got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        raise UserError("no images to embed: the dataset split is empty; check the data folder and split")
+    modes = [(m, m.training) for m in extractor.modules()] if isinstance(extractor, torch.nn.Module) else []
+    if modes:
+        extractor.eval()
+    try:
+        out = []
+        for start in tqdm(range(0, len(images), batch_size), desc="embed", unit="batch", leave=False):
+            batch = images[start:start + batch_size].to(device).float().div_(255)
+            if batch.dim() == 3:
+                batch = batch.unsqueeze(1)
+            out.append(extractor(batch).flatten(1).float().cpu())
+    finally:
+        for module, training in modes:
+            module.training = training
+    return torch.cat(out)
+
+
+def _class_codes(labels):
+    """Labels of any comparable type as int64 codes 0..C-1 in sorted label order, and the labels."""
+    labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    classes, codes = np.unique(labels, return_inverse=True)
+    return classes, codes.astype(np.int64)
+
+
+def _check_episode_args(classes, codes, ways, shots, queries, episodes):
+    if ways < 2:
+        raise UserError(f"asked for {ways} ways; few-shot episodes need --ways 2 or more")
+    if ways > len(classes):
+        raise UserError(f"asked for {ways} ways but the split has {len(classes)} classes; "
+                        f"use --ways {len(classes)} or fewer")
+    for name, value in (("shots", shots), ("queries", queries), ("episodes", episodes)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    counts = np.bincount(codes, minlength=len(classes))
+    small = counts < shots + queries
+    if small.any():
+        worst = int(counts.argmin())
+        raise UserError(
+            f"{shots} shots + {queries} queries need {shots + queries} samples per class but "
+            f"{int(small.sum())} of {len(classes)} classes have fewer (class {classes[worst]!r} has "
+            f"{counts[worst]}); use --shots and --queries that add up to {counts.min()} or less")
+
+
+class _IndexDataset(Dataset):
+    """Sample ``i`` is ``(i, codes[i])``: learn2learn draws indices, features are gathered after."""
+
+    def __init__(self, codes):
+        self.codes = codes.tolist()
+
+    def __len__(self):
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        return i, self.codes[i]
+
+
+def sample_episodes(labels, ways, shots, queries, episodes, seed):
+    """Draw ``episodes`` few-shot episodes over ``labels`` with learn2learn's task samplers.
+
+    Returns, per episode, ``(support_idx [ways*shots], query_idx [ways*queries])``: int64 indices
+    into the dataset, laid out class by class, so the episode label of position i is
+    ``i // shots`` (support) and ``i // queries`` (query); classes are in a random order per episode.
+
+    A `TaskDataset` over a dataset of (index, class) pairs with `FusedNWaysKShots(ways,
+    shots + queries)`, `LoadData`, `RemapLabels` draws the tasks; each class's samples are then
+    split into its first ``shots`` (support) and the rest (query). `FusedNWaysKShots` is
+    learn2learn's one-step `NWays` + `KShots` (same distribution: ``ways`` classes uniformly without
+    replacement, then ``shots + queries`` samples of each without replacement); unlike the two-step
+    pair, whose cost grows with the class size (~8 s for 600 episodes at 1,000 samples a class),
+    its cost depends only on ``ways * (shots + queries)``.
+    learn2learn draws from Python's `random`: it is seeded with ``seed`` here and the caller's
+    state is restored after, so the episodes depend on nothing but the arguments (not on features
+    or any global seed). Labels are coded by sorted value, so any 1-D array of labels works.
+    """
+    support, query = _draw_episodes(labels, ways, shots, queries, episodes, seed)
+    return list(zip(support.unbind(), query.unbind()))
+
+
+def _draw_episodes(labels, ways, shots, queries, episodes, seed):
+    """`sample_episodes` as stacked tensors (support [E, ways*shots], query [E, ways*queries])."""
+    classes, codes = _class_codes(labels)
+    _check_episode_args(classes, codes, ways, shots, queries, episodes)
+    by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    dataset = MetaDataset(_IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
+    transforms = [FusedNWaysKShots(dataset, n=ways, k=shots + queries), LoadData(dataset), RemapLabels(dataset)]
+    taskset = TaskDataset(dataset, transforms, num_tasks=episodes)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        tasks = [taskset[i] for i in range(episodes)]
+    finally:
+        random.setstate(state)
+    index, episode_label = (torch.stack(t) for t in zip(*tasks))  # [E, ways * (shots + queries)]
+    per_class = index.gather(1, episode_label.argsort(dim=1, stable=True)).view(episodes, ways, shots + queries)
+    return per_class[:, :, :shots].reshape(episodes, -1), per_class[:, :, shots:].reshape(episodes, -1)
+
+
+def _cached_episodes(labels, ways, shots, queries, episodes, seed):
+    """`_draw_episodes`, memoised per (labels' class codes, ways, shots, queries, episodes, seed)."""
+    _, codes = _class_codes(labels)
+    key = (hashlib.sha256(codes.tobytes()).hexdigest(), ways, shots, queries, episodes, seed)
+    if key not in _EPISODE_CACHE:
+        if len(_EPISODE_CACHE) >= _EPISODE_CACHE_SIZE:
+            del _EPISODE_CACHE[next(iter(_EPISODE_CACHE))]
+        _EPISODE_CACHE[key] = _draw_episodes(codes, ways, shots, queries, episodes, seed)
+    return _EPISODE_CACHE[key]
+
+
+def prototype_logits(support, support_y, query, ways, normalize=True):
+    """Nearest-centroid (ProtoNet) logits: ``-||q - c_k||²`` with ``c_k`` the mean of class k's support.
+
+    Snell et al. 2017, "Prototypical Networks". Works on one episode (support [S,D], support_y [S],
+    query [Q,D] -> [Q,ways]) or a batch of episodes ([E,S,D], [E,S], [E,Q,D] -> [E,Q,ways]).
+    ``normalize`` (default True) L2-normalises support and query features before the prototypes
+    are taken, as is usual for frozen SSL features, whose norms carry little class information.
+    """
+    if normalize:
+        support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    one_hot = F.one_hot(support_y, ways).to(support.dtype)  # [..., S, ways]
+    prototypes = one_hot.transpose(-1, -2) @ support / one_hot.sum(-2).unsqueeze(-1)
+    return -torch.cdist(query, prototypes, compute_mode="donot_use_mm_for_euclid_dist").square()
+
+
+CLASSIFIERS = {"proto": prototype_logits}
+
+
+def mean_ci95(values):
+    """``(mean, 1.96 · s / √n)`` with ``s`` the sample std (ddof=1); the interval is nan for n < 2."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("mean_ci95 needs at least one value")
+    ci95 = 1.96 * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
+    return float(values.mean()), float(ci95)
+
+
+def evaluate_fewshot(features, labels, ways=5, shots=1, queries=15, episodes=600, seed=0, classifier="proto"):
+    """Few-shot accuracy of frozen ``features`` [N,D] with ``labels`` [N] over seeded episodes.
+
+    Returns ``{"accuracies": ndarray [episodes] in percent, "mean": float, "ci95": float}`` with
+    the interval from `mean_ci95`. Episodes come from `sample_episodes` and are cached per
+    (labels, ways, shots, queries, episodes, seed), so a second model reuses them; all episodes are
+    classified in batched tensor ops (in chunks bounded by memory) on ``features``' device.
+    """
+    if classifier not in CLASSIFIERS:
+        raise UserError(f"unknown classifier {classifier!r}; choose one of {', '.join(sorted(CLASSIFIERS))}")
+    features = torch.as_tensor(features)
+    if features.dim() != 2 or len(features) != len(labels):
+        raise ValueError(f"features must be [N,D] with N = len(labels) = {len(labels)}, "
+                         f"got shape {tuple(features.shape)}")
+    features = features.float()
+    support_idx, query_idx = (t.to(features.device) for t in
+                              _cached_episodes(labels, ways, shots, queries, episodes, seed))
+    support_y = torch.arange(ways, device=features.device).repeat_interleave(shots)
+    query_y = torch.arange(ways, device=features.device).repeat_interleave(queries)
+    chunk = max(1, _CHUNK_ELEMENTS // (ways * (shots + queries) * features.shape[1]))
+    correct = []
+    for s_idx, q_idx in zip(support_idx.split(chunk), query_idx.split(chunk)):
+        logits = CLASSIFIERS[classifier](features[s_idx], support_y.expand(len(s_idx), -1), features[q_idx], ways)
+        correct.append((logits.argmax(-1) == query_y).double().mean(-1))
+    accuracies = 100 * torch.cat(correct).cpu().numpy()
+    mean, ci95 = mean_ci95(accuracies)
+    return {"accuracies": accuracies, "mean": mean, "ci95": ci95}

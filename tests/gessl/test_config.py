@@ -1,0 +1,43 @@
+import pytest
+
+from gessl.config import TrainConfig, read_yaml, resolve_config
+from gessl.train import parse_args, prepare_run
+from tasks.errors import UserError
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 0.01\nbatch_size: 64\n")
+    cfg, run_dir, resume = prepare_run(parse_args(["--config", str(cfg_file), "--batch-size", "32",
+                                                   "--out", str(tmp_path / "run")]))
+    assert (cfg.lr, cfg.batch_size, cfg.epochs) == (0.01, 32, TrainConfig().epochs)
+    assert run_dir == tmp_path / "run" and not resume
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = resolve_config({"lr": 0.5, "base": "simclr", "max_steps": 7})
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    assert resolve_config(read_yaml(tmp_path / "config.yaml")) == cfg
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0"], "--lr must be positive"),
+    (["--batch-size", "-3"], "--batch-size must be positive"),
+    (["--base", "nope"], "unknown --base 'nope'"),
+    (["--backbone", "vgg"], "unknown --backbone 'vgg'"),
+    (["--dataset", "imagenet"], "unknown --dataset 'imagenet'"),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+])
+def test_bad_values_are_user_errors(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        prepare_run(parse_args(flags + ["--out", str(tmp_path / "run")]))
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_with_unknown_key_or_bad_type_is_rejected(tmp_path):
+    (tmp_path / "a.yaml").write_text("learning_rate: 0.1\n")
+    (tmp_path / "b.yaml").write_text("epochs: many\n")
+    with pytest.raises(UserError, match="unknown options"):
+        read_yaml(tmp_path / "a.yaml")
+    with pytest.raises(UserError, match="wrong type"):
+        read_yaml(tmp_path / "b.yaml")
