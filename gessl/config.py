@@ -19,7 +19,7 @@ class TrainConfig:
 
     base: str = dataclasses.field(default="simclr", metadata={"help": "base SSL method"})
     reg: str = dataclasses.field(default="none", metadata={"help": "regulariser added to the base loss"})
-    meta: str = dataclasses.field(default="none", metadata={"help": "meta-optimiser wrapping the base method"})
+    meta: str = dataclasses.field(default="gessl", metadata={"help": "meta-optimiser wrapping the base method: gessl or none"})
     dataset: str = dataclasses.field(default="glyphs", metadata={"help": "training data (background split)"})
     backbone: str = dataclasses.field(default="conv4", metadata={"help": "encoder architecture"})
     epochs: int = dataclasses.field(default=8, metadata={"help": "passes over the training data"})
@@ -28,9 +28,19 @@ class TrainConfig:
     lr: float = dataclasses.field(default=2e-3, metadata={"help": "peak learning rate of Adam"})
     weight_decay: float = dataclasses.field(default=1e-6, metadata={"help": "Adam weight decay"})
     warmup_steps: int = dataclasses.field(default=20, metadata={"help": "linear warm-up, then cosine decay"})
-    temperature: float = dataclasses.field(default=0.5, metadata={"help": "temperature of contrastive losses"})
+    temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses"})
     proj_hidden: int = dataclasses.field(default=512, metadata={"help": "hidden width of the projector"})
     proj_dim: int = dataclasses.field(default=128, metadata={"help": "output width of the projector"})
+    inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task"})
+    lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target"})
+    inner_lr: float = dataclasses.field(default=0.5, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead"})
+    support_ratio: float = dataclasses.field(default=0.5, metadata={"help": "GeSSL: share of a task's images in its support set"})
+    tasks_per_step: int = dataclasses.field(default=1, metadata={"help": "GeSSL: M, tasks the batch is cut into"})
+    gamma: float = dataclasses.field(default=1.0, metadata={"help": "GeSSL: weight of the base loss on the query after adaptation"})
+    sigma_weight: float = dataclasses.field(default=1.0, metadata={"help": "GeSSL: weight of the sigma-measurement in the outer loss"})
+    sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares"})
+    first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
+    inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func"})
     image_size: int = dataclasses.field(default=28, metadata={"help": "side of the (square) images"})
     data_root: str = dataclasses.field(default="", metadata={"help": "dataset cache folder (default: ~/.cache/gessl or $GESSL_DATA)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
@@ -43,15 +53,25 @@ class TrainConfig:
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
-                    "log_every", "ckpt_every"]
+                    "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes"]:
+        for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes", "inner_steps", "lookahead",
+                     "gamma", "sigma_weight"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise UserError("--batch-size must be at least 2: contrastive losses need other images")
+        if not 0 < self.support_ratio < 1:
+            raise UserError(f"--support-ratio must be between 0 and 1, got {self.support_ratio}")
+        task = self.batch_size // self.tasks_per_step
+        if self.meta == "gessl" and min(round(task * self.support_ratio), task - round(task * self.support_ratio)) < 2:
+            raise UserError(f"GeSSL tasks of {task} images (--batch-size {self.batch_size} / --tasks-per-step "
+                            f"{self.tasks_per_step}) leave fewer than 2 images in the support or query set; "
+                            f"use a larger --batch-size or fewer --tasks-per-step")
+        if self.inner_backend not in ("higher", "func"):
+            raise UserError(f"--inner-backend must be higher or func, got {self.inner_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         return self
@@ -63,8 +83,9 @@ class TrainConfig:
 def add_config_flags(parser):
     """Add one flag per ``TrainConfig`` field; flags not given are left out of the namespace."""
     for f in fields(TrainConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type if f.type != bool else None,
-                            default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        kind = {"action": argparse.BooleanOptionalAction} if f.type is bool else {"type": f.type}
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=argparse.SUPPRESS,
+                            help=f"{f.metadata['help']} (default: {f.default})")
 
 
 def read_yaml(path):
@@ -83,9 +104,15 @@ def read_yaml(path):
     if unknown:
         raise UserError(f"config file {path} has unknown options {unknown}; see `python -m gessl.train --help`")
     try:
-        return {k: known[k](v) for k, v in data.items()}
+        return {k: _convert(known[k], v) for k, v in data.items()}
     except (TypeError, ValueError) as exc:
         raise UserError(f"config file {path} has a value of the wrong type: {exc}") from None
+
+
+def _convert(kind, value):
+    if kind is bool and not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return kind(value)
 
 
 def resolve_config(*layers):

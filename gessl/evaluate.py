@@ -17,7 +17,7 @@ from gessl.config import read_yaml, resolve_config
 from gessl.device import resolve_device
 from tasks.datasets import load_split
 from tasks.errors import UserError, run_cli
-from tasks.fewshot import embed, evaluate_fewshot
+from tasks.fewshot import check_episode_args, embed, evaluate_fewshot
 from tasks.io import append_jsonl
 
 SPLIT_AXIS = {"evaluation": "generalization"}
@@ -37,6 +37,8 @@ def evaluate_run(run_dir, episodes=600, ways=5, shots=(1, 5), queries=15, seed=0
     random_backbone = build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)
     split = "evaluation"
     images, labels = load_split(cfg.dataset, split, cfg.data_root, cfg.image_size)
+    for k in shots:
+        check_episode_args(labels, ways, k, queries, episodes)
     common = {"dataset": cfg.dataset, "split": split, "axis": SPLIT_AXIS[split], "protocol": "fewshot",
               "classifier": classifier, "ways": ways, "queries": queries, "episodes": episodes,
               "metric": "accuracy", "seed": seed, "version": version("gessl")}

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from baselines import BASE_METHODS
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, save_backbone
+from gessl.bilevel import META_OPTIMISERS
 from gessl.config import add_config_flags, read_yaml, resolve_config
 from gessl.device import resolve_device
 from gessl.evaluate import evaluate_run, print_table
@@ -30,12 +31,11 @@ from tasks.errors import UserError, run_cli
 from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
 REGULARISERS = {"none": None}
-META_OPTIMISERS = {"none": None}
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
 
 
 class SSLModel(nn.Module):
-    """A backbone and a base method's heads; ``forward(batch)`` returns the named loss terms."""
+    """A backbone and a base method's heads; ``forward(batch)`` returns the method's ``SSLOutput``."""
 
     def __init__(self, backbone, method):
         super().__init__()
@@ -111,6 +111,7 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.augment = GlyphAugment()
+        self.objective = META_OPTIMISERS[cfg.meta].from_config(cfg)
         self.step = 0
         if resume:
             self._load_checkpoint()
@@ -148,16 +149,15 @@ class Trainer:
             group["lr"] = lr
         batch = step_batch(self.images, cfg, self.step, self.steps_per_epoch, self.augment, self.device)
         self.model.train()
-        terms = self.model(batch)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at step {self.step}; lower --lr (now {cfg.lr}) "
-                            f"and resume from the last checkpoint with --resume")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        diagnose = (self.step + 1) % cfg.log_every == 0
+        logs = self.objective.compute_gradients(self.model, batch, diagnose=diagnose)
+        if not math.isfinite(logs["loss"]):
+            raise UserError(f"the loss became {logs['loss']} at step {self.step}; lower --lr (now {cfg.lr}) "
+                            f"and resume from the last checkpoint with --resume")
         self.optimizer.step()
         self.step += 1
-        return {"lr": lr, **{k: v.item() for k, v in terms.items()}}
+        return {"lr": lr, **logs}
 
     def fit(self):
         """Train until ``total_steps``; on Ctrl-C, checkpoint and say how to resume."""

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from learn2learn.data import MetaDataset, TaskDataset
+from learn2learn.data import MetaDataset, Taskset
 from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -67,7 +67,16 @@ def _class_codes(labels):
     return classes, codes.astype(np.int64)
 
 
-def _check_episode_args(classes, codes, ways, shots, queries, episodes):
+def check_episode_args(labels, ways, shots, queries, episodes):
+    """Raise ``UserError`` unless ``labels`` allow ``ways``-way ``shots``+``queries`` episodes.
+
+    Cheap; call it before expensive work (embedding) so bad flags fail at once.
+    """
+    classes, codes = _class_codes(labels)
+    _check_codes(classes, codes, ways, shots, queries, episodes)
+
+
+def _check_codes(classes, codes, ways, shots, queries, episodes):
     if ways < 2:
         raise UserError(f"asked for {ways} ways; few-shot episodes need --ways 2 or more")
     if ways > len(classes):
@@ -106,8 +115,9 @@ def sample_episodes(labels, ways, shots, queries, episodes, seed):
     into the dataset, laid out class by class, so the episode label of position i is
     ``i // shots`` (support) and ``i // queries`` (query); classes are in a random order per episode.
 
-    A `TaskDataset` over a dataset of (index, class) pairs with `FusedNWaysKShots(ways,
-    shots + queries)`, `LoadData`, `RemapLabels` draws the tasks; each class's samples are then
+    A `Taskset` (learn2learn's `TaskDataset` under its current, non-deprecated name) over a
+    dataset of (index, class) pairs with `FusedNWaysKShots(ways, shots + queries)`, `LoadData`,
+    `RemapLabels` draws the tasks; each class's samples are then
     split into its first ``shots`` (support) and the rest (query). `FusedNWaysKShots` is
     learn2learn's one-step `NWays` + `KShots` (same distribution: ``ways`` classes uniformly without
     replacement, then ``shots + queries`` samples of each without replacement); unlike the two-step
@@ -124,11 +134,11 @@ def sample_episodes(labels, ways, shots, queries, episodes, seed):
 def _draw_episodes(labels, ways, shots, queries, episodes, seed):
     """`sample_episodes` as stacked tensors (support [E, ways*shots], query [E, ways*queries])."""
     classes, codes = _class_codes(labels)
-    _check_episode_args(classes, codes, ways, shots, queries, episodes)
+    _check_codes(classes, codes, ways, shots, queries, episodes)
     by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
     dataset = MetaDataset(_IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
     transforms = [FusedNWaysKShots(dataset, n=ways, k=shots + queries), LoadData(dataset), RemapLabels(dataset)]
-    taskset = TaskDataset(dataset, transforms, num_tasks=episodes)
+    taskset = Taskset(dataset, transforms, num_tasks=episodes)
     state = random.getstate()
     random.seed(seed)
     try:

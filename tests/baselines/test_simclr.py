@@ -41,8 +41,9 @@ def test_simclr_forward_gives_gradient_to_backbone_and_projector():
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8))
     method = SimCLR(8, proj_hidden=16, proj_dim=4, temperature=0.5)
     x = torch.randn(6, 1, 4, 4)
-    terms = method(backbone, {"views": [x, x + 0.1 * torch.randn_like(x)]})
-    terms["loss"].backward()
-    assert set(terms) == {"loss", "nt_xent"}
+    out = method(backbone, {"views": [x, x + 0.1 * torch.randn_like(x)]})
+    out.loss.backward()
+    assert set(out.terms) == {"nt_xent"} and [z.shape for z in out.projections] == [(6, 4), (6, 4)]
+    assert out.loss == nt_xent(*out.projections, 0.5)
     assert backbone[1].weight.grad.abs().sum() > 0
     assert method.projector[0].weight.grad.abs().sum() > 0

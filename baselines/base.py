@@ -1,0 +1,18 @@
+"""What every base method returns, so training loops and GeSSL can treat methods alike."""
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SSLOutput:
+    """The result of a base method's ``forward(backbone, batch)``.
+
+    ``loss`` is the total to minimise; ``terms`` the named scalar terms that make it up (logged);
+    ``projections`` the projector output of each view ([B, D] per view, in ``batch["views"]``
+    order), from which GeSSL builds its instance-discrimination posteriors and DSA its relations.
+    """
+
+    loss: torch.Tensor
+    terms: dict = field(default_factory=dict)
+    projections: tuple = ()

@@ -1,0 +1,138 @@
+"""Training objectives: the plain base method and GeSSL's bi-level step around it.
+
+GeSSL (Wang et al., "Explicitly Modeling Universality into Self-Supervised Learning", arXiv
+2405.01053) as reconstructed in the project's spec (``specs/gessl.md``; the paper's method section
+and code are not public, so the options marked [choice] below are ours). One outer step:
+
+1. the batch is cut into M tasks; each task's images into a support set S and a query set Q;
+2. inner loop: θ_K = K differentiable SGD steps (step α) from θ on L(θ; S)   (``inner_loop``);
+3. self-motivated target: θ* = λ more steps from θ_K on L(·; S ∪ Q), detached;
+4. σ_T = mean over anchors x in Q of KL( p_θ*(·|x) ‖ p_θK(·|x) ), where p(·|x) is the
+   instance-discrimination posterior: the softmax over the other view of every image in Q of
+   cosine similarity / τ_σ between projector outputs (``instance_log_posteriors``);
+5. outer loss = mean over tasks of  w_σ · σ_T + γ · L(θ_K; Q), back-propagated to θ through the
+   inner steps (second order) or with dθ_K/dθ = identity (``first_order``).
+
+BatchNorm uses batch statistics everywhere; the inner loop and the target run on scratch copies of
+its running statistics (and of any other buffer, such as a queue), so only the outer forward pass
+on Q updates them. Parameters without ``requires_grad`` (EMA copies) are never adapted.
+"""
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
+
+
+def instance_log_posteriors(projections, temperature):
+    """Log-posteriors of instance discrimination over a task, one row per anchor view.
+
+    For two views z¹, z² ([N, D] each, ẑ = z/‖z‖): row i of the first half is
+    log softmax_j(ẑ¹_i · ẑ²_j / τ), row i of the second half log softmax_j(ẑ²_i · ẑ¹_j / τ), so each
+    anchor is classified among the other view of every image ([2N, N]).
+    """
+    z1, z2 = (F.normalize(z, dim=1) for z in projections)
+    logits = torch.cat([z1 @ z2.T, z2 @ z1.T]) / temperature
+    return logits.log_softmax(dim=1)
+
+
+def sigma_kl(target_log_p, log_p):
+    """σ = mean over anchors of KL(p* ‖ p) = Σ_j p*_j (log p*_j − log p_j), from log-posteriors."""
+    return F.kl_div(log_p, target_log_p, log_target=True, reduction="batchmean")
+
+
+class PlainStep:
+    """The base method alone (``--meta none``): one forward and backward of its loss."""
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls()
+
+    def compute_gradients(self, model, batch, diagnose=False):
+        """Back-propagate the loss of ``batch`` into the parameters' ``.grad``; return the logs."""
+        out = model(batch)
+        out.loss.backward()
+        return {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}}
+
+
+@dataclass
+class GeSSL:
+    """GeSSL's outer step around any base method (see the module docstring); [choice] defaults."""
+
+    inner_steps: int = 1          # K
+    lookahead: int = 1            # λ
+    inner_lr: float = 0.5         # α, SGD step of the inner loop and of the look-ahead
+    support_ratio: float = 0.5    # share of a task's images in its support set
+    tasks_per_step: int = 1       # M: the batch is cut into M tasks of batch_size / M images
+    gamma: float = 1.0            # γ, weight of the base loss on the query after adaptation
+    sigma_weight: float = 1.0     # w_σ
+    sigma_temperature: float = 0.1  # τ_σ of the instance-discrimination posteriors
+    first_order: bool = False
+    inner_backend: str = "higher"
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+    def compute_gradients(self, model, batch, diagnose=False):
+        """Back-propagate the outer loss into θ's ``.grad``; return the logs.
+
+        Logs: ``loss`` (the outer loss), ``sigma``, ``query_loss`` (L(θ_K; Q)), ``inner_loss_k``
+        (the support loss before inner step k), the query's named base terms, and the seconds spent
+        in the inner loop, the target and the outer forward and backward. With ``diagnose``, also
+        the gradient norms of the σ term and of the query-loss term, and σ's share of their sum.
+        """
+        params = trainable(model)
+        adapt = ENGINES[self.inner_backend]
+        tasks = torch.arange(batch_size(batch)).chunk(self.tasks_per_step)
+        logs, sigma_grads = {}, None
+        seconds = {"time_inner": 0.0, "time_target": 0.0, "time_outer": 0.0}
+        for index in tasks:
+            task = take(batch, index)
+            n_support = round(len(index) * self.support_ratio)
+            support, query = take(task, slice(0, n_support)), take(task, slice(n_support, None))
+            start = time.perf_counter()
+            fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)
+            adapted = time.perf_counter()
+            target = lookahead(model, fast, task, self.lookahead, self.inner_lr)
+            with torch.no_grad():
+                target_out = functional_call(model, (target, scratch_buffers(model)), (query,))
+                target_log_p = instance_log_posteriors(target_out.projections, self.sigma_temperature)
+            targeted = time.perf_counter()
+            out = functional_call(model, fast, (query,))
+            sigma = sigma_kl(target_log_p, instance_log_posteriors(out.projections, self.sigma_temperature))
+            sigma_term = self.sigma_weight * sigma / len(tasks)
+            loss = sigma_term + self.gamma * out.loss / len(tasks)
+            if diagnose:
+                grads = torch.autograd.grad(sigma_term, list(params.values()), retain_graph=True,
+                                            allow_unused=True)
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+                sigma_grads = grads if sigma_grads is None else [a + b for a, b in zip(sigma_grads, grads)]
+            loss.backward()
+            seconds["time_inner"] += adapted - start
+            seconds["time_target"] += targeted - adapted
+            seconds["time_outer"] += time.perf_counter() - targeted
+            task_logs = {"loss": loss.item(), "sigma": sigma.item() / len(tasks),
+                         "query_loss": out.loss.item() / len(tasks),
+                         **{k: v.item() / len(tasks) for k, v in out.terms.items()},
+                         **{f"inner_loss_{k}": v.item() / len(tasks) for k, v in enumerate(inner_losses)}}
+            for k, v in task_logs.items():
+                logs[k] = logs.get(k, 0.0) + v
+        if diagnose:
+            logs.update(_grad_norms(sigma_grads, [p.grad for p in params.values()]))
+        return {**logs, **seconds}
+
+
+def _grad_norms(sigma_grads, total_grads):
+    """Norms of the σ term's gradient and of the rest (total − σ), and σ's share of their sum."""
+    sigma = torch.sqrt(sum(g.square().sum() for g in sigma_grads)).item()
+    rest = torch.sqrt(sum((t - g).square().sum() for t, g in zip(total_grads, sigma_grads) if t is not None)).item()
+    return {"grad_norm_sigma": sigma, "grad_norm_query_loss": rest,
+            "sigma_grad_share": sigma / max(sigma + rest, 1e-12)}
+
+
+META_OPTIMISERS = {"none": PlainStep, "gessl": GeSSL}
