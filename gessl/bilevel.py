@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from gessl.config import TrainConfig
 from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
 
 
@@ -61,18 +62,21 @@ class PlainStep:
 
 @dataclass
 class GeSSL:
-    """GeSSL's outer step around any base method (see the module docstring); [choice] defaults."""
+    """GeSSL's outer step around any base method (see the module docstring).
 
-    inner_steps: int = 1          # K
-    lookahead: int = 1            # λ
-    inner_lr: float = 0.5         # α, SGD step of the inner loop and of the look-ahead
-    support_ratio: float = 0.5    # share of a task's images in its support set
-    tasks_per_step: int = 1       # M: the batch is cut into M tasks of batch_size / M images
-    gamma: float = 1.0            # γ, weight of the base loss on the query after adaptation
-    sigma_weight: float = 1.0     # w_σ
-    sigma_temperature: float = 0.1  # τ_σ of the instance-discrimination posteriors
-    first_order: bool = False
-    inner_backend: str = "higher"
+    The options and their defaults are those of ``TrainConfig`` (the README explains the choices).
+    """
+
+    inner_steps: int = TrainConfig.inner_steps              # K
+    lookahead: int = TrainConfig.lookahead                  # λ
+    inner_lr: float = TrainConfig.inner_lr                  # α, SGD step of the inner loop and the look-ahead
+    support_ratio: float = TrainConfig.support_ratio        # share of a task's images in its support set
+    tasks_per_step: int = TrainConfig.tasks_per_step        # M: the batch is cut into M tasks
+    gamma: float = TrainConfig.gamma                        # γ, weight of L(θ_K; Q)
+    sigma_weight: float = TrainConfig.sigma_weight          # w_σ
+    sigma_temperature: float = TrainConfig.sigma_temperature  # τ_σ of the posteriors
+    first_order: bool = TrainConfig.first_order
+    inner_backend: str = TrainConfig.inner_backend
 
     @classmethod
     def from_config(cls, cfg):

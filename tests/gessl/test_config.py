@@ -27,6 +27,11 @@ def test_saved_config_round_trips(tmp_path):
     (["--backbone", "vgg"], "unknown --backbone 'vgg'"),
     (["--dataset", "imagenet"], "unknown --dataset 'imagenet'"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["--meta", "maml"], "unknown --meta 'maml'"),
+    (["--support-ratio", "1.5"], "--support-ratio must be between 0 and 1"),
+    (["--inner-backend", "jax"], "--inner-backend must be higher or func"),
+    (["--batch-size", "8", "--tasks-per-step", "4"], "fewer than 2 images in the support or query"),
+    (["--inner-lr", "0"], "--inner-lr must be positive"),
 ])
 def test_bad_values_are_user_errors(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
@@ -41,3 +46,13 @@ def test_yaml_with_unknown_key_or_bad_type_is_rejected(tmp_path):
         read_yaml(tmp_path / "a.yaml")
     with pytest.raises(UserError, match="wrong type"):
         read_yaml(tmp_path / "b.yaml")
+
+
+def test_boolean_flags_and_yaml_booleans(tmp_path):
+    assert prepare_run(parse_args(["--first-order", "--out", str(tmp_path / "a")]))[0].first_order is True
+    assert prepare_run(parse_args(["--no-first-order", "--out", str(tmp_path / "b")]))[0].first_order is False
+    (tmp_path / "c.yaml").write_text("first_order: maybe\n")
+    with pytest.raises(UserError, match="wrong type"):
+        read_yaml(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("first_order: true\n")
+    assert read_yaml(tmp_path / "d.yaml") == {"first_order": True}

@@ -12,7 +12,7 @@ from gessl.backbones import load_backbone
 from tasks.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--batch-size", "32", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2"]
+TINY = ["--batch-size", "32", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2", "--meta", "none"]
 
 
 def run_train(out, *flags):
@@ -46,8 +46,9 @@ def test_loss_goes_down(glyph_root, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, monkeypatch):
-    flags = ["--max-steps", "6", "--ckpt-every", "100"]
+@pytest.mark.parametrize("meta", ["none", "gessl"])
+def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, monkeypatch, meta):
+    flags = ["--max-steps", "6", "--ckpt-every", "100", "--meta", meta]
     run_train(tmp_path / "straight", *flags)
 
     real_step = train.Trainer.train_step
@@ -70,6 +71,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, 
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["step"] for r in metrics(tmp_path / "stopped")] == list(range(1, 7))
     assert [r["loss"] for r in metrics(tmp_path / "stopped")] == [r["loss"] for r in metrics(tmp_path / "straight")]
+    if meta == "gessl":
+        logged = {"sigma", "query_loss", "inner_loss_0", "time_inner", "time_target", "time_outer",
+                  "grad_norm_sigma", "sigma_grad_share"}
+        assert all(logged <= r.keys() and r["sigma"] >= 0 for r in metrics(tmp_path / "straight"))
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(glyph_root, tmp_path):
