@@ -214,7 +214,8 @@ def prepare_run(args):
     else:
         cfg = resolve_config(file_layer, args)
         if not cfg.out:
-            cfg = dataclasses.replace(cfg, out=f"runs/{cfg.base}-{cfg.backbone}-seed{cfg.seed}")
+            parts = [cfg.base] + [name for name in (cfg.reg, cfg.meta) if name != "none"]
+            cfg = dataclasses.replace(cfg, out=f"runs/{'-'.join(parts)}-{cfg.backbone}-seed{cfg.seed}")
         if (Path(cfg.out) / "checkpoint.pt").exists():
             raise UserError(f"{cfg.out} already holds a run; continue it with --resume or choose another --out")
     check_names(cfg)
