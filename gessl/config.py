@@ -41,6 +41,14 @@ class TrainConfig:
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares"})
     first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func"})
+    dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})
+    dsa_eta: int = dataclasses.field(default=20, metadata={"help": "DSA: eta, nearest neighbours of the outlier score"})
+    dsa_mu: int = dataclasses.field(default=1, metadata={"help": "DSA: mu, a neighbour counts as mutual when more than mu neighbours of it point back"})
+    dsa_tau_p: float = dataclasses.field(default=0.5, metadata={"help": "DSA: tau_p, temperature of the prior relations"})
+    dsa_tau_w: float = dataclasses.field(default=0.5, metadata={"help": "DSA: tau_w, temperature of the DSA loss"})
+    dsa_lambda1: float = dataclasses.field(default=1.0, metadata={"help": "DSA: lambda_1, weight of the DSA loss"})
+    dsa_lambda2: float = dataclasses.field(default=0.01, metadata={"help": "DSA: lambda_2, weight of the prior alignment"})
+    dsa_ema: float = dataclasses.field(default=0.99, metadata={"help": "DSA: momentum of the EMA prior"})
     image_size: int = dataclasses.field(default=28, metadata={"help": "side of the (square) images"})
     data_root: str = dataclasses.field(default="", metadata={"help": "dataset cache folder (default: ~/.cache/gessl or $GESSL_DATA)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
@@ -53,12 +61,13 @@ class TrainConfig:
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
-                    "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature"]
+                    "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature", "dsa_eta",
+                    "dsa_tau_p", "dsa_tau_w"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes", "inner_steps", "lookahead",
-                     "gamma", "sigma_weight"]:
+                     "gamma", "sigma_weight", "dsa_mu", "dsa_lambda1", "dsa_lambda2"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -70,6 +79,8 @@ class TrainConfig:
             raise UserError(f"GeSSL tasks of {task} images (--batch-size {self.batch_size} / --tasks-per-step "
                             f"{self.tasks_per_step}) leave fewer than 2 images in the support or query set; "
                             f"use a larger --batch-size or fewer --tasks-per-step")
+        if not 0 <= self.dsa_ema < 1:
+            raise UserError(f"--dsa-ema must be in [0, 1), got {self.dsa_ema}")
         if self.inner_backend not in ("higher", "func"):
             raise UserError(f"--inner-backend must be higher or func, got {self.inner_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):

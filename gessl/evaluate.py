@@ -2,8 +2,10 @@
 
 Embeds the dataset's evaluation split (classes never seen in training) once with the frozen
 backbone, then runs seeded few-shot episodes (learn2learn task samplers, prototype classifier) over
-the cached features. A randomly initialised backbone of the same kind is evaluated on the same
-episodes, so the gain of training is visible. Records are appended to ``RUN_DIR/results.jsonl``.
+the cached features, and measures how crowded the classes are on the same features
+(``tasks.crowding``: intra-class variance, inter-class separation, crowding ratio, crowded share).
+A randomly initialised backbone of the same kind is evaluated alike, so the gain of training is
+visible. Records are appended to ``RUN_DIR/results.jsonl``.
 """
 import argparse
 import datetime
@@ -15,6 +17,7 @@ import torch
 from gessl.backbones import build_backbone, load_backbone
 from gessl.config import read_yaml, resolve_config
 from gessl.device import resolve_device
+from tasks.crowding import crowding_metrics
 from tasks.datasets import load_split
 from tasks.errors import UserError, run_cli
 from tasks.fewshot import check_episode_args, embed, evaluate_fewshot
@@ -25,7 +28,11 @@ SPLIT_AXIS = {"evaluation": "generalization"}
 
 def evaluate_run(run_dir, episodes=600, ways=5, shots=(1, 5), queries=15, seed=0, device="auto",
                  classifier="proto"):
-    """Few-shot accuracy of the run's backbone and of a random one; appends and returns the records."""
+    """Few-shot accuracy and crowding metrics of the run's backbone and of a random one.
+
+    Appends the records to ``run_dir/results.jsonl`` and returns them. Crowding records have
+    ``protocol`` "crowding" and no classifier, ways, shots, queries or episodes.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
@@ -45,22 +52,30 @@ def evaluate_run(run_dir, episodes=600, ways=5, shots=(1, 5), queries=15, seed=0
     records = []
     for name, net in [(run_dir.name, backbone), (f"{run_dir.name} (random init)", random_backbone)]:
         features = embed(net.to(dev), images, device=dev)
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
         for k in shots:
             result = evaluate_fewshot(features, labels, ways=ways, shots=k, queries=queries,
                                       episodes=episodes, seed=seed, classifier=classifier)
             records.append({"run": name, **common, "shots": k, "value": result["mean"], "ci95": result["ci95"],
-                            "time": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+                            "time": now})
+        for metric, (value, ci95) in crowding_metrics(features, labels).items():
+            records.append({"run": name, **common, "protocol": "crowding", "classifier": None, "ways": None,
+                            "queries": None, "episodes": None, "shots": None, "metric": metric, "value": value,
+                            "ci95": ci95, "time": now})
     append_jsonl(run_dir / "results.jsonl", records)
     return records
 
 
 def print_table(records):
-    """Print few-shot accuracies as a small aligned table."""
+    """Print few-shot accuracies and crowding metrics as a small aligned table."""
     width = max(len(r["run"]) for r in records)
-    print(f"{'model':<{width}}  {'task':<14}  accuracy (%)")
+    print(f"{'model':<{width}}  {'measure':<22}  value")
     for r in records:
-        task = f"{r['ways']}-way {r['shots']}-shot"
-        print(f"{r['run']:<{width}}  {task:<14}  {r['value']:6.2f} ± {r['ci95']:.2f}")
+        if r["protocol"] == "fewshot":
+            print(f"{r['run']:<{width}}  {r['ways']}-way {r['shots']}-shot {'accuracy (%)':<9}  "
+                  f"{r['value']:6.2f} ± {r['ci95']:.2f}")
+        else:
+            print(f"{r['run']:<{width}}  {r['metric']:<22}  {r['value']:6.3f} ± {r['ci95']:.3f}")
 
 
 def main(argv=None):

@@ -24,26 +24,39 @@ from gessl.backbones import BACKBONES, build_backbone, load_torch_file, save_bac
 from gessl.bilevel import META_OPTIMISERS
 from gessl.config import add_config_flags, read_yaml, resolve_config
 from gessl.device import resolve_device
+from gessl.dsa import DSA, check_prior
 from gessl.evaluate import evaluate_run, print_table
 from tasks.augment import GlyphAugment
 from tasks.datasets import DATASETS, load_split
 from tasks.errors import UserError, run_cli
 from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
-REGULARISERS = {"none": None}
+REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels)
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
 
 
 class SSLModel(nn.Module):
-    """A backbone and a base method's heads; ``forward(batch)`` returns the method's ``SSLOutput``."""
+    """A backbone, a base method's heads and an optional regulariser.
 
-    def __init__(self, backbone, method):
+    ``forward(batch)`` returns the method's ``SSLOutput``, with the regulariser's terms added when
+    there is one; ``after_step()`` runs, once per optimiser step, the ``after_step(backbone)`` hooks
+    of the method and the regulariser (momentum encoders, EMA priors).
+    """
+
+    def __init__(self, backbone, method, regulariser=None):
         super().__init__()
         self.backbone = backbone
         self.method = method
+        self.regulariser = regulariser
 
     def forward(self, batch):
-        return self.method(self.backbone, batch)
+        out = self.method(self.backbone, batch)
+        return out if self.regulariser is None else self.regulariser(out, batch)
+
+    def after_step(self):
+        for part in (self.method, self.regulariser):
+            if hasattr(part, "after_step"):
+                part.after_step(self.backbone)
 
 
 def pick(registry, name, flag):
@@ -57,19 +70,23 @@ def check_names(cfg):
     """Fail early, before anything is written, on names no registry knows."""
     pick(BASE_METHODS, cfg.base, "--base")
     pick(REGULARISERS, cfg.reg, "--reg")
+    if cfg.reg == "dsa":
+        check_prior(cfg.dsa_prior)
     pick(META_OPTIMISERS, cfg.meta, "--meta")
     pick(BACKBONES, cfg.backbone, "--backbone")
     pick(DATASETS, cfg.dataset, "--dataset")
 
 
 def build_model(cfg, in_channels):
-    """The backbone and base method named by ``cfg``, initialised from ``cfg.seed``."""
+    """The backbone, base method and regulariser named by ``cfg``, initialised from ``cfg.seed``."""
     method_cls = pick(BASE_METHODS, cfg.base, "--base")
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels, cfg.image_size)
     method = method_cls(backbone.out_dim, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim,
                         temperature=cfg.temperature)
-    return SSLModel(backbone, method)
+    make_regulariser = pick(REGULARISERS, cfg.reg, "--reg")
+    regulariser = make_regulariser(cfg, backbone, in_channels) if make_regulariser else None
+    return SSLModel(backbone, method, regulariser)
 
 
 def lr_at(step, cfg, total_steps):
@@ -81,7 +98,8 @@ def lr_at(step, cfg, total_steps):
 
 
 def step_batch(images, cfg, step, steps_per_epoch, augment, device):
-    """The two augmented views of training step ``step`` (deterministic in ``cfg.seed`` and ``step``)."""
+    """The images of training step ``step`` and two augmented views of them (deterministic in
+    ``cfg.seed`` and ``step``): ``{"images": x, "views": [x¹, x²]}``."""
     epoch, i = divmod(step, steps_per_epoch)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
@@ -89,7 +107,7 @@ def step_batch(images, cfg, step, steps_per_epoch, augment, device):
     if x.dim() == 3:
         x = x.unsqueeze(1)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    return {"views": [augment(x, gen), augment(x, gen)]}
+    return {"images": x, "views": [augment(x, gen), augment(x, gen)]}
 
 
 class Trainer:
@@ -156,6 +174,7 @@ class Trainer:
             raise UserError(f"the loss became {logs['loss']} at step {self.step}; lower --lr (now {cfg.lr}) "
                             f"and resume from the last checkpoint with --resume")
         self.optimizer.step()
+        self.model.after_step()
         self.step += 1
         return {"lr": lr, **logs}
 

@@ -8,6 +8,7 @@ import pytest
 from gessl import train
 from gessl.backbones import load_backbone
 from gessl.evaluate import evaluate_run
+from tasks.crowding import METRICS as CROWDING_METRICS, crowding_metrics
 from tasks.datasets import load_split
 from tasks.errors import UserError
 from tasks.fewshot import embed, evaluate_fewshot
@@ -29,12 +30,25 @@ def evaluated(glyph_root, tmp_path_factory):
 def test_records_are_appended_with_every_field(evaluated):
     run_dir, records = evaluated
     lines = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-    assert lines == [EARLIER] + records and len(records) == 4
+    assert lines == [EARLIER] + records and len(records) == 12
     assert all(r.keys() == FIELDS for r in records)
-    assert {(r["run"], r["shots"]) for r in records} == {
+    fewshot = [r for r in records if r["protocol"] == "fewshot"]
+    assert {(r["run"], r["shots"]) for r in fewshot} == {
         ("run", 1), ("run", 5), ("run (random init)", 1), ("run (random init)", 5)}
-    assert all(r["split"] == "evaluation" and r["axis"] == "generalization" and r["ways"] == 5
-               and r["episodes"] == 30 and r["seed"] == 3 for r in records)
+    assert all(r["split"] == "evaluation" and r["axis"] == "generalization" and r["seed"] == 3 for r in records)
+    assert all(r["ways"] == 5 and r["episodes"] == 30 and r["metric"] == "accuracy" for r in fewshot)
+    crowding = {(r["run"], r["metric"]) for r in records if r["protocol"] == "crowding"}
+    assert crowding == {(run, metric) for run in ("run", "run (random init)") for metric in CROWDING_METRICS}
+
+
+def test_crowding_records_are_the_metrics_of_the_saved_backbone(evaluated):
+    run_dir, records = evaluated
+    net, _ = load_backbone(run_dir / "backbone.pt")
+    images, labels = load_split("glyphs", "evaluation")
+    expected = crowding_metrics(embed(net, images), labels)
+    for r in records:
+        if r["run"] == "run" and r["protocol"] == "crowding":
+            assert (r["value"], r["ci95"]) == pytest.approx(expected[r["metric"]])
 
 
 def test_value_is_the_few_shot_accuracy_of_the_saved_backbone(evaluated):
@@ -44,12 +58,12 @@ def test_value_is_the_few_shot_accuracy_of_the_saved_backbone(evaluated):
     images, labels = load_split("glyphs", "evaluation")
     features = embed(net, images)
     for shots in (1, 5):
-        record, = [r for r in records if r["run"] == "run" and r["shots"] == shots]
+        record, = [r for r in records if r["run"] == "run" and r["shots"] == shots and r["protocol"] == "fewshot"]
         expected = evaluate_fewshot(features, labels, ways=5, shots=shots, queries=15, episodes=30, seed=3)
         assert record["value"] == pytest.approx(expected["mean"])
         assert record["ci95"] == pytest.approx(expected["ci95"])
-    random_init = [r["value"] for r in records if r["run"] == "run (random init)"]
-    assert random_init != [r["value"] for r in records if r["run"] == "run"]
+    random_init = [r["value"] for r in records if r["run"] == "run (random init)" and r["protocol"] == "fewshot"]
+    assert random_init != [r["value"] for r in records if r["run"] == "run" and r["protocol"] == "fewshot"]
 
 
 def test_missing_or_corrupt_run_folder_is_a_clean_error(evaluated, tmp_path):

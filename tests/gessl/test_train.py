@@ -46,9 +46,9 @@ def test_loss_goes_down(glyph_root, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
 
 
-@pytest.mark.parametrize("meta", ["none", "gessl"])
-def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, monkeypatch, meta):
-    flags = ["--max-steps", "6", "--ckpt-every", "100", "--meta", meta]
+@pytest.mark.parametrize("meta, reg", [("none", "none"), ("gessl", "none"), ("gessl", "dsa")])
+def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, monkeypatch, meta, reg):
+    flags = ["--max-steps", "6", "--ckpt-every", "100", "--meta", meta, "--reg", reg]
     run_train(tmp_path / "straight", *flags)
 
     real_step = train.Trainer.train_step
@@ -75,6 +75,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, 
         logged = {"sigma", "query_loss", "inner_loss_0", "time_inner", "time_target", "time_outer",
                   "grad_norm_sigma", "sigma_grad_share"}
         assert all(logged <= r.keys() and r["sigma"] >= 0 for r in metrics(tmp_path / "straight"))
+    if reg == "dsa":
+        assert all({"dsa_loss", "dsa_prior", "dsa_outlier_share"} <= r.keys() for r in metrics(tmp_path / "straight"))
+        assert any(k.startswith("regulariser.prior.") for k in a["model"])  # the EMA prior resumes too
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(glyph_root, tmp_path):
@@ -101,6 +104,8 @@ def cli(*args, cwd=REPO):
     (["--epochs", "0", "--out", "run"], "--epochs must be positive"),
     (["--resume"], "--resume needs --out"),
     (["--resume", "--out", "run"], "not a run folder"),
+    (["--reg", "dsa", "--dsa-prior", "nope.pt", "--out", "run"], "--dsa-prior 'nope.pt' is neither"),
+    (["--dsa-ema", "1", "--out", "run"], "--dsa-ema must be in [0, 1)"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, flags, message):
     result = cli(*flags, cwd=tmp_path)

@@ -1,0 +1,172 @@
+"""Wall time and peak memory of one training step: the base method alone vs GeSSL or DSA.
+
+Two suites of settings:
+
+- ``--suite gessl``: per backbone, the base method alone (``--meta none``) and GeSSL with each
+  engine, K inner steps, λ look-ahead steps, first or second order (``GESSL_SETTINGS``);
+- ``--suite dsa``: per batch size, SimCLR alone and SimCLR + DSA (``--reg dsa``, no GeSSL) with the
+  default EMA prior and with the ``pixels`` prior.
+
+Each setting is measured in its own fresh subprocess, so that peak memory is that setting's alone:
+
+- time: median over ``--steps`` timed steps (after ``--warmup`` untimed ones) of
+  ``objective.compute_gradients`` + ``optimizer.step`` on a fixed batch of two views;
+- memory: on CPU, the process's peak resident set size (``ru_maxrss``) minus its resident size just
+  before the first step, i.e. the step's working memory (activations, graphs of the inner loop,
+  gradients); on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
+
+Settings run interleaved, ``--rounds`` times each, and the medians over rounds are reported, so slow
+drift of a shared machine hits every setting alike and one disturbed round does not count (use 3); ratios are against the base step of the same
+backbone and batch size from the same run.
+
+Usage (commands and results in ``benchmarks/README.md``)::
+
+    python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
+    python benchmarks/step_cost.py --suite dsa --batch-sizes 64 256 512
+
+``--device cuda`` for a GPU. Writes ``--out`` (JSON, one record per setting) and prints a Markdown
+table.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gessl import train
+from gessl.config import resolve_config
+from gessl.device import resolve_device
+from gessl.inner_loop import take
+from tasks.io import atomic_write_text
+
+GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)
+    (1, 1, False), (2, 1, False), (4, 1, False), (1, 2, False), (1, 1, True), (4, 1, True)]
+
+
+def settings(suite, backbones, batch_sizes, engines):
+    """Every setting of ``suite`` to measure, as the gessl.train options that select it."""
+    for backbone in backbones:
+        for batch_size in batch_sizes:
+            common = {"backbone": backbone, "batch_size": batch_size, "meta": "none"}
+            yield common
+            if suite == "dsa":
+                yield {**common, "reg": "dsa"}
+                yield {**common, "reg": "dsa", "dsa_prior": "pixels"}
+                continue
+            for engine in engines:
+                for k, lam, first in GESSL_SETTINGS:
+                    yield {**common, "meta": "gessl", "inner_backend": engine, "inner_steps": k,
+                           "lookahead": lam, "first_order": first}
+
+
+def measure(setting, steps, warmup, device):
+    """Seconds per step and extra peak memory (MiB) of ``setting``, in this process."""
+    cfg = resolve_config({**setting, "device": device})
+    batch_size = cfg.batch_size
+    dev = resolve_device(cfg.device)
+    model = train.build_model(cfg, in_channels=1).to(dev).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    objective = train.META_OPTIMISERS[cfg.meta].from_config(cfg)
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(batch_size, 1, cfg.image_size, cfg.image_size, generator=gen).to(dev) for _ in range(3)]
+    batch = {"images": images[0], "views": images[1:]}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        objective.compute_gradients(model, batch)
+        optimizer.step()
+        model.after_step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    # One plain step on a few images first: the libraries' one-time allocations and Adam's state
+    # are then in place before the baseline, so the peak counts the step's working memory only.
+    train.META_OPTIMISERS["none"]().compute_gradients(model, take(batch, slice(0, 4)))
+    optimizer.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = _rss_bytes()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": statistics.median(times), "peak_mib": (peak - before) / 2**20}
+
+
+def _rss_bytes():
+    """Resident set size of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def run_isolated(setting, args):
+    """``measure`` in a fresh interpreter, so peak memory is this setting's alone."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import step_cost; print(json.dumps(step_cost.measure({setting!r}, {args.steps}, {args.warmup}, "
+            f"{args.device!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def label(setting):
+    if setting["meta"] == "none":
+        if setting.get("reg") == "dsa":
+            return f"SimCLR + DSA ({setting.get('dsa_prior', 'ema')} prior)"
+        return "base (SimCLR)"
+    order = "1st" if setting["first_order"] else "2nd"
+    return f"GeSSL {setting['inner_backend']} K={setting['inner_steps']} λ={setting['lookahead']} {order}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--suite", choices=["gessl", "dsa"], default="gessl")
+    parser.add_argument("--backbones", nargs="+", default=["conv4"])
+    parser.add_argument("--engines", nargs="+", default=["higher", "func"], help="GeSSL engines (suite gessl)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setting and round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every setting")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/SUITE_step.json)")
+    args = parser.parse_args()
+    todo = list(settings(args.suite, args.backbones, args.batch_sizes, args.engines))
+    samples = [[] for _ in todo]
+    for r in range(args.rounds):
+        for i, setting in enumerate(todo):
+            samples[i].append(run_isolated(setting, args))
+            print(f"round {r + 1}/{args.rounds} {setting['backbone']:>8} {setting['batch_size']:>4} {label(setting):<32} "
+                  f"{samples[i][-1]['seconds']:.3f} s  {samples[i][-1]['peak_mib']:.0f} MiB", flush=True)
+    records = []
+    for setting, runs in zip(todo, samples):
+        records.append({**setting, "label": label(setting), "device": args.device,
+                        "seconds": statistics.median(r["seconds"] for r in runs),
+                        "peak_mib": statistics.median(r["peak_mib"] for r in runs)})
+    base = {(r["backbone"], r["batch_size"]): r for r in records if r["meta"] == "none" and "reg" not in r}
+    print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| backbone | batch | setting | s/step | × base | peak MiB | × base |\n|---|---|---|---|---|---|---|")
+    for r in records:
+        b = base[r["backbone"], r["batch_size"]]
+        r["time_ratio"] = r["seconds"] / b["seconds"]
+        r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)
+        print(f"| {r['backbone']} | {r['batch_size']} | {r['label']} | {r['seconds']:.3f} | {r['time_ratio']:.2f} | "
+              f"{r['peak_mib']:.0f} | {r['memory_ratio']:.2f} |")
+    out = Path(args.out or f"benchmarks/results/{args.suite}_step.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(records, indent=2))
+
+
+if __name__ == "__main__":
+    main()

