@@ -69,13 +69,13 @@ def evaluate_run(run_dir, episodes=600, ways=5, shots=(1, 5), queries=15, seed=0
 def print_table(records):
     """Print few-shot accuracies and crowding metrics as a small aligned table."""
     width = max(len(r["run"]) for r in records)
-    print(f"{'model':<{width}}  {'measure':<22}  value")
+    print(f"{'model':<{width}}  {'measure':<26}  value")
     for r in records:
         if r["protocol"] == "fewshot":
-            print(f"{r['run']:<{width}}  {r['ways']}-way {r['shots']}-shot {'accuracy (%)':<9}  "
-                  f"{r['value']:6.2f} ± {r['ci95']:.2f}")
+            measure, value = f"{r['ways']}-way {r['shots']}-shot accuracy (%)", f"{r['value']:6.2f} ± {r['ci95']:.2f}"
         else:
-            print(f"{r['run']:<{width}}  {r['metric']:<22}  {r['value']:6.3f} ± {r['ci95']:.3f}")
+            measure, value = r["metric"], f"{r['value']:6.3f} ± {r['ci95']:.3f}"
+        print(f"{r['run']:<{width}}  {measure:<26}  {value}")
 
 
 def main(argv=None):

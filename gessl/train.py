@@ -77,6 +77,11 @@ def check_names(cfg):
     pick(DATASETS, cfg.dataset, "--dataset")
 
 
+def variant(cfg):
+    """The names that make up a run: the base method, then the regulariser and meta-optimiser if any."""
+    return [cfg.base] + [name for name in (cfg.reg, cfg.meta) if name != "none"]
+
+
 def build_model(cfg, in_channels):
     """The backbone, base method and regulariser named by ``cfg``, initialised from ``cfg.seed``."""
     method_cls = pick(BASE_METHODS, cfg.base, "--base")
@@ -182,7 +187,7 @@ class Trainer:
         """Train until ``total_steps``; on Ctrl-C, checkpoint and say how to resume."""
         cfg = self.cfg
         log_path = self.run_dir / "metrics.jsonl"
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{cfg.base}/{cfg.backbone}",
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{'+'.join(variant(cfg))}/{cfg.backbone}",
                    unit="step", dynamic_ncols=True)
         tick, tick_step = time.time(), self.step
         try:
@@ -233,8 +238,7 @@ def prepare_run(args):
     else:
         cfg = resolve_config(file_layer, args)
         if not cfg.out:
-            parts = [cfg.base] + [name for name in (cfg.reg, cfg.meta) if name != "none"]
-            cfg = dataclasses.replace(cfg, out=f"runs/{'-'.join(parts)}-{cfg.backbone}-seed{cfg.seed}")
+            cfg = dataclasses.replace(cfg, out=f"runs/{'-'.join(variant(cfg))}-{cfg.backbone}-seed{cfg.seed}")
         if (Path(cfg.out) / "checkpoint.pt").exists():
             raise UserError(f"{cfg.out} already holds a run; continue it with --resume or choose another --out")
     check_names(cfg)
