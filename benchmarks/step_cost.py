@@ -16,8 +16,8 @@ Each setting is measured in its own fresh subprocess, so that peak memory is tha
   gradients); on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
 
 Settings run interleaved, ``--rounds`` times each, and the medians over rounds are reported, so slow
-drift of a shared machine hits every setting alike and one disturbed round does not count (use 3); ratios are against the base step of the same
-backbone and batch size from the same run.
+drift of a shared machine hits every setting alike and one disturbed round does not count (use 3);
+ratios are against the base step of the same backbone and batch size from the same run.
 
 Usage (commands and results in ``benchmarks/README.md``)::
 
@@ -147,8 +147,9 @@ def main():
     for r in range(args.rounds):
         for i, setting in enumerate(todo):
             samples[i].append(run_isolated(setting, args))
-            print(f"round {r + 1}/{args.rounds} {setting['backbone']:>8} {setting['batch_size']:>4} {label(setting):<32} "
-                  f"{samples[i][-1]['seconds']:.3f} s  {samples[i][-1]['peak_mib']:.0f} MiB", flush=True)
+            last = samples[i][-1]
+            print(f"round {r + 1}/{args.rounds} {setting['backbone']:>8} {setting['batch_size']:>4} "
+                  f"{label(setting):<32} {last['seconds']:.3f} s  {last['peak_mib']:.0f} MiB", flush=True)
     records = []
     for setting, runs in zip(todo, samples):
         records.append({**setting, "label": label(setting), "device": args.device,

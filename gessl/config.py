@@ -43,7 +43,7 @@ class TrainConfig:
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func"})
     dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})
     dsa_eta: int = dataclasses.field(default=20, metadata={"help": "DSA: eta, nearest neighbours of the outlier score"})
-    dsa_mu: int = dataclasses.field(default=1, metadata={"help": "DSA: mu, a neighbour counts as mutual when more than mu neighbours of it point back"})
+    dsa_mu: int = dataclasses.field(default=1, metadata={"help": "DSA: mu, neighbour j of i counts when more than mu of j's neighbours have i as a neighbour"})
     dsa_tau_p: float = dataclasses.field(default=0.5, metadata={"help": "DSA: tau_p, temperature of the prior relations"})
     dsa_tau_w: float = dataclasses.field(default=0.5, metadata={"help": "DSA: tau_w, temperature of the DSA loss"})
     dsa_lambda1: float = dataclasses.field(default=1.0, metadata={"help": "DSA: lambda_1, weight of the DSA loss"})

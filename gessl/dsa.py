@@ -103,7 +103,7 @@ class Adjuster(nn.Module):
     def forward(self, za, zb):
         scale = cross_gap_sums(za, zb).clamp_min(self.eps)
         a = self.hidden(za / scale)
-        minus_b = F.linear(zb / scale, -self.hidden.weight)  # adding −b keeps the [N, N, d] backward free of a negation
+        minus_b = F.linear(zb / scale, -self.hidden.weight)  # adding −b: no negation in the [N, N, d] backward
         pairs = F.relu(a[:, None, :] + minus_b[None, :, :], inplace=True)
         h = F.relu(self.out(pairs).squeeze(-1)) + self.eps
         return h / h.sum(1, keepdim=True)
