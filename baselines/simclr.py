@@ -43,6 +43,7 @@ class SimCLR(nn.Module):
     def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, temperature=0.1):
         super().__init__()
         self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
+        self.proj_dim = proj_dim
         self.temperature = temperature
 
     def forward(self, backbone, batch):

@@ -31,6 +31,11 @@ class TrainConfig:
     temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses"})
     proj_hidden: int = dataclasses.field(default=512, metadata={"help": "hidden width of the projector"})
     proj_dim: int = dataclasses.field(default=128, metadata={"help": "output width of the projector"})
+    barlow_proj_dim: int = dataclasses.field(default=1024, metadata={"help": "Barlow Twins: width of both projector layers"})
+    barlow_lambda: float = dataclasses.field(default=0.005, metadata={"help": "Barlow Twins: weight of the off-diagonal term"})
+    vicreg_sim: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the invariance term"})
+    vicreg_var: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the variance term"})
+    vicreg_cov: float = dataclasses.field(default=1.0, metadata={"help": "VICReg: weight of the covariance term"})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task"})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target"})
     inner_lr: float = dataclasses.field(default=0.01, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead"})
@@ -61,13 +66,14 @@ class TrainConfig:
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
-                    "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature", "dsa_eta",
+                    "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature", "dsa_eta", "barlow_proj_dim",
                     "dsa_tau_p", "dsa_tau_w"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes", "inner_steps", "lookahead",
-                     "gamma", "sigma_weight", "dsa_mu", "dsa_lambda1", "dsa_lambda2"]:
+                     "gamma", "sigma_weight", "dsa_mu", "dsa_lambda1", "dsa_lambda2", "barlow_lambda", "vicreg_sim",
+                     "vicreg_var", "vicreg_cov"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
         if self.batch_size < 2:

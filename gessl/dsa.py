@@ -237,9 +237,9 @@ class DSA(nn.Module):
         self.lambda1, self.lambda2, self.ema = lambda1, lambda2, ema
 
     @classmethod
-    def from_config(cls, cfg, encoder, in_channels):
+    def from_config(cls, cfg, encoder, in_channels, proj_dim):
         prior = build_prior(cfg.dsa_prior, encoder, in_channels)
-        return cls(cfg.proj_dim, prior, eta=cfg.dsa_eta, mu=cfg.dsa_mu, tau_p=cfg.dsa_tau_p, tau_w=cfg.dsa_tau_w,
+        return cls(proj_dim, prior, eta=cfg.dsa_eta, mu=cfg.dsa_mu, tau_p=cfg.dsa_tau_p, tau_w=cfg.dsa_tau_w,
                    lambda1=cfg.dsa_lambda1, lambda2=cfg.dsa_lambda2,
                    ema=cfg.dsa_ema if cfg.dsa_prior == "ema" else None)
 

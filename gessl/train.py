@@ -10,6 +10,7 @@ a run that never stopped (on CPU, where kernels are deterministic).
 """
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import time
@@ -31,7 +32,7 @@ from tasks.datasets import DATASETS, load_split
 from tasks.errors import UserError, run_cli
 from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
-REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels)
+REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels, proj_dim)
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
 
 
@@ -87,10 +88,10 @@ def build_model(cfg, in_channels):
     method_cls = pick(BASE_METHODS, cfg.base, "--base")
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels, cfg.image_size)
-    method = method_cls(backbone.out_dim, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim,
-                        temperature=cfg.temperature)
+    options = list(inspect.signature(method_cls).parameters)[1:]  # after the feature dimension
+    method = method_cls(backbone.out_dim, **{name: getattr(cfg, name) for name in options})
     make_regulariser = pick(REGULARISERS, cfg.reg, "--reg")
-    regulariser = make_regulariser(cfg, backbone, in_channels) if make_regulariser else None
+    regulariser = make_regulariser(cfg, backbone, in_channels, method.proj_dim) if make_regulariser else None
     return SSLModel(backbone, method, regulariser)
 
 

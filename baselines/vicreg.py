@@ -1,0 +1,54 @@
+"""VICReg (Bardes, Ponce, LeCun, ICLR 2022, "VICReg: Variance-Invariance-Covariance Regularization
+for Self-Supervised Learning"): invariance between views, variance kept up per feature, features
+decorrelated.
+
+For projections Z, Z' ([N, D])::
+
+    s(Z, Z') = (1/N) Σ_n ‖z_n − z'_n‖² / D                       (mean squared error)
+    v(Z)     = (1/D) Σ_j max(0, γ − √(Var(z_·j) + ε))             (γ = 1, ε = 1e-4)
+    c(Z)     = (1/D) Σ_{i≠j} Cov(Z)_ij²                           (Cov with 1/(N − 1))
+    L = λ s(Z, Z') + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')]
+
+(eq. 1–6 of the paper; λ = μ = 25, ν = 1 there). The paper's projector is 3 layers of 8192; for the
+28×28 glyphs the default is the SimCLR-sized projector of the config.
+"""
+import torch
+import torch.nn.functional as F
+
+from baselines.base import SSLOutput
+from baselines.simclr import projection_mlp
+
+
+def _variance(z, gamma=1.0, eps=1e-4):
+    return F.relu(gamma - torch.sqrt(z.var(0) + eps)).mean()
+
+
+def _covariance(z):
+    n, d = z.shape
+    z = z - z.mean(0)
+    cov = z.T @ z / (n - 1)
+    return (cov.square().sum() - cov.diagonal().square().sum()) / d
+
+
+def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
+    """L of the module docstring and its three terms (invariance, variance, covariance)."""
+    inv = F.mse_loss(z1, z2)
+    var = _variance(z1) + _variance(z2)
+    cov = _covariance(z1) + _covariance(z2)
+    return sim_weight * inv + var_weight * var + cov_weight * cov, inv, var, cov
+
+
+class VICReg(torch.nn.Module):
+    """VICReg head and loss; ``forward(backbone, batch)`` returns an ``SSLOutput``."""
+
+    def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, vicreg_sim=25.0, vicreg_var=25.0, vicreg_cov=1.0):
+        super().__init__()
+        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
+        self.proj_dim = proj_dim
+        self.weights = (vicreg_sim, vicreg_var, vicreg_cov)
+
+    def forward(self, backbone, batch):
+        z1, z2 = self.projector(backbone(torch.cat(batch["views"]))).chunk(2)
+        loss, inv, var, cov = vicreg_loss(z1, z2, *self.weights)
+        return SSLOutput(loss, {"vicreg_invariance": inv, "vicreg_variance": var, "vicreg_covariance": cov},
+                         (z1, z2))
