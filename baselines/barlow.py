@@ -13,7 +13,7 @@ default) for both layers. On the glyphs (150 steps, batch 128) a 1024-wide proje
 """
 import torch
 
-from baselines.base import SSLOutput
+from baselines.base import SSLOutput, project_views
 from baselines.simclr import projection_mlp
 
 
@@ -38,6 +38,6 @@ class BarlowTwins(torch.nn.Module):
         self.off_diagonal_weight = barlow_lambda
 
     def forward(self, backbone, batch):
-        z1, z2 = self.projector(backbone(torch.cat(batch["views"]))).chunk(2)
+        z1, z2 = project_views(backbone, self.projector, batch)
         loss, on, off = barlow_twins_loss(z1, z2, self.off_diagonal_weight)
         return SSLOutput(loss, {"barlow_on_diagonal": on, "barlow_off_diagonal": off}, (z1, z2))

@@ -16,3 +16,8 @@ class SSLOutput:
     loss: torch.Tensor
     terms: dict = field(default_factory=dict)
     projections: tuple = ()
+
+
+def project_views(backbone, projector, batch):
+    """The projections (z¹, z²) of the two views in ``batch["views"]``, through one backbone pass."""
+    return projector(backbone(torch.cat(batch["views"]))).chunk(2)

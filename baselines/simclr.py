@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import SSLOutput
+from baselines.base import SSLOutput, project_views
 
 
 def nt_xent(z1, z2, temperature=0.5):
@@ -47,8 +47,6 @@ class SimCLR(nn.Module):
         self.temperature = temperature
 
     def forward(self, backbone, batch):
-        v1, v2 = batch["views"]
-        z = self.projector(backbone(torch.cat([v1, v2])))
-        z1, z2 = z.chunk(2)
+        z1, z2 = project_views(backbone, self.projector, batch)
         loss = nt_xent(z1, z2, self.temperature)
         return SSLOutput(loss, {"nt_xent": loss}, (z1, z2))

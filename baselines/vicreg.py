@@ -15,7 +15,7 @@ For projections Z, Z' ([N, D])::
 import torch
 import torch.nn.functional as F
 
-from baselines.base import SSLOutput
+from baselines.base import SSLOutput, project_views
 from baselines.simclr import projection_mlp
 
 
@@ -48,7 +48,7 @@ class VICReg(torch.nn.Module):
         self.weights = (vicreg_sim, vicreg_var, vicreg_cov)
 
     def forward(self, backbone, batch):
-        z1, z2 = self.projector(backbone(torch.cat(batch["views"]))).chunk(2)
+        z1, z2 = project_views(backbone, self.projector, batch)
         loss, inv, var, cov = vicreg_loss(z1, z2, *self.weights)
         return SSLOutput(loss, {"vicreg_invariance": inv, "vicreg_variance": var, "vicreg_covariance": cov},
                          (z1, z2))

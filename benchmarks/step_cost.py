@@ -10,7 +10,8 @@ Two suites of settings:
 Each setting is measured in its own fresh subprocess, so that peak memory is that setting's alone:
 
 - time: median over ``--steps`` timed steps (after ``--warmup`` untimed ones) of
-  ``objective.compute_gradients`` + ``optimizer.step`` on a fixed batch of two views;
+  ``model.prepare_batch`` + ``objective.compute_gradients`` + ``optimizer.step`` on a fixed batch
+  of images and two views;
 - memory: on CPU, the process's peak resident set size (``ru_maxrss``) minus its resident size just
   before the first step, i.e. the step's working memory (activations, graphs of the inner loop,
   gradients); on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
@@ -78,7 +79,7 @@ def measure(setting, steps, warmup, device):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        objective.compute_gradients(model, batch)
+        objective.compute_gradients(model, model.prepare_batch(batch))
         optimizer.step()
         model.after_step()
         if dev.type == "cuda":

@@ -202,8 +202,8 @@ def check_prior(name):
 
 
 def build_prior(name, encoder, in_channels):
-    """The prior network named by ``--dsa-prior``: ema, pixels, imagenet-mobilenet, or a backbone file."""
-    check_prior(name)
+    """The prior network named by ``--dsa-prior``: ema, pixels, imagenet-mobilenet, or a backbone file
+    (``check_prior`` says what is wrong with a name that is none of these)."""
     if name == "ema":
         return FrozenPrior(copy.deepcopy(encoder))
     if name == "pixels":
@@ -223,7 +223,8 @@ def build_prior(name, encoder, in_channels):
 class DSA(nn.Module):
     """The DSA regulariser: ``forward(out, batch)`` adds λ₁ L_dsa + λ₂ L_prior to a base method's output.
 
-    Needs ``batch["images"]`` (the un-augmented images) beside ``batch["views"]``. Logs
+    Needs ``batch["images"]`` (the un-augmented images) beside ``batch["views"]``, and uses the
+    prior's features from ``prepare_batch`` when the batch carries them. Logs
     ``dsa_loss``, ``dsa_prior`` and ``dsa_outlier_share``, the share of images with s_i < ½ (fewer
     than half of their neighbours are mutual).
     """
@@ -243,11 +244,23 @@ class DSA(nn.Module):
                    lambda1=cfg.dsa_lambda1, lambda2=cfg.dsa_lambda2,
                    ema=cfg.dsa_ema if cfg.dsa_prior == "ema" else None)
 
-    def forward(self, out, batch):
+    def prepare_batch(self, batch):
+        """``batch`` with ``dsa_prior_features``: u⁰, u¹, u² of the un-augmented images and the views.
+
+        The prior is frozen and in eval mode, so an image's features do not depend on the batch it is
+        in: computed once per optimiser step here, they serve every sub-batch GeSSL's inner loop,
+        look-ahead and outer step cut from it (``take`` slices them like the views).
+        """
         if "images" not in batch:
             raise ValueError("DSA needs the un-augmented images in batch['images']")
         n = len(batch["images"])
         u = F.normalize(self.prior(torch.cat([batch["images"], *batch["views"]])), dim=1).split(n)
+        return {**batch, "dsa_prior_features": list(u)}
+
+    def forward(self, out, batch):
+        if "dsa_prior_features" not in batch:
+            batch = self.prepare_batch(batch)
+        u = batch["dsa_prior_features"]
         scores = outlier_scores(u[0], self.eta, self.mu)
         priors = prior_relations(u[1:], self.tau_p)
         relations = [self.adjuster(out.projections[a], out.projections[b]) for a, b in VIEW_PAIRS]

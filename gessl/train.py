@@ -40,7 +40,8 @@ class SSLModel(nn.Module):
     """A backbone, a base method's heads and an optional regulariser.
 
     ``forward(batch)`` returns the method's ``SSLOutput``, with the regulariser's terms added when
-    there is one; ``after_step()`` runs, once per optimiser step, the ``after_step(backbone)`` hooks
+    there is one; ``prepare_batch(batch)`` adds what the regulariser computes once per optimiser
+    step, before the objective cuts the batch into tasks; ``after_step()`` runs, once per optimiser step, the ``after_step(backbone)`` hooks
     of the method and the regulariser (momentum encoders, EMA priors).
     """
 
@@ -53,6 +54,10 @@ class SSLModel(nn.Module):
     def forward(self, batch):
         out = self.method(self.backbone, batch)
         return out if self.regulariser is None else self.regulariser(out, batch)
+
+    def prepare_batch(self, batch):
+        """``batch`` with what the regulariser computes once per optimiser step (DSA: prior features)."""
+        return batch if self.regulariser is None else self.regulariser.prepare_batch(batch)
 
     def after_step(self):
         for part in (self.method, self.regulariser):
@@ -171,8 +176,9 @@ class Trainer:
         lr = lr_at(self.step, cfg, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = step_batch(self.images, cfg, self.step, self.steps_per_epoch, self.augment, self.device)
         self.model.train()
+        batch = self.model.prepare_batch(
+            step_batch(self.images, cfg, self.step, self.steps_per_epoch, self.augment, self.device))
         self.optimizer.zero_grad(set_to_none=True)
         diagnose = (self.step + 1) % cfg.log_every == 0
         logs = self.objective.compute_gradients(self.model, batch, diagnose=diagnose)

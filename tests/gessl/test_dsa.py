@@ -194,6 +194,24 @@ def test_dsa_inside_gessl_gives_the_same_meta_gradient_on_both_engines(first_ord
         torch.testing.assert_close(grads["higher"][n], grads["func"][n], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ["higher", "func"])
+def test_prior_features_prepared_once_per_step_change_nothing(engine):
+    """Features of the whole batch, sliced per task, equal the prior run on each sub-batch."""
+    model, batch = dsa_model(eta=3), dsa_batch()
+    model.regulariser.prior = dsa.FrozenPrior(
+        nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.BatchNorm1d(5))).double()
+    runs = []
+    for prepared in (False, True):
+        m = copy.deepcopy(model)
+        logs = GeSSL(inner_lr=0.3, inner_backend=engine).compute_gradients(
+            m, m.prepare_batch(batch) if prepared else batch)
+        runs.append((logs, {n: p.grad for n, p in trainable(m).items()}))
+    (logs_a, grads_a), (logs_b, grads_b) = runs
+    assert logs_a["loss"] == pytest.approx(logs_b["loss"], rel=1e-12)
+    for n in grads_a:
+        torch.testing.assert_close(grads_a[n], grads_b[n], rtol=1e-12, atol=1e-14)
+
+
 def test_ema_prior_moves_towards_the_encoder_by_one_minus_momentum():
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
@@ -219,8 +237,8 @@ def test_prior_choices_and_their_errors(tmp_path, monkeypatch):
     save_backbone(encoder, "conv4", 1, 28, tmp_path / "backbone.pt")
     from_run = dsa.build_prior(str(tmp_path), build_backbone("conv4", 1, 28), 1)
     torch.testing.assert_close(from_run(x), dsa.FrozenPrior(encoder.eval())(x))
+    save_backbone(build_backbone("conv4", 3, 28), "conv4", 3, 28, tmp_path / "rgb.pt")
     with pytest.raises(UserError, match="3-channel images but the data has 1"):
-        save_backbone(build_backbone("conv4", 3, 28), "conv4", 3, 28, tmp_path / "rgb.pt")
         dsa.build_prior(str(tmp_path / "rgb.pt"), encoder, 1)
     with pytest.raises(UserError, match="neither ema, pixels"):
         dsa.check_prior("nonsense")
