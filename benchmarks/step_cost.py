@@ -70,18 +70,18 @@ def measure(setting, steps, warmup, device):
     cfg = resolve_config({**setting, "device": device})
     batch_size = cfg.batch_size
     dev = resolve_device(cfg.device)
-    model = train.build_model(cfg, in_channels=1).to(dev).train()
+    model = train.build_model(cfg, in_channels=1, num_classes=10).to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     objective = train.META_OPTIMISERS[cfg.meta].from_config(cfg)
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(batch_size, 1, cfg.image_size, cfg.image_size, generator=gen).to(dev) for _ in range(3)]
-    batch = {"images": images[0], "views": images[1:]}
+    batch = {"images": images[0], "views": images[1:], "labels": torch.randint(10, (batch_size,), generator=gen).to(dev)}
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         objective.compute_gradients(model, model.prepare_batch(batch))
         optimizer.step()
-        model.after_step()
+        model.after_step(0.5)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 

@@ -270,7 +270,7 @@ class DSA(nn.Module):
                  "dsa_outlier_share": (scores < 0.5).float().mean()}
         return SSLOutput(out.loss + self.lambda1 * l_dsa + self.lambda2 * l_prior, terms, out.projections)
 
-    def after_step(self, encoder):
+    def after_step(self, encoder, progress):
         """Once per optimiser step: an EMA prior follows the encoder."""
         if self.ema is not None:
             self.prior.follow(encoder, self.ema)

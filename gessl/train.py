@@ -41,8 +41,9 @@ class SSLModel(nn.Module):
 
     ``forward(batch)`` returns the method's ``SSLOutput``, with the regulariser's terms added when
     there is one; ``prepare_batch(batch)`` adds what the regulariser computes once per optimiser
-    step, before the objective cuts the batch into tasks; ``after_step()`` runs, once per optimiser step, the ``after_step(backbone)`` hooks
-    of the method and the regulariser (momentum encoders, EMA priors).
+    step, before the objective cuts the batch into tasks; ``after_step(progress)`` runs, once per
+    optimiser step, the ``after_step(backbone, progress)`` hooks of the method and the regulariser
+    (momentum encoders, EMA priors); ``progress`` ∈ [0, 1] is the share of training done.
     """
 
     def __init__(self, backbone, method, regulariser=None):
@@ -59,10 +60,10 @@ class SSLModel(nn.Module):
         """``batch`` with what the regulariser computes once per optimiser step (DSA: prior features)."""
         return batch if self.regulariser is None else self.regulariser.prepare_batch(batch)
 
-    def after_step(self):
+    def after_step(self, progress):
         for part in (self.method, self.regulariser):
             if hasattr(part, "after_step"):
-                part.after_step(self.backbone)
+                part.after_step(self.backbone, progress)
 
 
 def pick(registry, name, flag):
@@ -88,13 +89,18 @@ def variant(cfg):
     return [cfg.base] + [name for name in (cfg.reg, cfg.meta) if name != "none"]
 
 
-def build_model(cfg, in_channels):
-    """The backbone, base method and regulariser named by ``cfg``, initialised from ``cfg.seed``."""
+def build_model(cfg, in_channels, num_classes):
+    """The backbone, base method and regulariser named by ``cfg``, initialised from ``cfg.seed``.
+
+    The method's constructor takes the feature dimension, then keywords filled from the config
+    fields of the same name, and ``num_classes`` (the training classes) if it asks for it.
+    """
     method_cls = pick(BASE_METHODS, cfg.base, "--base")
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels, cfg.image_size)
+    known = {**dataclasses.asdict(cfg), "num_classes": num_classes}
     options = list(inspect.signature(method_cls).parameters)[1:]  # after the feature dimension
-    method = method_cls(backbone.out_dim, **{name: getattr(cfg, name) for name in options})
+    method = method_cls(backbone.out_dim, **{name: known[name] for name in options})
     make_regulariser = pick(REGULARISERS, cfg.reg, "--reg")
     regulariser = make_regulariser(cfg, backbone, in_channels, method.proj_dim) if make_regulariser else None
     return SSLModel(backbone, method, regulariser)
@@ -108,9 +114,10 @@ def lr_at(step, cfg, total_steps):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def step_batch(images, cfg, step, steps_per_epoch, augment, device):
-    """The images of training step ``step`` and two augmented views of them (deterministic in
-    ``cfg.seed`` and ``step``): ``{"images": x, "views": [x¹, x²]}``."""
+def step_batch(images, labels, cfg, step, steps_per_epoch, augment, device):
+    """The images of training step ``step``, two augmented views of them and their class labels
+    (deterministic in ``cfg.seed`` and ``step``): ``{"images": x, "views": [x¹, x²], "labels": y}``.
+    Only label-using methods (``supervised``) read the labels."""
     epoch, i = divmod(step, steps_per_epoch)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
@@ -118,7 +125,7 @@ def step_batch(images, cfg, step, steps_per_epoch, augment, device):
     if x.dim() == 3:
         x = x.unsqueeze(1)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    return {"images": x, "views": [augment(x, gen), augment(x, gen)]}
+    return {"images": x, "views": [augment(x, gen), augment(x, gen)], "labels": labels[idx].to(device)}
 
 
 class Trainer:
@@ -127,14 +134,14 @@ class Trainer:
     def __init__(self, cfg, run_dir, resume=False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
-        images, _ = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
-        self.images = torch.as_tensor(images)
+        images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
+        self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
         self.steps_per_epoch = len(self.images) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(self.images)} training "
                             f"images; use a smaller batch")
         self.in_channels = 1 if self.images.dim() == 3 else self.images.shape[1]
-        self.model = build_model(cfg, self.in_channels).to(self.device)
+        self.model = build_model(cfg, self.in_channels, int(self.labels.max()) + 1).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -178,7 +185,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         batch = self.model.prepare_batch(
-            step_batch(self.images, cfg, self.step, self.steps_per_epoch, self.augment, self.device))
+            step_batch(self.images, self.labels, cfg, self.step, self.steps_per_epoch, self.augment, self.device))
         self.optimizer.zero_grad(set_to_none=True)
         diagnose = (self.step + 1) % cfg.log_every == 0
         logs = self.objective.compute_gradients(self.model, batch, diagnose=diagnose)
@@ -186,8 +193,8 @@ class Trainer:
             raise UserError(f"the loss became {logs['loss']} at step {self.step}; lower --lr (now {cfg.lr}) "
                             f"and resume from the last checkpoint with --resume")
         self.optimizer.step()
-        self.model.after_step()
         self.step += 1
+        self.model.after_step(self.step / self.total_steps)
         return {"lr": lr, **logs}
 
     def fit(self):

@@ -221,7 +221,7 @@ def test_ema_prior_moves_towards_the_encoder_by_one_minus_momentum():
         for p in encoder.parameters():
             p.add_(1.0)
         encoder[1].running_mean.fill_(2.0)
-    reg.after_step(encoder)
+    reg.after_step(encoder, 0.5)
     for p0, p, q in zip(start, reg.prior.parameters(), encoder.parameters()):
         torch.testing.assert_close(p, 0.9 * p0 + 0.1 * q)
     assert torch.equal(reg.prior.net[1].running_mean, encoder[1].running_mean)
