@@ -14,11 +14,14 @@ default) for both layers. On the glyphs (150 steps, batch 128) a 1024-wide proje
 import torch
 
 from baselines.base import SSLOutput, project_views
+from baselines.distributed import gather
 from baselines.simclr import projection_mlp
 
 
 def barlow_twins_loss(z1, z2, off_diagonal_weight=0.005, eps=1e-5):
-    """L of the module docstring; the batch standard deviation is the biased one, floored by ``eps``."""
+    """L of the module docstring over the batch gathered from every process; the batch standard
+    deviation is the biased one, floored by ``eps``."""
+    z1, z2 = gather(z1), gather(z2)
     n = z1.shape[0]
     a = (z1 - z1.mean(0)) / (z1.std(0, unbiased=False) + eps)
     b = (z2 - z2.mean(0)) / (z2.std(0, unbiased=False) + eps)

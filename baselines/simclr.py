@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput, project_views
+from baselines.distributed import gather
 
 
 def nt_xent(z1, z2, temperature=0.5):
-    """NT-Xent loss of two views ``z1``, ``z2`` ([N, D]) at ``temperature`` (see module docstring)."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    n = z1.shape[0]
+    """NT-Xent loss of two views ``z1``, ``z2`` ([N, D]) at ``temperature`` (see module docstring),
+    over the batch gathered from every process."""
+    z = F.normalize(torch.cat([gather(z1), gather(z2)]), dim=1)
+    n = len(z) // 2
     sim = z @ z.T / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

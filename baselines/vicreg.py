@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines.base import SSLOutput, project_views
+from baselines.distributed import gather
 from baselines.simclr import projection_mlp
 
 
@@ -31,7 +32,9 @@ def _covariance(z):
 
 
 def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
-    """L of the module docstring and its three terms (invariance, variance, covariance)."""
+    """L of the module docstring and its three terms (invariance, variance, covariance), over the
+    batch gathered from every process."""
+    z1, z2 = gather(z1), gather(z2)
     inv = F.mse_loss(z1, z2)
     var = _variance(z1) + _variance(z2)
     cov = _covariance(z1) + _covariance(z2)
