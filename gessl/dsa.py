@@ -85,13 +85,52 @@ def cross_gap_sums(za, zb):
     return _sum_of_pairwise_gaps(torch.cat([za, zb])) - _sum_of_pairwise_gaps(za) - _sum_of_pairwise_gaps(zb)
 
 
+PAIR_BLOCK_ELEMENTS = 1 << 15  # elements of one [rows, M, d] block of ``PairScores``: a cache-sized slab
+
+
+class PairScores(torch.autograd.Function):
+    """s_ij = Σ_k w_k · relu(a_ik + b_jk) for a [N, d], b [M, d], w [d] → s [N, M], by blocks of rows.
+
+    The [N, M, d] tensor of pairs is never held whole: the forward pass and the backward pass
+    each rebuild it block by block (``PAIR_BLOCK_ELEMENTS`` at a time), so it stays in the CPU's cache
+    instead of making several round trips through memory. The backward pass is written in
+    differentiable operations, so second-order GeSSL differentiates through it::
+
+        ∂s/∂a_ik = w_k Σ_j g_ij 1[a_ik + b_jk > 0],   ∂s/∂b_jk = w_k Σ_i g_ij 1[·],
+        ∂s/∂w_k = Σ_ij g_ij relu(a_ik + b_jk)
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, w):
+        ctx.save_for_backward(a, b, w)
+        return torch.cat([F.relu(rows[:, None] + b) @ w for rows in a.split(_rows_per_block(b))])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, w = ctx.saved_tensors
+        rows_per_block = _rows_per_block(b)
+        grad_a, grad_b, grad_w = [], torch.zeros_like(b), torch.zeros_like(w)
+        for rows, g in zip(a.split(rows_per_block), grad.split(rows_per_block)):
+            pairs = F.relu(rows[:, None] + b)
+            active = (pairs > 0).to(pairs.dtype)
+            grad_a.append(torch.bmm(g[:, None], active).squeeze(1))
+            grad_b = grad_b + torch.einsum("ij,ijk->jk", g, active)
+            grad_w = grad_w + torch.einsum("ij,ijk->k", g, pairs)
+        return torch.cat(grad_a) * w, grad_b * w, grad_w
+
+
+def _rows_per_block(b):
+    return max(1, PAIR_BLOCK_ELEMENTS // b.numel())
+
+
 class Adjuster(nn.Module):
     """h_ψ of step 3 and the row-normalised relation matrix M it gives for two views.
 
     The first layer is linear and the scaling is per feature, so W₁(e_ij / c) = W₁(z^a_i / c) −
-    W₁(z^b_j / c): it is applied per sample and the difference broadcast, O(N²·d) instead of
-    O(N²·d²); c itself comes from sorting (``cross_gap_sums``), not from the N² differences. Rows
-    are normalised as (h + ε) / Σ_j (h + ε), so a row where h is all zero is uniform.
+    W₁(z^b_j / c): it is applied per sample and the pairwise sums go to ``PairScores`` with the
+    second layer's weights, O(N²·d) instead of O(N²·d²) and without an [N, N, d] tensor in memory;
+    c itself comes from sorting (``cross_gap_sums``), not from the N² differences. Rows are
+    normalised as (h + ε) / Σ_j (h + ε), so a row where h is all zero is uniform.
     """
 
     def __init__(self, dim, eps=1e-8):
@@ -103,9 +142,8 @@ class Adjuster(nn.Module):
     def forward(self, za, zb):
         scale = cross_gap_sums(za, zb).clamp_min(self.eps)
         a = self.hidden(za / scale)
-        minus_b = F.linear(zb / scale, -self.hidden.weight)  # adding −b: no negation in the [N, N, d] backward
-        pairs = F.relu(a[:, None, :] + minus_b[None, :, :], inplace=True)
-        h = F.relu(self.out(pairs).squeeze(-1)) + self.eps
+        minus_b = F.linear(zb / scale, -self.hidden.weight)
+        h = F.relu(PairScores.apply(a, minus_b, self.out.weight[0]) + self.out.bias) + self.eps
         return h / h.sum(1, keepdim=True)
 
 

@@ -79,6 +79,19 @@ def test_adjuster_rows_sum_to_one_and_match_the_pairwise_mlp():
     torch.testing.assert_close(m, reference_relations(adjuster, za, zb))
 
 
+@pytest.mark.parametrize("block", [1, 40, 1 << 15])
+def test_blockwise_pair_scores_have_exact_first_and_second_derivatives(block, monkeypatch):
+    """Blocks of one row, of a few rows and all rows at once; gradients against finite differences."""
+    monkeypatch.setattr(dsa, "PAIR_BLOCK_ELEMENTS", block)
+    g = torch.Generator().manual_seed(5)
+    a, b, w = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for shape in [(5, 4), (6, 4), (4,)])
+    want = torch.stack([torch.stack([(w * torch.relu(a[i] + b[j])).sum() for j in range(6)]) for i in range(5)])
+    torch.testing.assert_close(dsa.PairScores.apply(a, b, w), want)
+    assert torch.autograd.gradcheck(dsa.PairScores.apply, (a, b, w))
+    assert torch.autograd.gradgradcheck(dsa.PairScores.apply, (a, b, w))
+
+
 def reference_dsa_loss(z1, z2, relations, s, tau_w):
     """log(1 + ¼ Σ_(a,b) mean_{i,j} exp(s_i d_ij (2M_ij − 1) / τ_w)), i ≠ j on same-view pairs."""
     views = [z1 / z1.norm(dim=1, keepdim=True), z2 / z2.norm(dim=1, keepdim=True)]
