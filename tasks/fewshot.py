@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from tasks.errors import UserError
+from tasks.linear import logreg_logits
 
 _EPISODE_CACHE = {}  # (labels digest, ways, shots, queries, episodes, seed) -> (support, query)
 _EPISODE_CACHE_SIZE = 32
@@ -58,7 +59,7 @@ def embed(extractor, images, batch_size=256, device="cpu"):
     return torch.cat(out)
 
 
-def _class_codes(labels):
+def class_codes(labels):
     """Labels of any comparable type as int64 codes 0..C-1 in sorted label order, and the labels."""
     labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
     if labels.ndim != 1:
@@ -72,7 +73,7 @@ def check_episode_args(labels, ways, shots, queries, episodes):
 
     Cheap; call it before expensive work (embedding) so bad flags fail at once.
     """
-    classes, codes = _class_codes(labels)
+    classes, codes = class_codes(labels)
     _check_codes(classes, codes, ways, shots, queries, episodes)
 
 
@@ -133,7 +134,7 @@ def sample_episodes(labels, ways, shots, queries, episodes, seed):
 
 def _draw_episodes(labels, ways, shots, queries, episodes, seed):
     """`sample_episodes` as stacked tensors (support [E, ways*shots], query [E, ways*queries])."""
-    classes, codes = _class_codes(labels)
+    classes, codes = class_codes(labels)
     _check_codes(classes, codes, ways, shots, queries, episodes)
     by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
     dataset = MetaDataset(_IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
@@ -150,9 +151,9 @@ def _draw_episodes(labels, ways, shots, queries, episodes, seed):
     return per_class[:, :, :shots].reshape(episodes, -1), per_class[:, :, shots:].reshape(episodes, -1)
 
 
-def _cached_episodes(labels, ways, shots, queries, episodes, seed):
+def cached_episodes(labels, ways, shots, queries, episodes, seed):
     """`_draw_episodes`, memoised per (labels' class codes, ways, shots, queries, episodes, seed)."""
-    _, codes = _class_codes(labels)
+    _, codes = class_codes(labels)
     key = (hashlib.sha256(codes.tobytes()).hexdigest(), ways, shots, queries, episodes, seed)
     if key not in _EPISODE_CACHE:
         if len(_EPISODE_CACHE) >= _EPISODE_CACHE_SIZE:
@@ -176,7 +177,7 @@ def prototype_logits(support, support_y, query, ways, normalize=True):
     return -torch.cdist(query, prototypes, compute_mode="donot_use_mm_for_euclid_dist").square()
 
 
-CLASSIFIERS = {"proto": prototype_logits}
+CLASSIFIERS = {"proto": prototype_logits, "logreg": logreg_logits}
 
 
 def mean_ci95(values):
@@ -204,7 +205,7 @@ def evaluate_fewshot(features, labels, ways=5, shots=1, queries=15, episodes=600
                          f"got shape {tuple(features.shape)}")
     features = features.float()
     support_idx, query_idx = (t.to(features.device) for t in
-                              _cached_episodes(labels, ways, shots, queries, episodes, seed))
+                              cached_episodes(labels, ways, shots, queries, episodes, seed))
     support_y = torch.arange(ways, device=features.device).repeat_interleave(shots)
     query_y = torch.arange(ways, device=features.device).repeat_interleave(queries)
     chunk = max(1, _CHUNK_ELEMENTS // (ways * (shots + queries) * features.shape[1]))
