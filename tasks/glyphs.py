@@ -117,21 +117,21 @@ class GlyphSet:
 
 
 def load_glyphs(root=None, size=28, samples_per_class=20, seed=0, progress=True, min_writers=2,
-                _fonts=None):
+                font_dirs=(), _fonts=None):
     """Read the glyph set from the cache under ``root``, generating and caching it if missing.
 
+    ``font_dirs``: more folders of fonts to use besides the installed ones (``glyphs-noto`` adds
+    the Noto fonts ``python -m tasks.data fetch noto`` unpacked into the data folder).
     ``_fonts`` (a list of font files) replaces the installed fonts; tests use it to stay small.
     """
     for name, value, low in (("size", size, 8), ("samples_per_class", samples_per_class, 1),
                              ("seed", seed, 0), ("min_writers", min_writers, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise UserError(f"glyphs {name} must be an integer >= {low}, got {value!r}")
-    fonts = _font_files() if _fonts is None else [str(f) for f in _fonts]
+    fonts = font_files(font_dirs) if _fonts is None else [str(f) for f in _fonts]
     if not fonts:
         raise UserError("no font files found for glyphs; install matplotlib or fonts-noto-core")
-    digest = hashlib.blake2b(repr((min_writers, [(Path(f).name, os.path.getsize(f)) for f in fonts]))
-                             .encode(), digest_size=4).hexdigest()
-    path = _cache_root(root) / f"glyphs-v{VERSION}-s{size}-n{samples_per_class}-seed{seed}-{digest}.npz"
+    path = cache_path(root, size, samples_per_class, seed, min_writers, fonts)
     if path.exists():
         try:
             return _read(path, size)
@@ -141,6 +141,14 @@ def load_glyphs(root=None, size=28, samples_per_class=20, seed=0, progress=True,
     glyphs.path = path
     _write(glyphs, path)
     return glyphs
+
+
+def cache_path(root=None, size=28, samples_per_class=20, seed=0, min_writers=2, fonts=None):
+    """The cache file of a glyph set drawn with ``fonts`` (default: the installed fonts)."""
+    fonts = font_files() if fonts is None else fonts
+    digest = hashlib.blake2b(repr((min_writers, [(Path(f).name, os.path.getsize(f)) for f in fonts]))
+                             .encode(), digest_size=4).hexdigest()
+    return data_root(root) / f"glyphs-v{VERSION}-s{size}-n{samples_per_class}-seed{seed}-{digest}.npz"
 
 
 def preview(glyphs, out_path, n_classes=20, n_per_class=10, seed=0):
@@ -165,8 +173,10 @@ def preview(glyphs, out_path, n_classes=20, n_per_class=10, seed=0):
         sheet.save(tmp, format="PNG")
 
 
-def _cache_root(root):
-    if root is not None:
+def data_root(root=None):
+    """The data folder: ``root`` when given, else ``$GESSL_DATA``, else ``$XDG_CACHE_HOME/gessl``,
+    else ``~/.cache/gessl``. Generated sets are cached and real data sets looked for there."""
+    if root:
         return Path(root)
     if os.environ.get("GESSL_DATA"):
         return Path(os.environ["GESSL_DATA"])
@@ -179,10 +189,12 @@ def _matplotlib_fonts():
     return sorted(glob.glob(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "*.ttf")))
 
 
-def _font_files():
-    system = sorted(f for d in _SYSTEM_FONT_DIRS for ext in ("ttf", "otf")
-                    for f in glob.glob(os.path.join(d, "**", f"*.{ext}"), recursive=True))
-    return [f for f in _matplotlib_fonts() + system if not _SKIPPED_FONTS.search(Path(f).name)]
+def font_files(font_dirs=()):
+    """The font files glyphs draws with: matplotlib's, the system's, then those under ``font_dirs``."""
+    system, extra = (sorted(f for d in dirs for ext in ("ttf", "otf")
+                            for f in glob.glob(os.path.join(str(d), "**", f"*.{ext}"), recursive=True))
+                     for dirs in (_SYSTEM_FONT_DIRS, font_dirs))
+    return [f for f in _matplotlib_fonts() + system + extra if not _SKIPPED_FONTS.search(Path(f).name)]
 
 
 def _script_of(ch):

@@ -92,11 +92,11 @@ def test_cache_is_reused_and_a_corrupt_cache_is_regenerated(small):
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GESSL_DATA", str(tmp_path / "g"))
-    assert glyphs._cache_root(None) == tmp_path / "g"
+    assert glyphs.data_root(None) == tmp_path / "g"
     monkeypatch.delenv("GESSL_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert glyphs._cache_root(None) == tmp_path / "x" / "gessl"
-    assert glyphs._cache_root(tmp_path / "r") == tmp_path / "r"
+    assert glyphs.data_root(None) == tmp_path / "x" / "gessl"
+    assert glyphs.data_root(tmp_path / "r") == tmp_path / "r"
 
 
 @pytest.mark.parametrize("kwargs", [{"size": 0}, {"samples_per_class": 0}, {"seed": -1}, {"size": True}])

@@ -1,0 +1,188 @@
+"""Image files in folders: Omniglot, CUB-200-2011 and any ImageFolder tree (EuroSAT, CropDisease, ...).
+
+- ``omniglot`` (Lake et al. 2015), torchvision's layout: ``ROOT/omniglot-py/images_background/``
+  and ``images_evaluation/`` (or the zips ``images_background.zip`` and ``images_evaluation.zip``
+  torchvision keeps beside them), each ``ALPHABET/CHARACTER/*.png`` (105 x 105, black ink on
+  white). A class is an (alphabet, character) pair: 964 background classes in 30 alphabets, 659
+  evaluation classes in 20, 20 drawings each. Images are inverted to white ink on black, the
+  convention of ``glyphs``, ``mnist`` and ``kanjivg``.
+- ``cub`` (Wah et al. 2011), ``ROOT/CUB_200_2011/`` as unpacked from CUB_200_2011.tgz: ``images/``,
+  ``images.txt`` (id, path) and ``train_test_split.txt`` (id, 1 = train). Few-shot splits are
+  those of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019): the 200 class
+  folders in sorted order, index i in ``background`` when i % 2 == 0 (100 classes),
+  ``validation`` when i % 4 == 1 (50), ``evaluation`` when i % 4 == 3 (50); ``train`` and ``test``
+  are the official split of the images of all 200 classes.
+- ``folder:NAME``: any ImageFolder tree at ``ROOT/NAME`` (or an absolute path, folder or zip/tar),
+  either ``CLASS/.../IMAGE`` (one split, ``evaluation``: the whole tree is an unseen domain, as
+  BSCD-FSL uses EuroSAT or CropDisease) or ``SPLIT/CLASS/.../IMAGE`` with split folders named
+  train, val(id)/validation, test, background or evaluation. One wrapping folder (EuroSAT's
+  ``2750/``) is looked through. Classes are the sorted class folder names of each split.
+Colour sets are decoded as RGB, the shorter side scaled to the size asked and the centre cropped.
+"""
+from pathlib import Path
+
+from tasks.errors import UserError
+from tasks.formats import Tree, decode_all, fail, is_image, renumber, require
+
+OMNIGLOT_DIR = "omniglot-py"
+OMNIGLOT_SPLITS = {"background": "images_background", "evaluation": "images_evaluation"}
+CUB_DIR = "CUB_200_2011"
+CUB_SPLITS = ("background", "validation", "evaluation", "train", "test")
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "valid": "validation", "validation": "validation",
+                 "test": "test", "background": "background", "evaluation": "evaluation"}
+
+
+def omniglot_hint(root):
+    return (f"put torchvision's Omniglot into {Path(root) / OMNIGLOT_DIR}/: images_background.zip and "
+            "images_evaluation.zip (https://github.com/brendenlake/omniglot, python/), or the folders "
+            "unpacked from them")
+
+
+def _omniglot_source(split, root):
+    base = Path(root) / OMNIGLOT_DIR / OMNIGLOT_SPLITS[split]
+    for path in (base, base.with_suffix(".zip")):
+        if path.exists():
+            return path
+    return None
+
+
+def locate_omniglot(root):
+    return str(Path(root) / OMNIGLOT_DIR) if all(_omniglot_source(s, root) for s in OMNIGLOT_SPLITS) else None
+
+
+def _omniglot_index(split, root):
+    """The tree, its image files and the class (alphabet/character) of each."""
+    the_hint, source = omniglot_hint(root), _omniglot_source(split, root)
+    if source is None:
+        raise UserError(f"no {Path(root) / OMNIGLOT_DIR / OMNIGLOT_SPLITS[split]}/ or .zip; {the_hint}")
+    tree = Tree(source, the_hint)
+    names = [n for n in tree.names() if is_image(n)]
+    parts = [n.split("/") for n in names]
+    parts = [p[1:] if p[0] == OMNIGLOT_SPLITS[split] else p for p in parts]  # a zip's top folder
+    if not names or any(len(p) != 3 for p in parts):
+        fail(source, "is not laid out as ALPHABET/CHARACTER/IMAGE.png", the_hint)
+    return tree, names, ["/".join(p[:2]) for p in parts]
+
+
+def count_omniglot(split, root):
+    _, names, classes = _omniglot_index(split, root)
+    return len(names), len(set(classes))
+
+
+def read_omniglot(split, root, image_size):
+    tree, names, classes = _omniglot_index(split, root)
+    images = decode_all(tree, names, image_size, "L", omniglot_hint(root))
+    return 255 - images, renumber(classes)
+
+
+def cub_hint(root):
+    return (f"download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/) and unpack "
+            f"it into {Path(root)}/ (`tar xzf CUB_200_2011.tgz -C {Path(root)}`) so that "
+            f"{Path(root) / CUB_DIR}/ holds images/, images.txt and train_test_split.txt")
+
+
+def locate_cub(root):
+    folder = Path(root) / CUB_DIR
+    ok = (folder / "images").is_dir() and all((folder / f).is_file() for f in ("images.txt", "train_test_split.txt"))
+    return str(folder) if ok else None
+
+
+def _table(path, the_hint):
+    """{image id: value} of a two-column CUB text file."""
+    rows = {}
+    for number, line in enumerate(require(path, "CUB index file", the_hint).read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[0].isdigit():
+            fail(path, f"line {number} is not `IMAGE_ID VALUE`", the_hint)
+        rows[int(fields[0])] = fields[1]
+    return rows
+
+
+def _cub_index(split, root):
+    folder, the_hint = Path(root) / CUB_DIR, cub_hint(root)
+    if locate_cub(root) is None:
+        raise UserError(f"CUB-200-2011 is not installed (no complete {folder}/); {the_hint}")
+    paths = _table(folder / "images.txt", the_hint)
+    is_train = _table(folder / "train_test_split.txt", the_hint)
+    if set(is_train) != set(paths) or any("/" not in p for p in paths.values()):
+        fail(folder, "has images.txt and train_test_split.txt that do not list the same CLASS/IMAGE files",
+             the_hint)
+    ids = sorted(paths)
+    class_of = {i: paths[i].split("/")[0] for i in ids}
+    order = {name: i for i, name in enumerate(sorted(set(class_of.values())))}
+    keep = {"background": lambda i: order[class_of[i]] % 2 == 0,
+            "validation": lambda i: order[class_of[i]] % 4 == 1,
+            "evaluation": lambda i: order[class_of[i]] % 4 == 3,
+            "train": lambda i: is_train[i] == "1",
+            "test": lambda i: is_train[i] == "0"}[split]
+    chosen = [i for i in ids if keep(i)]
+    return Tree(folder / "images", the_hint), [paths[i] for i in chosen], [class_of[i] for i in chosen]
+
+
+def count_cub(split, root):
+    _, names, classes = _cub_index(split, root)
+    return len(names), len(set(classes))
+
+
+def read_cub(split, root, image_size):
+    tree, names, classes = _cub_index(split, root)
+    missing = sorted(set(names) - set(tree.names()))
+    if missing:
+        fail(Path(root) / CUB_DIR / "images", f"lacks {len(missing)} image(s) listed in images.txt, e.g. "
+                                              f"{missing[0]}", cub_hint(root))
+    return decode_all(tree, names, image_size, "RGB", cub_hint(root)), renumber(classes)
+
+
+def folder_path(name, root):
+    return Path(name) if Path(name).is_absolute() else Path(root) / name
+
+
+def folder_hint(name, root):
+    return (f"put an ImageFolder tree at {folder_path(name, root)} (CLASS/IMAGE files, or SPLIT/CLASS/IMAGE "
+            f"with SPLIT one of {', '.join(sorted(SPLIT_FOLDERS))}), e.g. EuroSAT's 2750/ folder or a zip of it")
+
+
+def folder_layout(name, root):
+    """The tree and {split: ([image files], [class of each])} of an ImageFolder tree."""
+    path, the_hint = folder_path(name, root), folder_hint(name, root)
+    if not path.exists():
+        raise UserError(f"no folder or archive {path}; {the_hint}")
+    tree = Tree(path, the_hint)
+    names = [n for n in tree.names() if is_image(n)]
+    parts = [n.split("/") for n in names]
+    while parts and len({p[0] for p in parts}) == 1 and all(len(p) >= 3 for p in parts) \
+            and parts[0][0].lower() not in SPLIT_FOLDERS:
+        parts = [p[1:] for p in parts]  # look through a wrapping folder
+    if not parts or any(len(p) < 2 for p in parts):
+        fail(path, "is not an ImageFolder tree (image files must lie in class folders)", the_hint)
+    by_split = all(p[0].lower() in SPLIT_FOLDERS and len(p) >= 3 for p in parts)
+    layout = {}
+    for name_, p in zip(names, parts):
+        split, cls = (SPLIT_FOLDERS[p[0].lower()], p[1]) if by_split else ("evaluation", p[0])
+        files, classes = layout.setdefault(split, ([], []))
+        files.append(name_)
+        classes.append(cls)
+    return tree, layout
+
+
+def folder_splits(name, root):
+    return tuple(sorted(folder_layout(name, root)[1]))
+
+
+def count_folder(name, split, root):
+    files, classes = _folder_split(name, split, root)[1]
+    return len(files), len(set(classes))
+
+
+def read_folder(name, split, root, image_size):
+    tree, (files, classes) = _folder_split(name, split, root)
+    return decode_all(tree, files, image_size, "RGB", folder_hint(name, root)), renumber(classes)
+
+
+def _folder_split(name, split, root):
+    tree, layout = folder_layout(name, root)
+    if split not in layout:
+        raise UserError(f"folder:{name} has no split {split!r}; its splits: {', '.join(sorted(layout))}")
+    return tree, layout[split]
