@@ -1,223 +1,216 @@
-"""Turn evaluation results into a report: a tidy table, a few-shot figure and a page that shows both.
+"""Turn evaluated run folders into the tables and figures a paper needs, and a page that shows them.
 
-``python -m analysis.report DIR... --out OUT`` reads every ``results.jsonl`` at or under each DIR
-(a run folder, or a folder of run folders searched recursively) and writes, each file atomically:
+``python -m analysis.report DIR... --out OUT`` reads every run folder at or under each DIR (a run
+folder, a folder searched recursively for ``results.jsonl``, or a ``results.jsonl`` file): its
+``results.jsonl`` (required), ``config.yaml``, ``metrics.jsonl``, ``feature_sample.npz`` and
+``episodes.npz`` (`analysis.load`). When a run was evaluated more than once, only the latest
+record (by ``time``) of each (run, dataset, split, axis, protocol, classifier, ways, shots,
+queries, metric) counts. It writes into OUT, each file atomically:
 
-- ``OUT/results.csv``: one row per measurement; when a run was evaluated more than once, only the
-  latest record (by ``time``) of each (run, dataset, split, axis, protocol, classifier, ways, shots,
-  queries, metric) is kept;
-- ``OUT/fewshot_accuracy.png``: few-shot accuracy (%) per run and shots as grouped bars with the
-  stored 95% intervals (mean +/- 1.96 std / sqrt(episodes), not re-bootstrapped) and a dashed
-  chance line at 100 / ways; one panel per (axis, dataset, split, protocol, classifier, ways);
-- ``OUT/index.html``: the figure with a one-line caption and the table, openable from disk.
+- ``results.csv``: one row per model x dataset x split x axis x protocol x classifier x ways x
+  shots x queries x metric, with the model's base, variant and backbone, mean (``value``) and 95%
+  interval (``ci95``) as stored, and ``best`` (the best value of that setting among the models);
+- ``results.md``: the same as wide tables (models as rows, grouped by base with the plain, +DSA,
+  +GeSSL variants next to each other; settings as columns; "mean ± interval", best in bold), and
+  the paired differences;
+- ``paired.csv``: paired differences A − B on the same episodes (`analysis.tables`);
+- seven figures (`analysis.figures`), each as PNG and PDF: ``fig1_fewshot_accuracy``,
+  ``fig2_accuracy_vs_shots``, ``fig3_sigma_universality``, ``fig4_crowding``,
+  ``fig5_feature_map``, ``fig6_training_curves``, ``fig7_paired_differences``;
+- ``index.html``: every figure with a one-line caption, the tables and the notes, openable from disk.
+
+A missing piece (no σ records, a model without crowding metrics, a run without a training log,
+feature sample or per-episode accuracies) skips what needs it, with a note on the page and on
+stderr; only unreadable or absent results stop the report.
 
 Only result files are read: this module imports no training code.
 """
 import argparse
 import html
-import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from analysis import figures
+from analysis.load import (RANDOM_VARIANT, Notes, load_episodes, load_feature_samples,
+                           load_metrics, load_results, model_order)
+from analysis.tables import (AXES, default_pairs, grouped_rows, mark_best, paired_differences,
+                             paired_markdown, to_markdown, wide_tables)
 from tasks.errors import UserError
 from tasks.io import atomic_path, atomic_write_text
 
-KEY = ["run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
-       "metric"]
-REQUIRED = KEY + ["value", "ci95", "time"]
-COLUMNS = KEY + ["value", "ci95", "episodes", "seed", "version", "time"]
-INTEGER_COLUMNS = ["ways", "shots", "queries", "episodes", "seed"]
-PANEL = ["axis", "dataset", "split", "protocol", "classifier", "ways"]
-FIGURE = "fewshot_accuracy.png"
+__all__ = ["load_results", "write_report", "main"]
+FIGURES = ["fig1_fewshot_accuracy", "fig2_accuracy_vs_shots", "fig3_sigma_universality",
+           "fig4_crowding", "fig5_feature_map", "fig6_training_curves", "fig7_paired_differences"]
+MAP_MODELS = 4
 
 
-def _note(message):
-    print(f"note: {message}", file=sys.stderr)
+def resolve_model(df, name):
+    """The model a name given on the command line means: a model name or a run name."""
+    if name in set(df["model"]):
+        return name
+    for model, sources in df.drop_duplicates("model")[["model", "sources"]].itertuples(index=False):
+        if name in {run for _, run in sources}:
+            return model
+    raise UserError(f"no model named {name!r}; the models are: {', '.join(model_order(df))}")
 
 
-def _find_results(paths):
-    """Every ``results.jsonl`` at or under ``paths``, in a stable order."""
-    files = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise UserError(f"{path} does not exist")
-        found = [path] if path.is_file() else sorted(path.rglob("results.jsonl"))
-        if not found:
-            raise UserError(f"no results.jsonl under {path}; "
-                            f"run `python -m gessl.evaluate RUN_DIR` first")
-        files += found
-    return files
+def default_map_models(df, samples):
+    """Models for the feature maps: the variants of the first self-supervised base (plain, +DSA,
+    +GeSSL ...), a supervised model, then a random backbone, at most ``MAP_MODELS``, among those
+    with a feature sample."""
+    models = df.drop_duplicates("model").set_index("model")
+    order = [m for m in model_order(df) if m in samples]
+    ssl = [m for m in order if models.loc[m, "variant"] != RANDOM_VARIANT
+           and models.loc[m, "base"] not in ("supervised", "?")]
+    first = [m for m in ssl if models.loc[m, "base"] == models.loc[ssl[0], "base"]] if ssl else []
+    supervised = [m for m in order if models.loc[m, "base"] == "supervised"][:1]
+    random = [m for m in order if models.loc[m, "variant"] == RANDOM_VARIANT][:1]
+    chosen = (first[:MAP_MODELS - len(supervised)] + supervised + random)[:MAP_MODELS]
+    return chosen or order[:MAP_MODELS]
 
 
-def _read_one(file):
-    """The valid records of one results.jsonl as a DataFrame; bad lines are skipped with a note."""
-    records = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            _note(f"{file}:{number}: skipped, not a JSON object")
-    if not records:
-        raise UserError(f"{file}: no valid records")
-    df = pd.DataFrame.from_records(records)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise UserError(f"{file}: records lack required field(s) {', '.join(missing)}")
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    df["ci95"] = pd.to_numeric(df["ci95"], errors="coerce")
-    df["_time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601", errors="coerce")
-    valid = df["value"].notna() & df["_time"].notna() & df["run"].notna() & df["metric"].notna()
-    if not valid.any():
-        raise UserError(f"{file}: no valid records (each needs run, metric, a numeric value and "
-                        f"an ISO-8601 time)")
-    if not valid.all():
-        _note(f"{file}: skipped {(~valid).sum()} record(s) without run, metric, a numeric value "
-              f"or an ISO-8601 time")
-    return df[valid]
+def coverage_notes(df, notes):
+    """Notes for the axes and protocols the evaluation suite measures that no record has."""
+    axes = [a for a in AXES if a not in set(df["axis"])]
+    if axes:
+        notes.add(f"no results on the {' and '.join(axes)} ax{'es' if len(axes) > 1 else 'is'}; "
+                  f"the evaluation suite adds them")
+    protocols = [p for p in ("linear", "knn") if p not in set(df["protocol"])]
+    if protocols:
+        notes.add(f"no {' or '.join(protocols)} evaluation records; the evaluation suite adds them")
 
 
-def _as_integers(column):
-    numbers = pd.to_numeric(column, errors="coerce")
-    if (numbers.dropna() % 1 != 0).any():
-        raise UserError(f"field {column.name!r} holds non-integer values")
-    return numbers.astype("Int64")
+def _html_table(title, cells, best):
+    shown = grouped_rows(cells)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    body = []
+    for row, marks in zip(shown.itertuples(index=False), best.itertuples(index=False)):
+        tds = []
+        for i, (value, mark) in enumerate(zip(row, marks)):
+            text = html.escape(str(value))
+            tds.append(f"<td class=\"{'name' if i < 3 else 'num'}\">"
+                       f"{'<strong>' + text + '</strong>' if mark and text else text}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return (f"<h3>{html.escape(title)}</h3>\n<table class=\"results\"><thead><tr>{head}</tr>"
+            f"</thead><tbody>{''.join(body)}</tbody></table>")
 
 
-def load_results(paths):
-    """Read every results.jsonl at or under ``paths`` into one tidy DataFrame, latest record wins.
-
-    Raises UserError for a path that does not exist, a path with no results.jsonl under it, and a
-    file with no valid records or without the required fields.
-    """
-    df = pd.concat([_read_one(f) for f in _find_results(paths)], ignore_index=True)
-    for column in COLUMNS:
-        if column not in df.columns:
-            df[column] = pd.NA
-    for column in INTEGER_COLUMNS:
-        df[column] = _as_integers(df[column])
-    df = (df.sort_values("_time", kind="stable")
-            .drop_duplicates(KEY, keep="last")
-            .sort_values(["dataset", "split", "axis", "protocol", "classifier", "metric", "ways",
-                          "shots", "run"], kind="stable"))
-    extra = [c for c in df.columns if c not in COLUMNS and c != "_time"]
-    return df[COLUMNS + extra].reset_index(drop=True)
+def _html_paired(paired):
+    if paired.empty:
+        return ""
+    rows = []
+    for r in paired.itertuples():
+        text = f"{r.difference:+.2f} ± {r.ci95:.2f}"
+        text = f"<strong>{text}</strong>" if abs(r.difference) > r.ci95 else text
+        rows.append(f"<tr><td class=\"name\">{html.escape(r.model_a)}</td><td class=\"name\">"
+                    f"{html.escape(r.model_b)}</td><td class=\"name\">{html.escape(str(r.dataset))} "
+                    f"{html.escape(str(r.axis))}: {r.ways}-way {r.shots}-shot</td>"
+                    f"<td class=\"num\">{r.mean_a:.2f}</td><td class=\"num\">{r.mean_b:.2f}</td>"
+                    f"<td class=\"num\">{text}</td><td class=\"num\">{r.n}</td></tr>")
+    return ("<h3>Paired differences (accuracy points, A − B, same episodes; "
+            "<a href=\"paired.csv\">paired.csv</a>)</h3>\n<table class=\"results\"><thead><tr>"
+            "<th>A</th><th>B</th><th>setting</th><th>A (%)</th><th>B (%)</th><th>A − B</th>"
+            "<th>episodes</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def _fewshot(df):
-    """The few-shot accuracy rows (those with a number of shots), with the shots as a label."""
-    fewshot = df[(df["metric"] == "accuracy") & df["shots"].notna()].copy()
-    fewshot["shots_label"] = fewshot["shots"].map(lambda s: f"{s}-shot")
-    return fewshot
-
-
-def _panel_title(key, varying):
-    panel = dict(zip(PANEL, key))
-    title = f"{panel['dataset']} ({panel['split']}), {panel['ways']}-way, {panel['classifier']}"
-    extras = [str(panel[name]) for name in ("axis", "protocol") if name in varying]
-    return title + ("\n" + ", ".join(extras) if extras else "")
-
-
-def plot_fewshot(df, path):
-    """Grouped bars of few-shot accuracy (x: shots, hue: run) with stored 95% intervals, to PNG."""
-    fewshot = _fewshot(df)
-    if fewshot.empty:
-        raise UserError("no few-shot accuracy records (metric 'accuracy' with shots) to plot")
-    panels = list(fewshot.groupby(PANEL, dropna=False, sort=True))
-    varying = [c for c in PANEL if fewshot[c].nunique(dropna=False) > 1]
-    runs = sorted(fewshot["run"].unique())
-    palette = dict(zip(runs, sns.color_palette("colorblind", len(runs))))
-    rows = -(-len(panels) // 3)
-    columns = -(-len(panels) // rows)
-    width = 4.2 * columns + 1.0
-    entry_width = 0.085 * max(len(r) for r in runs) + 0.7  # inches per legend entry, roughly
-    legend_columns = max(1, min(len(runs) + 1, int((width - 0.5) // entry_width)))
-    legend_rows = -(-(len(runs) + 1) // legend_columns)
-
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.3):
-        fig = Figure(figsize=(width, 3.4 * rows + 0.3 * legend_rows + 0.5),
-                     layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(rows, columns, squeeze=False, sharey=True).ravel()
-        for ax, (key, data) in zip(axes, panels):
-            order = [f"{s}-shot" for s in sorted(data["shots"].unique())]
-            sns.barplot(data=data, x="shots_label", y="value", hue="run", order=order,
-                        hue_order=runs, palette=palette, errorbar=None, dodge=True, ax=ax)
-            # seaborn draws one bar container per run (hue_order), bars centred near their x index.
-            ci95 = data.set_index(["run", "shots_label"])["ci95"]
-            for run, bars in zip(runs, ax.containers):
-                for bar in bars:
-                    x = bar.get_x() + bar.get_width() / 2
-                    ci = ci95.get((run, order[round(x)]))
-                    if pd.notna(ci):
-                        ax.errorbar(x, bar.get_height(), yerr=ci, fmt="none", ecolor="0.15",
-                                    elinewidth=1.2, capsize=3)
-            ways = key[PANEL.index("ways")]
-            if pd.notna(ways):
-                ax.axhline(100 / ways, color="0.35", linestyle="--", linewidth=1.2, label="chance")
-            ax.set(xlabel="", ylabel="accuracy (%)", ylim=(0, 100),
-                   title=_panel_title(key, varying))
-            ax.get_legend().remove()
-        for ax in axes[len(panels):]:
-            ax.set_visible(False)
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=legend_columns,
-                   frameon=False)
-        fig.suptitle("Few-shot accuracy with 95% intervals", fontweight="bold")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=150)
-
-
-def _caption(df):
-    fewshot = _fewshot(df)
-    queries = ", ".join(str(q) for q in sorted(fewshot["queries"].dropna().unique()))
-    episodes = ", ".join(str(e) for e in sorted(fewshot["episodes"].dropna().unique()))
-    return (f"Few-shot accuracy (%) of {fewshot['run'].nunique()} runs: mean over "
-            f"{episodes or '?'} episodes of {queries or '?'} queries per class, error bars are "
-            f"95% intervals, the dashed line is chance (100 / ways).")
-
-
-def write_report(df, out):
-    """Write results.csv, fewshot_accuracy.png and index.html (each atomically) into ``out``."""
-    out = Path(out)
-    plot_fewshot(df, out / FIGURE)
-    with atomic_path(out / "results.csv") as tmp:
-        df.to_csv(tmp, index=False)
-    table = df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.2f}", border=0,
-                       classes="results")
-    atomic_write_text(out / "index.html", f"""<!DOCTYPE html>
+def _page(shown, tables, paired, notes):
+    figures_html = "\n".join(
+        f'<figure id="{name}"><img src="{name}.png" alt="{html.escape(caption)}">'
+        f'<figcaption><b>Figure {FIGURES.index(name) + 1}.</b> {html.escape(caption)} '
+        f'(<a href="{name}.pdf">PDF</a>)</figcaption></figure>'
+        for name, caption in shown)
+    notes_html = ("<h2>Notes</h2>\n<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+                  + "</ul>") if notes else ""
+    tables_html = "\n".join(_html_table(*table) for table in tables)
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>gessl report</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; }}
-img {{ max-width: 100%; }}
-table.results {{ border-collapse: collapse; font-size: 0.9em; }}
+body {{ font-family: sans-serif; margin: 2em; max-width: 75em; }}
+img {{ max-width: 100%; width: 52em; }}
+figure {{ margin: 2em 0; }}
+figcaption {{ max-width: 52em; }}
+table.results {{ border-collapse: collapse; font-size: 0.9em; margin-bottom: 1.5em; }}
 table.results th, table.results td {{ padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; }}
-table.results td {{ text-align: right; }}
+table.results td.num {{ text-align: right; white-space: nowrap; }}
 </style></head><body>
 <h1>gessl report</h1>
-<figure><img src="{FIGURE}" alt="few-shot accuracy per run and shots">
-<figcaption>{html.escape(_caption(df))}</figcaption></figure>
-<h2>Results (<a href="results.csv">results.csv</a>)</h2>
-{table}
+<p>Tables: <a href="results.csv">results.csv</a> (one row per measurement),
+<a href="results.md">results.md</a>. Best value of each column in bold (↑ higher / ↓ lower is
+better); intervals are 95%.</p>
+{figures_html}
+<h2>Tables</h2>
+{tables_html}
+{_html_paired(paired)}
+{notes_html}
 </body></html>
-""")
+"""
+
+
+def write_report(df, out, notes=None, pairs=None, map_models=None, map_method="pca"):
+    """Write the tables, figures and page of the module docstring into ``out``; return the notes.
+
+    ``pairs``: (model A, model B) pairs for the paired differences (default: `default_pairs`);
+    ``map_models``: models for the feature maps (default: `default_map_models`); ``map_method``:
+    "pca" or "tsne" (falls back to PCA with a note when scikit-learn is not installed).
+    """
+    out = Path(out)
+    notes = Notes() if notes is None else notes
+    coverage_notes(df, notes)
+    metrics = load_metrics(df, notes)
+    samples = load_feature_samples(df, notes)
+    episodes = load_episodes(df, notes)
+    pairs = default_pairs(df, notes) if pairs is None else pairs
+    paired = paired_differences(episodes, pairs, notes)
+    chosen = default_map_models(df, samples) if map_models is None else map_models
+    missing = [m for m in chosen if m not in samples]
+    if missing:
+        notes.add(f"figure 5: no feature_sample.npz for {', '.join(missing)}")
+
+    figures.apply_theme()
+    builders = {
+        "fig1_fewshot_accuracy": lambda: figures.fig_fewshot(df, notes),
+        "fig2_accuracy_vs_shots": lambda: figures.fig_shots(df, notes),
+        "fig3_sigma_universality": lambda: figures.fig_sigma(df, notes),
+        "fig4_crowding": lambda: figures.fig_crowding(df, notes),
+        "fig5_feature_map": lambda: figures.fig_feature_map(df, samples, chosen, map_method, notes),
+        "fig6_training_curves": lambda: figures.fig_training(df, metrics, notes),
+        "fig7_paired_differences": lambda: figures.fig_paired(paired, notes),
+    }
+    shown = []
+    for name in FIGURES:
+        made = builders[name]()
+        if made is not None:
+            figure, caption = made
+            figures.save(figure, out, name)
+            shown.append((name, caption))
+    for name in set(FIGURES) - {name for name, _ in shown}:  # figures of an earlier report
+        for suffix in (".png", ".pdf"):
+            (out / f"{name}{suffix}").unlink(missing_ok=True)
+
+    table = mark_best(df).drop(columns=["folder", "sources"])
+    with atomic_path(out / "results.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if paired.empty:
+        (out / "paired.csv").unlink(missing_ok=True)
+    else:
+        with atomic_path(out / "paired.csv") as tmp:
+            paired.to_csv(tmp, index=False)
+    tables = wide_tables(df)
+    markdown = "\n".join(to_markdown(*t) for t in tables)
+    markdown += ("\n" + paired_markdown(paired)) if not paired.empty else ""
+    markdown += ("\n### Notes\n\n" + "".join(f"- {n}\n" for n in notes)) if notes else ""
+    atomic_write_text(out / "results.md", "# gessl results\n\nMean ± 95% interval; best of "
+                      "each column in bold (↑ higher / ↓ lower is better).\n\n" + markdown)
+    atomic_write_text(out / "index.html", _page(shown, tables, paired, notes))
+    return notes
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m analysis.report",
-        description="Collect the results.jsonl of evaluated runs into OUT/results.csv, a few-shot "
-                    "accuracy figure OUT/fewshot_accuracy.png and a page OUT/index.html.",
+        description="Collect evaluated run folders (results.jsonl, config.yaml, metrics.jsonl, "
+                    "feature_sample.npz, episodes.npz) into tables (OUT/results.csv, "
+                    "OUT/results.md), seven figures (PNG and PDF) and a page OUT/index.html.",
         epilog="Example: python -m analysis.report runs/ --out report/ "
                "(runs/ holds run folders evaluated with `python -m gessl.evaluate RUN_DIR`).")
     parser.add_argument("dirs", nargs="+", metavar="DIR",
@@ -225,15 +218,32 @@ def main(argv=None):
                              "for run folders, or a results.jsonl file")
     parser.add_argument("--out", required=True, metavar="OUT",
                         help="folder to write the report into (created if missing)")
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"),
+                        help="compare models A and B (model or run names) episode by episode; "
+                             "repeatable (default: each +DSA / +GeSSL run against the plain run "
+                             "of its base and backbone)")
+    parser.add_argument("--map-models", nargs="+", metavar="MODEL",
+                        help="models for the feature maps of figure 5 (default: the variants "
+                             "of the first base, a supervised run and a random backbone, at "
+                             f"most {MAP_MODELS})")
+    parser.add_argument("--map", choices=["pca", "tsne"], default="pca",
+                        help="2-D projection of the feature maps (t-SNE needs scikit-learn)")
     args = parser.parse_args(argv)
+    notes = Notes()
     try:
-        df = load_results(args.dirs)
-        write_report(df, args.out)
+        df = load_results(args.dirs, notes)
+        pairs = None if args.pair is None else [
+            (resolve_model(df, a), resolve_model(df, b)) for a, b in args.pair]
+        chosen = None if args.map_models is None else [
+            resolve_model(df, m) for m in args.map_models]
+        write_report(df, args.out, notes, pairs=pairs, map_models=chosen, map_method=args.map)
     except UserError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {Path(args.out) / 'index.html'} ({len(df)} results from "
-          f"{df['run'].nunique()} runs)")
+          f"{df['model'].nunique()} models)")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
-"""The report reads results.jsonl files into a table, a figure and a page, and fails cleanly."""
-import json
+"""The report reads run folders into tables, figures and a page; it skips missing pieces with a
+note and fails cleanly on unreadable results."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from analysis import report
+from tests.analysis.conftest import record, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # (run, shots) -> (value, ci95) of the latest records
 LATEST = {
@@ -22,26 +22,14 @@ LATEST = {
 }
 
 
-def record(run, shots, value, ci95, time="2025-03-02T12:00:00+00:00", **changes):
-    return {"run": run, "dataset": "glyphs", "split": "test", "axis": "generalization",
-            "protocol": "fewshot", "classifier": "prototypes", "ways": 5, "shots": shots,
-            "queries": 15, "episodes": 600, "metric": "accuracy", "value": value, "ci95": ci95,
-            "seed": 0, "version": "0.1.0", "time": time, **changes}
-
-
-def write_jsonl(path, records, tail=""):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
-    return path
-
-
 @pytest.fixture
 def runs(tmp_path):
-    """A folder of two run folders, one nested deeper, each with an older superseded record."""
+    """A folder of two run folders without config.yaml, one nested deeper, each with an older
+    superseded record: only results.jsonl, so every other piece of the report is missing."""
     root = tmp_path / "runs"
     for folder, run in (("simclr", "simclr-conv4"), ("baselines/random", "simclr-conv4 (random init)")):
-        older = record(run, 1, 99.0, 9.9, time="2025-03-01T12:00:00+00:00")
-        latest = [record(run, shots, *LATEST[run, shots]) for shots in (1, 5)]
+        older = record(run, 99.0, 9.9, shots=1, time="2025-03-01T12:00:00+00:00")
+        latest = [record(run, *LATEST[run, shots], shots=shots) for shots in (1, 5)]
         # The newer record comes first in the file: order of lines must not decide, time must.
         write_jsonl(root / folder / "results.jsonl", [latest[0], older, latest[1]])
     return root
@@ -61,70 +49,97 @@ def test_csv_holds_the_latest_value_and_interval_per_run_and_shots(runs, tmp_pat
     found = {(r.run, r.shots): (r.value, r.ci95) for r in table.itertuples()}
     assert found == LATEST
     assert (table["time"] == "2025-03-02T12:00:00+00:00").all()
+    # without config.yaml the model is its run name and its variant unknown
+    assert list(table["model"]) == list(table["run"])
+    assert set(table["variant"]) == {"?", "random init"}
 
 
 def test_latest_record_wins_by_time_across_time_zones(tmp_path):
     run = tmp_path / "run"
     # 10:30+02:00 is 08:30 UTC, earlier than 09:00Z although it sorts later as a string.
-    write_jsonl(run / "results.jsonl", [record("m", 1, 70.0, 1.0, time="2025-03-02T09:00:00Z"),
-                                        record("m", 1, 10.0, 1.0, time="2025-03-02T10:30:00+02:00")])
+    write_jsonl(run / "results.jsonl", [record("m", 70.0, 1.0, time="2025-03-02T09:00:00Z"),
+                                        record("m", 10.0, 1.0, time="2025-03-02T10:30:00+02:00")])
     assert report.load_results([run])["value"].tolist() == [70.0]
 
 
 def test_records_differing_in_a_key_field_are_all_kept(tmp_path):
     run = tmp_path / "run"
-    write_jsonl(run / "results.jsonl", [record("m", 1, 70.0, 1.0),
-                                        record("m", 1, 60.0, 1.0, classifier="logreg"),
-                                        record("m", 1, 65.0, 1.0, queries=5)])
+    write_jsonl(run / "results.jsonl", [record("m", 70.0, 1.0),
+                                        record("m", 60.0, 1.0, classifier="logreg"),
+                                        record("m", 65.0, 1.0, queries=5)])
     assert sorted(report.load_results([run])["value"]) == [60.0, 65.0, 70.0]
 
 
-def test_png_is_a_valid_image(runs, tmp_path):
+def test_random_backbones_are_merged_only_when_they_scored_alike(tmp_path):
+    for folder, value in (("a", 50.0), ("b", 50.0)):
+        write_jsonl(tmp_path / "same" / folder / "results.jsonl",
+                    [record(folder, 60.0, 1.0), record(f"{folder} (random init)", value, 1.0)])
+    for folder, value in (("a", 50.0), ("b", 51.0)):
+        write_jsonl(tmp_path / "differ" / folder / "results.jsonl",
+                    [record(folder, 60.0, 1.0), record(f"{folder} (random init)", value, 1.0)])
+    same = report.load_results([tmp_path / "same"])
+    assert sorted(same["model"]) == ["a", "b", "random init (?)"]
+    differ = report.load_results([tmp_path / "differ"])
+    assert sorted(differ["model"]) == ["a", "a (random init)", "b", "b (random init)"]
+
+
+def test_missing_pieces_are_skipped_with_a_note_not_a_crash(runs, tmp_path, capsys):
     out = tmp_path / "out"
     report.main([str(runs), "--out", str(out)])
-    png = out / "fewshot_accuracy.png"
-    assert png.read_bytes()[:8] == PNG_MAGIC
-    with Image.open(png) as image:
-        image.verify()
-        assert image.format == "PNG" and min(image.size) > 300
-
-
-def test_error_bars_are_the_stored_intervals(runs, tmp_path, monkeypatch):
-    figures = []
-
-    class Recorded(report.Figure):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            figures.append(self)
-
-    monkeypatch.setattr(report, "Figure", Recorded)
-    report.plot_fewshot(report.load_results([runs]), tmp_path / "figure.png")
-    ax = figures[0].axes[0]
-    heights = [round(bar.get_height(), 2) for bars in ax.containers if hasattr(bars, "patches")
-               for bar in bars]
-    assert sorted(heights) == sorted(value for value, _ in LATEST.values())
-    spans = []
-    for line in ax.collections:  # error bars are LineCollections of one vertical segment
-        for (x0, y0), (x1, y1) in line.get_segments():
-            spans.append((round((y0 + y1) / 2, 2), round(abs(y1 - y0) / 2, 2)))
-    assert sorted(spans) == sorted(LATEST.values())
-    chance = [l for l in ax.lines if l.get_linestyle() == "--"]
-    assert chance and chance[0].get_ydata()[0] == pytest.approx(20.0)
-
-
-def test_index_html_shows_the_figure_and_the_table(runs, tmp_path):
-    out = tmp_path / "out"
-    report.main([str(runs), "--out", str(out)])
+    err = capsys.readouterr().err
+    written = {p.name for p in out.iterdir()}
+    assert written == {"results.csv", "results.md", "index.html",
+                       "fig1_fewshot_accuracy.png", "fig1_fewshot_accuracy.pdf",
+                       "fig2_accuracy_vs_shots.png", "fig2_accuracy_vs_shots.pdf"}
     page = (out / "index.html").read_text()
-    assert '<img src="fewshot_accuracy.png"' in page
-    assert "<table" in page
-    for (run, _), (value, ci95) in LATEST.items():
-        assert f"<td>{run}</td>" in page
-        assert f"<td>{value:.2f}</td>" in page and f"<td>{ci95:.2f}</td>" in page
-    assert "99.00" not in page  # the superseded record is not shown
+    for skipped in ("figure 3 (σ universality per axis) skipped",
+                    "figure 4 (crowding) skipped", "figure 5 (feature maps) skipped",
+                    "figure 6 (training curves) skipped", "figure 7 (paired differences) skipped",
+                    "no config.yaml", "no results on the discriminability and transferability axes",
+                    "no linear or knn evaluation records"):
+        assert skipped in page and skipped in err
+    assert "fig3_sigma_universality.png" not in page
 
 
-def test_run_folders_are_found_recursively_and_given_folders_combine(runs, tmp_path):
+def test_a_run_with_one_number_of_shots_skips_only_figure_2(tmp_path, capsys):
+    write_jsonl(tmp_path / "run" / "results.jsonl", [record("m", 70.0, 1.0)])
+    report.main([str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "fig1_fewshot_accuracy.png").is_file()
+    assert not (tmp_path / "out" / "fig2_accuracy_vs_shots.png").exists()
+    assert "figure 2 (accuracy against shots) skipped" in capsys.readouterr().err
+
+
+def test_full_report_notes_only_what_is_really_missing(full_report):
+    out, notes = full_report
+    text = " | ".join(notes)
+    assert "figure 4: no crowding metrics for simclr-gessl" in text
+    assert "figure 3: no σ universality records for simclr-gessl" in text
+    assert "vicreg: no training log" in text
+    assert "figure 5: no feature_sample.npz" not in text  # vicreg is not chosen for the maps
+    assert "skipped" not in text and "no config.yaml" not in text
+    assert "no results on the transferability axis" in text
+
+
+def test_index_html_shows_the_figures_the_tables_and_the_notes(full_report):
+    out, notes = full_report
+    page = (out / "index.html").read_text()
+    assert page.count("<figure") == len(report.FIGURES)
+    assert page.count('<table class="results">') == 5  # accuracy on 2 splits, crowding, σ, paired
+    assert "<td class=\"name\">simclr-dsa</td>" in page and "<strong>" in page
+    assert '<a href="results.csv">' in page and '<a href="paired.csv">' in page
+    assert all(note.replace("'", "&#x27;") in page for note in notes)
+
+
+def test_stale_figures_of_an_earlier_report_are_removed(full_report, runs, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(full_report[0], out)
+    assert (out / "fig7_paired_differences.pdf").is_file() and (out / "paired.csv").is_file()
+    report.write_report(report.load_results([runs]), out)
+    assert not (out / "fig7_paired_differences.pdf").exists() and not (out / "paired.csv").exists()
+    assert not (out / "fig4_crowding.png").exists()
+
+
+def test_run_folders_are_found_recursively_and_given_folders_combine(runs):
     nested = report.load_results([runs])
     assert set(nested["run"]) == {"simclr-conv4", "simclr-conv4 (random init)"}
     one = report.load_results([runs / "simclr"])
@@ -135,15 +150,16 @@ def test_run_folders_are_found_recursively_and_given_folders_combine(runs, tmp_p
     assert len(report.load_results([runs / "simclr" / "results.jsonl"])) == 2
 
 
-def test_unparseable_lines_are_skipped_with_a_note(tmp_path, capsys):
+def test_unparseable_lines_are_skipped_with_a_note(tmp_path):
     run = tmp_path / "run"
-    write_jsonl(run / "results.jsonl", [record("m", 1, 70.0, 1.0), record("m", 5, "n/a", 1.0)],
+    write_jsonl(run / "results.jsonl", [record("m", 70.0, 1.0), record("m", "n/a", 1.0, shots=5)],
                 tail='[1, 2]\n{"run": "m", "val')
-    df = report.load_results([run])
+    notes = report.Notes()
+    df = report.load_results([run], notes)
     assert df["value"].tolist() == [70.0]
-    err = capsys.readouterr().err
-    assert "results.jsonl:3: skipped" in err and "results.jsonl:4: skipped" in err
-    assert "skipped 1 record(s)" in err
+    text = " | ".join(notes)
+    assert "results.jsonl:3: skipped" in text and "results.jsonl:4: skipped" in text
+    assert "skipped 1 record(s)" in text
 
 
 def assert_failed_cleanly(code, err, out):
@@ -159,24 +175,26 @@ def assert_failed_cleanly(code, err, out):
     ("empty_file", "no valid records"),
     ("missing_columns", "lack required field(s) ci95, time"),
     ("no_valid_values", "no valid records"),
-    ("no_fewshot", "no few-shot accuracy records"),
+    ("unknown_pair", "no model named 'nobody'; the models are: m"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(case, message, tmp_path, capsys):
     target = tmp_path / "target"
+    extra = []
     if case == "no_results":
         (target / "a" / "b").mkdir(parents=True)
     elif case == "empty_file":
         write_jsonl(target / "results.jsonl", [], tail="\n")
     elif case == "missing_columns":
-        bad = record("m", 1, 70.0, 1.0)
+        bad = record("m", 70.0, 1.0)
         del bad["ci95"], bad["time"]
         write_jsonl(target / "results.jsonl", [bad])
     elif case == "no_valid_values":
-        write_jsonl(target / "results.jsonl", [record("m", 1, "n/a", 1.0)])
-    elif case == "no_fewshot":
-        write_jsonl(target / "results.jsonl", [record("m", None, 88.0, None, protocol="linear")])
+        write_jsonl(target / "results.jsonl", [record("m", "n/a", 1.0)])
+    elif case == "unknown_pair":
+        write_jsonl(target / "results.jsonl", [record("m", 70.0, 1.0)])
+        extra = ["--pair", "m", "nobody"]
     out = tmp_path / "out"
-    code, err = run_main([target, "--out", out], capsys)
+    code, err = run_main([target, "--out", out, *extra], capsys)
     assert_failed_cleanly(code, err, out)
     assert message in err
     if case == "no_results":
@@ -193,24 +211,24 @@ def test_a_failed_report_keeps_the_previous_one_whole(runs, tmp_path, capsys):
     out = tmp_path / "out"
     report.main([str(runs), "--out", str(out)])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    bad = write_jsonl(tmp_path / "bad" / "results.jsonl",
-                      [record("m", None, 88.0, None, protocol="linear")])
+    bad = write_jsonl(tmp_path / "bad" / "results.jsonl", [record("m", "n/a", 1.0)])
     code, _ = run_main([bad.parent, "--out", out], capsys)
     assert code == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_cli_runs_as_a_module(runs, tmp_path):
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "analysis.report", *map(str, args)],
-                              cwd=REPO, capture_output=True, text=True)
+def test_help_names_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--help"])
+    shown = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert all(option in shown for option in ("--out", "--pair", "--map-models", "--map"))
 
-    shown = cli("--help")
-    assert shown.returncode == 0 and "--out" in shown.stdout and "results.jsonl" in shown.stdout
-    done = cli(runs, "--out", tmp_path / "out")
+
+def test_cli_runs_as_a_module(runs, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "analysis.report", str(runs), "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "results.csv", "fewshot_accuracy.png", "index.html"}
-    failed = cli(tmp_path / "nowhere", "--out", tmp_path / "out2")
-    assert failed.returncode == 2 and failed.stderr.count("\n") == 1
-    assert "Traceback" not in failed.stderr and not (tmp_path / "out2").exists()
+    assert "index.html" in done.stdout and "note: figure 3" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "out" / "fig1_fewshot_accuracy.pdf").is_file()
