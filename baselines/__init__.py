@@ -3,13 +3,32 @@
 of each view); ``batch["views"]`` holds the augmented views. Registry: name → class. The
 constructor takes the backbone's feature dimension, then keyword options named like the training
 config's fields (``proj_hidden``, ``temperature``, ``barlow_lambda``, ...), which ``gessl.train``
-fills from the config. A method's ``proj_dim`` attribute is the width of its projections.
+fills from the config; a method with a momentum copy of the backbone (MoCo, BYOL) also takes
+``backbone``, the online backbone, which it copies. A method's ``proj_dim`` attribute is the width
+of its projections.
 
 For GeSSL a method must be a pure function of its parameters and the batch: state that is not
 trained by gradient (momentum encoders, EMA targets) is held in parameters with
-``requires_grad=False`` or in buffers (queues), which the inner loop never changes."""
+``requires_grad=False`` or in buffers (queues), which the inner loop never changes.
+
+Label-using references: ``supervised`` (cross-entropy over the training classes; takes
+``num_classes``) and the episodic ``protonet`` and ``maml`` (class attribute ``episodic = True``:
+``gessl.train`` feeds them few-shot episodes of ``tasks.episodes`` instead of ``--batch-size``
+batches; ``meta_learner = True`` marks MAML, which cannot run inside ``--meta gessl``). They read
+``batch["labels"]``. ``baselines.maml`` is the one module that imports more than torch: learn2learn's
+MAML wrapper (its docstring says why)."""
 from baselines.barlow import BarlowTwins
+from baselines.byol import BYOL
+from baselines.maml import MAML
+from baselines.moco import MoCo
+from baselines.music import MUSIC
+from baselines.protonet import ProtoNet
 from baselines.simclr import SimCLR
+from baselines.simsiam import SimSiam
+from baselines.supervised import Supervised
+from baselines.swav import SwAV
 from baselines.vicreg import VICReg
 
-BASE_METHODS = {"simclr": SimCLR, "barlow": BarlowTwins, "vicreg": VICReg}
+BASE_METHODS = {"simclr": SimCLR, "barlow": BarlowTwins, "vicreg": VICReg, "swav": SwAV, "music": MUSIC,
+                "moco": MoCo, "byol": BYOL, "simsiam": SimSiam, "supervised": Supervised, "protonet": ProtoNet,
+                "maml": MAML}

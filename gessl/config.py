@@ -24,11 +24,11 @@ class TrainConfig:
     backbone: str = dataclasses.field(default="conv4", metadata={"help": "encoder architecture"})
     epochs: int = dataclasses.field(default=1, metadata={"help": "passes over the training data"})
     max_steps: int = dataclasses.field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
-    batch_size: int = dataclasses.field(default=128, metadata={"help": "images per step (each gives two views)"})
+    batch_size: int = dataclasses.field(default=128, metadata={"help": "images per step (each gives two views); ignored by the episodic methods (protonet, maml), whose step is one episode of --episode-ways x (--episode-shots + --episode-queries) images"})
     lr: float = dataclasses.field(default=2e-3, metadata={"help": "peak learning rate of Adam"})
     weight_decay: float = dataclasses.field(default=1e-6, metadata={"help": "Adam weight decay"})
     warmup_steps: int = dataclasses.field(default=20, metadata={"help": "linear warm-up, then cosine decay"})
-    temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses"})
+    temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses (SimCLR, SwAV, MoCo)"})
     proj_hidden: int = dataclasses.field(default=512, metadata={"help": "hidden width of the projector"})
     proj_dim: int = dataclasses.field(default=128, metadata={"help": "output width of the projector"})
     barlow_proj_dim: int = dataclasses.field(default=1024, metadata={"help": "Barlow Twins: width of both projector layers"})
@@ -36,6 +36,27 @@ class TrainConfig:
     vicreg_sim: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the invariance term"})
     vicreg_var: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the variance term"})
     vicreg_cov: float = dataclasses.field(default=1.0, metadata={"help": "VICReg: weight of the covariance term"})
+    swav_prototypes: int = dataclasses.field(default=300, metadata={"help": "SwAV: number of prototypes K (3000 at CIFAR scale)"})
+    swav_epsilon: float = dataclasses.field(default=0.05, metadata={"help": "SwAV: epsilon, entropy weight of the Sinkhorn codes"})
+    swav_iters: int = dataclasses.field(default=3, metadata={"help": "SwAV: Sinkhorn-Knopp iterations"})
+    swav_queue: int = dataclasses.field(default=0, metadata={"help": "SwAV: past projections per view (per process) added to the Sinkhorn problem once filled (0: no queue)"})
+    music_dim: int = dataclasses.field(default=512, metadata={"help": "MUSIC: projector output width D = segments x segment size"})
+    music_segment: int = dataclasses.field(default=32, metadata={"help": "MUSIC: B, attributes per segment (music_dim must hold at least two segments)"})
+    music_ti: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the transform-invariance term"})
+    music_dia: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the diagonal (same-segment) entropy term"})
+    music_off: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the off-diagonal (cross-segment) entropy term"})
+    moco_queue: int = dataclasses.field(default=4096, metadata={"help": "MoCo: K, keys held in the queue of negatives (65536 in the paper)"})
+    moco_momentum: float = dataclasses.field(default=0.99, metadata={"help": "MoCo: m, momentum of the key encoder (0.999 in the paper)"})
+    byol_momentum: float = dataclasses.field(default=0.99, metadata={"help": "BYOL: tau_base, target momentum at the start, raised to 1 by a cosine (0.996 in the paper)"})
+    byol_pred_hidden: int = dataclasses.field(default=512, metadata={"help": "BYOL: hidden width of the predictor (4096 in the paper)"})
+    simsiam_pred_hidden: int = dataclasses.field(default=32, metadata={"help": "SimSiam: hidden (bottleneck) width of the predictor (512 in the paper)"})
+    supervised_scale: float = dataclasses.field(default=5.0, metadata={"help": "Supervised: scale s of the cosine classifier, logits s*cos(h, w_k) (0: a linear classifier W h + b, the CIFAR-scale choice)"})
+    episode_ways: int = dataclasses.field(default=20, metadata={"help": "ProtoNet, MAML: classes per training episode (Snell et al. train Omniglot 60-way)"})
+    episode_shots: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML: support images per class in a training episode"})
+    episode_queries: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML: query images per class in a training episode"})
+    maml_inner_steps: int = dataclasses.field(default=5, metadata={"help": "MAML: K, SGD steps adapting the head to an episode's support set (Finn et al.: 5 for 20-way Omniglot)"})
+    maml_inner_lr: float = dataclasses.field(default=0.1, metadata={"help": "MAML: alpha, step of the head's adaptation (Finn et al.: 0.1 for 20-way Omniglot)"})
+    maml_first_order: bool = dataclasses.field(default=False, metadata={"help": "MAML: first-order (FOMAML), d(w_K)/d(w) taken as identity"})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task"})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target"})
     inner_lr: float = dataclasses.field(default=0.01, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead"})
@@ -67,13 +88,16 @@ class TrainConfig:
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
                     "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature", "dsa_eta", "barlow_proj_dim",
-                    "dsa_tau_p", "dsa_tau_w"]
+                    "dsa_tau_p", "dsa_tau_w", "swav_prototypes", "swav_epsilon", "swav_iters", "music_dim",
+                    "music_segment", "moco_queue", "byol_pred_hidden", "simsiam_pred_hidden", "episode_ways",
+                    "episode_shots", "episode_queries", "maml_inner_lr"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes", "inner_steps", "lookahead",
                      "gamma", "sigma_weight", "dsa_mu", "dsa_lambda1", "dsa_lambda2", "barlow_lambda", "vicreg_sim",
-                     "vicreg_var", "vicreg_cov"]:
+                     "vicreg_var", "vicreg_cov", "swav_queue", "music_ti", "music_dia", "music_off", "maml_inner_steps",
+                     "supervised_scale"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -85,8 +109,12 @@ class TrainConfig:
             raise UserError(f"GeSSL tasks of {task} images (--batch-size {self.batch_size} / --tasks-per-step "
                             f"{self.tasks_per_step}) leave fewer than 2 images in the support or query set; "
                             f"use a larger --batch-size or fewer --tasks-per-step")
-        if not 0 <= self.dsa_ema < 1:
-            raise UserError(f"--dsa-ema must be in [0, 1), got {self.dsa_ema}")
+        if self.base == "music" and (self.music_dim % self.music_segment or self.music_dim < 2 * self.music_segment):
+            raise UserError(f"--music-dim {self.music_dim} must be a multiple of --music-segment "
+                            f"{self.music_segment}, at least two segments")
+        for name in ["dsa_ema", "moco_momentum", "byol_momentum"]:
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.inner_backend not in ("higher", "func"):
             raise UserError(f"--inner-backend must be higher or func, got {self.inner_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):

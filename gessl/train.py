@@ -4,9 +4,9 @@ The run folder (``--out``) holds ``config.yaml`` (the resolved config), ``metric
 record per logged step), ``checkpoint.pt`` (the latest state, written atomically),
 ``backbone.pt`` (the encoder alone) and, after the closing few-shot check, ``results.jsonl``.
 
-Every random choice of a step (batch order, augmentation) is drawn from generators seeded by
-``(seed, epoch)`` and ``(seed, step)``, so ``--resume`` after a stop ends with the same weights as
-a run that never stopped (on CPU, where kernels are deterministic).
+Every random choice of a step (batch order, augmentation, the episode of an episodic method) is
+drawn from generators seeded by ``(seed, epoch)`` and ``(seed, step)``, so ``--resume`` after a stop
+ends with the same weights as a run that never stopped (on CPU, where kernels are deterministic).
 """
 import argparse
 import dataclasses
@@ -28,7 +28,8 @@ from gessl.device import resolve_device
 from gessl.dsa import DSA, check_prior
 from gessl.evaluate import evaluate_run, print_table
 from tasks.augment import GlyphAugment
-from tasks.datasets import DATASETS, load_split
+from tasks.datasets import get_dataset, load_split
+from tasks.episodes import EpisodeSampler
 from tasks.errors import UserError, run_cli
 from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
@@ -81,7 +82,26 @@ def check_names(cfg):
         check_prior(cfg.dsa_prior)
     pick(META_OPTIMISERS, cfg.meta, "--meta")
     pick(BACKBONES, cfg.backbone, "--backbone")
-    pick(DATASETS, cfg.dataset, "--dataset")
+    get_dataset(cfg.dataset, cfg.data_root)
+    check_episodic(cfg)
+
+
+def check_episodic(cfg):
+    """Fail early on what a label-using method cannot run in: a meta-learner (MAML) inside GeSSL
+    (nested meta-learning), or GeSSL support or query sets holding a single image of a class
+    (an episode laid out round by round has every class once in any ``episode_ways`` images)."""
+    method_cls = BASE_METHODS[cfg.base]
+    if cfg.meta != "none" and getattr(method_cls, "meta_learner", False):
+        raise UserError(f"--base {cfg.base} is itself a meta-learner and cannot run inside --meta {cfg.meta} "
+                        f"(nested meta-learning); use --meta none")
+    if cfg.meta == "gessl" and getattr(method_cls, "episodic", False):
+        episode = cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries)
+        tasks = [len(t) for t in torch.arange(episode).chunk(cfg.tasks_per_step)]  # as GeSSL cuts a batch
+        smallest = min(min(round(n * cfg.support_ratio), n - round(n * cfg.support_ratio)) for n in tasks)
+        if smallest < 2 * cfg.episode_ways:
+            raise UserError(f"GeSSL cuts the {episode}-image episodes into support and query sets with fewer "
+                            f"than 2 images of each of the {cfg.episode_ways} classes; use more --episode-shots "
+                            f"and --episode-queries, fewer --episode-ways or fewer --tasks-per-step")
 
 
 def variant(cfg):
@@ -93,12 +113,13 @@ def build_model(cfg, in_channels, num_classes):
     """The backbone, base method and regulariser named by ``cfg``, initialised from ``cfg.seed``.
 
     The method's constructor takes the feature dimension, then keywords filled from the config
-    fields of the same name, and ``num_classes`` (the training classes) if it asks for it.
+    fields of the same name, and ``num_classes`` (the training classes) and ``backbone`` (the
+    backbone just built, which momentum methods copy) if it asks for them.
     """
     method_cls = pick(BASE_METHODS, cfg.base, "--base")
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels, cfg.image_size)
-    known = {**dataclasses.asdict(cfg), "num_classes": num_classes}
+    known = {**dataclasses.asdict(cfg), "num_classes": num_classes, "backbone": backbone}
     options = list(inspect.signature(method_cls).parameters)[1:]  # after the feature dimension
     method = method_cls(backbone.out_dim, **{name: known[name] for name in options})
     make_regulariser = pick(REGULARISERS, cfg.reg, "--reg")
@@ -121,11 +142,23 @@ def step_batch(images, labels, cfg, step, steps_per_epoch, augment, device):
     epoch, i = divmod(step, steps_per_epoch)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-    x = images[idx].to(device, non_blocking=True).float().div_(255)
+    return views_batch(images[idx], labels[idx], cfg, step, augment, device)
+
+
+def episode_batch(images, episodes, cfg, step, augment, device):
+    """``step_batch`` for episodic methods: the images of step ``step``'s episode (``tasks.episodes``),
+    their views and their episode labels 0..ways−1, in the episode's layout."""
+    idx, labels = episodes.sample(cfg.seed, step)
+    return views_batch(images[idx], labels, cfg, step, augment, device)
+
+
+def views_batch(images, labels, cfg, step, augment, device):
+    """``uint8`` images scaled to [0, 1], two augmented views (seeded by ``cfg.seed`` and ``step``) and labels."""
+    x = images.to(device, non_blocking=True).float().div_(255)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    return {"images": x, "views": [augment(x, gen), augment(x, gen)], "labels": labels[idx].to(device)}
+    return {"images": x, "views": [augment(x, gen), augment(x, gen)], "labels": labels.to(device)}
 
 
 class Trainer:
@@ -136,7 +169,12 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
         self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
-        self.steps_per_epoch = len(self.images) // cfg.batch_size
+        # Episodic methods (protonet, maml) train on one episode a step; --batch-size does not apply and
+        # an epoch is as many episodes as hold the training set's number of images.
+        self.episodes = (EpisodeSampler(self.labels, cfg.episode_ways, cfg.episode_shots, cfg.episode_queries)
+                         if getattr(BASE_METHODS[cfg.base], "episodic", False) else None)
+        self.images_per_step = self.episodes.size if self.episodes else cfg.batch_size
+        self.steps_per_epoch = len(self.images) // self.images_per_step
         if self.steps_per_epoch == 0:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(self.images)} training "
                             f"images; use a smaller batch")
@@ -184,8 +222,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        batch = self.model.prepare_batch(
-            step_batch(self.images, self.labels, cfg, self.step, self.steps_per_epoch, self.augment, self.device))
+        if self.episodes is not None:
+            batch = episode_batch(self.images, self.episodes, cfg, self.step, self.augment, self.device)
+        else:
+            batch = step_batch(self.images, self.labels, cfg, self.step, self.steps_per_epoch, self.augment,
+                               self.device)
+        batch = self.model.prepare_batch(batch)
         self.optimizer.zero_grad(set_to_none=True)
         diagnose = (self.step + 1) % cfg.log_every == 0
         logs = self.objective.compute_gradients(self.model, batch, diagnose=diagnose)
@@ -211,7 +253,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     now = time.time()
-                    rate = (self.step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                    rate = (self.step - tick_step) * self.images_per_step / max(now - tick, 1e-9)
                     append_jsonl(log_path, [{"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
                                              **logs, "img_per_s": rate, "time": now}])
                     tick, tick_step = now, self.step

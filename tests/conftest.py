@@ -1,10 +1,17 @@
-"""Shared fixtures: one real glyph data set per test session, generated once for all workers."""
+"""Shared fixtures: one real glyph data set per test session, generated once for all workers.
+
+Each pytest-xdist worker runs torch on one thread: with `make test`'s two workers on a 2-core
+machine, more threads only oversubscribe the cores (tiny ops then stall, up to 30x slower).
+"""
 import fcntl
 import os
 
 import pytest
+import torch
 
 from tasks.glyphs import load_glyphs
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

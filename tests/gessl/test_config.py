@@ -25,7 +25,7 @@ def test_saved_config_round_trips(tmp_path):
     (["--batch-size", "-3"], "--batch-size must be positive"),
     (["--base", "nope"], "unknown --base 'nope'"),
     (["--backbone", "vgg"], "unknown --backbone 'vgg'"),
-    (["--dataset", "imagenet"], "unknown --dataset 'imagenet'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--meta", "maml"], "unknown --meta 'maml'"),
     (["--support-ratio", "1.5"], "--support-ratio must be between 0 and 1"),

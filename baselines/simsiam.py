@@ -1,0 +1,46 @@
+"""SimSiam (Chen & He, CVPR 2021, "Exploring Simple Siamese Representation Learning"): a projector
+and a predictor on one network; each view's prediction regresses the other view's projection,
+which is held constant (stop-gradient).
+
+With D(p, z) = −p·z / (‖p‖ ‖z‖) and stopgrad the identity without gradient (eq. 1–3)::
+
+    L = ½ D(p¹, stopgrad(z²)) + ½ D(p², stopgrad(z¹))
+
+averaged over the batch; its minimum is −1. Nothing in L penalises a collapsed (constant) output:
+p = z = constant scores −1 too. The paper shows that the stop-gradient is what prevents collapse
+(without it the loss reaches −1 at once and the outputs' std goes to 0, sec. 4.1).
+
+Settings (paper, ImageNet: a 3-layer projector of 2048 with BatchNorm on every layer, output
+included, 2 layers in its CIFAR-10 experiments; predictor 2048 → 512 → 2048, a bottleneck with
+BatchNorm on its hidden layer only).
+Glyph defaults: the SimCLR-sized projector of the config (512 → 128) followed by BatchNorm, and a
+predictor 128 → ``simsiam_pred_hidden`` → 128 with ``simsiam_pred_hidden`` = 32, keeping the
+paper's 4× bottleneck.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.base import SSLOutput, project_views
+from baselines.simclr import projection_mlp
+
+
+def negative_cosine(p, z):
+    """Batch mean of D(p, stopgrad(z)) = −cos(p, z), no gradient through ``z``."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+class SimSiam(nn.Module):
+    """SimSiam heads and loss; ``forward(backbone, batch)`` returns an ``SSLOutput``."""
+
+    def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, simsiam_pred_hidden=32):
+        super().__init__()
+        self.projector = nn.Sequential(*projection_mlp(feat_dim, proj_hidden, proj_dim), nn.BatchNorm1d(proj_dim))
+        self.predictor = projection_mlp(proj_dim, simsiam_pred_hidden, proj_dim)
+        self.proj_dim = proj_dim
+
+    def forward(self, backbone, batch):
+        z1, z2 = project_views(backbone, self.projector, batch)
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        loss = (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
+        return SSLOutput(loss, {"simsiam": loss}, (z1, z2))
