@@ -14,8 +14,12 @@ Settings (paper, ImageNet: a 3-layer projector of 2048 with BatchNorm on every l
 included, 2 layers in its CIFAR-10 experiments; predictor 2048 → 512 → 2048, a bottleneck with
 BatchNorm on its hidden layer only).
 Glyph defaults: the SimCLR-sized projector of the config (512 → 128) followed by BatchNorm, and a
-predictor 128 → ``simsiam_pred_hidden`` → 128 with ``simsiam_pred_hidden`` = 32, keeping the
-paper's 4× bottleneck.
+predictor 128 → ``simsiam_pred_hidden`` → 128 with ``simsiam_pred_hidden`` = 128 (the paper's 512
+scaled down like the projector's hidden layer, 2048 → 512). On the glyphs SimSiam stays below a
+random network in short runs (150 steps, batch 128, 5-way 1-shot / 5-shot; random: 54.0 / 73.9 %):
+hidden width 128 gave 51.9 / 63.2 %, the 4× bottleneck 32 gave 37.9 / 44.8 %, 128 without the
+projector's output BatchNorm 42.1 / 49.4 %, a 1024-wide projector (predictor 256) 46.6 / 56.6 %,
+and lr 5e-4 instead of 2e-3 49.3 / 61.8 %.
 """
 import torch
 import torch.nn.functional as F
@@ -33,7 +37,7 @@ def negative_cosine(p, z):
 class SimSiam(nn.Module):
     """SimSiam heads and loss; ``forward(backbone, batch)`` returns an ``SSLOutput``."""
 
-    def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, simsiam_pred_hidden=32):
+    def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, simsiam_pred_hidden=128):
         super().__init__()
         self.projector = nn.Sequential(*projection_mlp(feat_dim, proj_hidden, proj_dim), nn.BatchNorm1d(proj_dim))
         self.predictor = projection_mlp(proj_dim, simsiam_pred_hidden, proj_dim)

@@ -40,16 +40,17 @@ class TrainConfig:
     swav_epsilon: float = dataclasses.field(default=0.05, metadata={"help": "SwAV: epsilon, entropy weight of the Sinkhorn codes"})
     swav_iters: int = dataclasses.field(default=3, metadata={"help": "SwAV: Sinkhorn-Knopp iterations"})
     swav_queue: int = dataclasses.field(default=0, metadata={"help": "SwAV: past projections per view (per process) added to the Sinkhorn problem once filled (0: no queue)"})
-    music_dim: int = dataclasses.field(default=512, metadata={"help": "MUSIC: projector output width D = segments x segment size"})
+    music_hidden: int = dataclasses.field(default=1024, metadata={"help": "MUSIC: hidden width of the projector"})
+    music_dim: int = dataclasses.field(default=2048, metadata={"help": "MUSIC: projector output width D = segments x segment size"})
     music_segment: int = dataclasses.field(default=32, metadata={"help": "MUSIC: B, attributes per segment (music_dim must hold at least two segments)"})
     music_ti: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the transform-invariance term"})
     music_dia: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the diagonal (same-segment) entropy term"})
     music_off: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the off-diagonal (cross-segment) entropy term"})
     moco_queue: int = dataclasses.field(default=4096, metadata={"help": "MoCo: K, keys held in the queue of negatives (65536 in the paper)"})
     moco_momentum: float = dataclasses.field(default=0.99, metadata={"help": "MoCo: m, momentum of the key encoder (0.999 in the paper)"})
-    byol_momentum: float = dataclasses.field(default=0.99, metadata={"help": "BYOL: tau_base, target momentum at the start, raised to 1 by a cosine (0.996 in the paper)"})
+    byol_momentum: float = dataclasses.field(default=0.999, metadata={"help": "BYOL: tau_base, target momentum at the start, raised to 1 by a cosine (0.996 in the paper)"})
     byol_pred_hidden: int = dataclasses.field(default=512, metadata={"help": "BYOL: hidden width of the predictor (4096 in the paper)"})
-    simsiam_pred_hidden: int = dataclasses.field(default=32, metadata={"help": "SimSiam: hidden (bottleneck) width of the predictor (512 in the paper)"})
+    simsiam_pred_hidden: int = dataclasses.field(default=128, metadata={"help": "SimSiam: hidden (bottleneck) width of the predictor (512 in the paper)"})
     supervised_scale: float = dataclasses.field(default=5.0, metadata={"help": "Supervised: scale s of the cosine classifier, logits s*cos(h, w_k) (0: a linear classifier W h + b, the CIFAR-scale choice)"})
     episode_ways: int = dataclasses.field(default=20, metadata={"help": "ProtoNet, MAML: classes per training episode (Snell et al. train Omniglot 60-way)"})
     episode_shots: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML: support images per class in a training episode"})
@@ -88,8 +89,8 @@ class TrainConfig:
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
                     "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature", "dsa_eta", "barlow_proj_dim",
-                    "dsa_tau_p", "dsa_tau_w", "swav_prototypes", "swav_epsilon", "swav_iters", "music_dim",
-                    "music_segment", "moco_queue", "byol_pred_hidden", "simsiam_pred_hidden", "episode_ways",
+                    "dsa_tau_p", "dsa_tau_w", "swav_prototypes", "swav_epsilon", "swav_iters", "music_hidden",
+                    "music_dim", "music_segment", "moco_queue", "byol_pred_hidden", "simsiam_pred_hidden", "episode_ways",
                     "episode_shots", "episode_queries", "maml_inner_lr"]
         for name in positive:
             if not getattr(self, name) > 0:

@@ -14,8 +14,8 @@ from gessl.bilevel import GeSSL
 from gessl.inner_loop import trainable
 from gessl.train import SSLModel
 
-SMALL_SIZES = {"proj_hidden": 10, "proj_dim": 6, "barlow_proj_dim": 6, "swav_prototypes": 5, "music_dim": 8,
-               "music_segment": 4, "moco_queue": 20, "byol_pred_hidden": 5,
+SMALL_SIZES = {"proj_hidden": 10, "proj_dim": 6, "barlow_proj_dim": 6, "swav_prototypes": 5, "music_hidden": 10,
+               "music_dim": 8, "music_segment": 4, "moco_queue": 20, "byol_pred_hidden": 5,
                "simsiam_pred_hidden": 3,
                "num_classes": 4}  # passed to the methods whose constructors take them, with the backbone
 

@@ -124,7 +124,7 @@ def test_redundant_segments_pay_in_the_off_diagonal_term():
 
 
 def test_forward_uses_the_projector_and_sends_gradient_to_both_views():
-    method = MUSIC(6, proj_hidden=10, music_dim=8, music_segment=4, music_ti=0.5, music_dia=2.0).double()
+    method = MUSIC(6, music_hidden=10, music_dim=8, music_segment=4, music_ti=0.5, music_dia=2.0).double()
     assert method.proj_dim == 8 and method.projector[-1].bias is None
     g = torch.Generator().manual_seed(2)
     x1, x2 = (torch.randn(9, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
