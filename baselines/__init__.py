@@ -9,7 +9,9 @@ of its projections.
 
 For GeSSL a method must be a pure function of its parameters and the batch: state that is not
 trained by gradient (momentum encoders, EMA targets) is held in parameters with
-``requires_grad=False`` or in buffers (queues), which the inner loop never changes.
+``requires_grad=False`` or in buffers (queues), which the inner loop never changes. Under
+DistributedDataParallel the buffers of process 0 are copied to the others before each forward pass;
+a method whose buffers must stay per process (SwAV's queue) sets ``broadcast_buffers = False``.
 
 Label-using references: ``supervised`` (cross-entropy over the training classes; takes
 ``num_classes``) and the episodic ``protonet`` and ``maml`` (class attribute ``episodic = True``:

@@ -93,6 +93,8 @@ class SwAV(nn.Module):
     queue. (CIFAR scale: 3000 prototypes, see the module docstring.)
     """
 
+    broadcast_buffers = False  # under DDP each process keeps its own queue (module docstring)
+
     def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, temperature=0.1, swav_prototypes=300,
                  swav_epsilon=0.05, swav_iters=3, swav_queue=0):
         super().__init__()

@@ -16,6 +16,14 @@ and code are not public, so the options marked [choice] below are ours). One out
 BatchNorm uses batch statistics everywhere; the inner loop and the target run on scratch copies of
 its running statistics (and of any other buffer, such as a queue), so only the outer forward pass
 on Q updates them. Parameters without ``requires_grad`` (EMA copies) are never adapted.
+
+Under several processes (``gessl.distributed``) each process runs its own M / processes tasks of
+its share of the batch, with losses that do not gather across processes, and the outer gradients
+are averaged with one all-reduce: DDP's hooks do not see a functional backward pass.
+
+Logged values stay tensors, so a step queues its GPU work without waiting for it; the trainer
+reads them every ``--log-every`` steps (and times the parts of the step, waiting for the GPU, only
+on the ``diagnose`` steps that it logs).
 """
 import dataclasses
 import time
@@ -25,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from baselines.distributed import per_process, world_size
 from gessl.config import TrainConfig
+from gessl.distributed import average_gradients
 from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
 
 
@@ -53,11 +63,19 @@ class PlainStep:
     def from_config(cls, cfg):
         return cls()
 
-    def compute_gradients(self, model, batch, diagnose=False):
-        """Back-propagate the loss of ``batch`` into the parameters' ``.grad``; return the logs."""
+    def compute_gradients(self, model, batch, diagnose=False, loss_scale=None):
+        """Back-propagate the loss of ``batch`` (times ``loss_scale``, fp16's gradient scale, when given)
+        into the parameters' ``.grad``; return the logs (detached tensors)."""
         out = model(batch)
-        out.loss.backward()
-        return {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}}
+        (out.loss if loss_scale is None else out.loss * loss_scale).backward()
+        return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
+
+
+def _clock(device, sync):
+    """``time.perf_counter()``, after the GPU has finished its queued work when ``sync``."""
+    if sync and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @dataclass
@@ -83,30 +101,39 @@ class GeSSL:
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
     def compute_gradients(self, model, batch, diagnose=False):
-        """Back-propagate the outer loss into θ's ``.grad``; return the logs.
+        """Back-propagate the outer loss into θ's ``.grad``, averaged over processes; return the logs
+        (of this process's tasks).
 
-        Logs: ``loss`` (the outer loss), ``sigma``, ``query_loss`` (L(θ_K; Q)), ``inner_loss_k``
-        (the support loss before inner step k), the query's named base terms, and the seconds spent
-        in the inner loop, the target and the outer forward and backward. With ``diagnose``, also
-        the gradient norms of the σ term and of the query-loss term, and σ's share of their sum.
+        Logs (detached tensors): ``loss`` (the outer loss), ``sigma``, ``query_loss`` (L(θ_K; Q)),
+        ``inner_loss_k`` (the support loss before inner step k), the query's named base terms, and the
+        seconds spent in the inner loop, the target and the outer forward and backward (measured on
+        ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
+        query-loss term, and σ's share of their sum.
         """
+        with per_process():
+            return self._compute_gradients(model, batch, diagnose)
+
+    def _compute_gradients(self, model, batch, diagnose):
         params = trainable(model)
         adapt = ENGINES[self.inner_backend]
-        tasks = torch.arange(batch_size(batch)).chunk(self.tasks_per_step)
+        device = batch["views"][0].device
+        # torch.chunk's pieces of the batch, as slices: no index tensor is copied to the device
+        tasks = [slice(int(index[0]), int(index[-1]) + 1)
+                 for index in torch.arange(batch_size(batch)).chunk(self.tasks_per_step // world_size())]
         logs, sigma_grads = {}, None
         seconds = {"time_inner": 0.0, "time_target": 0.0, "time_outer": 0.0}
         for index in tasks:
             task = take(batch, index)
-            n_support = round(len(index) * self.support_ratio)
+            n_support = round((index.stop - index.start) * self.support_ratio)
             support, query = take(task, slice(0, n_support)), take(task, slice(n_support, None))
-            start = time.perf_counter()
+            start = _clock(device, diagnose)
             fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)
-            adapted = time.perf_counter()
+            adapted = _clock(device, diagnose)
             target = lookahead(model, fast, task, self.lookahead, self.inner_lr)
             with torch.no_grad():
                 target_out = functional_call(model, (target, scratch_buffers(model)), (query,))
                 target_log_p = instance_log_posteriors(target_out.projections, self.sigma_temperature)
-            targeted = time.perf_counter()
+            targeted = _clock(device, diagnose)
             out = functional_call(model, fast, (query,))
             sigma = sigma_kl(target_log_p, instance_log_posteriors(out.projections, self.sigma_temperature))
             sigma_term = self.sigma_weight * sigma / len(tasks)
@@ -119,14 +146,17 @@ class GeSSL:
             loss.backward()
             seconds["time_inner"] += adapted - start
             seconds["time_target"] += targeted - adapted
-            seconds["time_outer"] += time.perf_counter() - targeted
-            task_logs = {"loss": loss.item(), "sigma": sigma.item() / len(tasks),
-                         "query_loss": out.loss.item() / len(tasks),
-                         **{k: v.item() / len(tasks) for k, v in out.terms.items()},
-                         **{f"inner_loss_{k}": v.item() / len(tasks) for k, v in enumerate(inner_losses)}}
+            seconds["time_outer"] += _clock(device, diagnose) - targeted
+            # in float64, so that the sums over tasks are those of Python floats
+            task_logs = {"loss": loss.detach().double(), "sigma": sigma.detach().double() / len(tasks),
+                         "query_loss": out.loss.detach().double() / len(tasks),
+                         **{k: v.detach().double() / len(tasks) for k, v in out.terms.items()},
+                         **{f"inner_loss_{k}": v.double() / len(tasks) for k, v in enumerate(inner_losses)}}
             for k, v in task_logs.items():
-                logs[k] = logs.get(k, 0.0) + v
+                logs[k] = logs[k] + v if k in logs else v
+        average_gradients([p.grad for p in params.values() if p.grad is not None])
         if diagnose:
+            average_gradients(sigma_grads)
             logs.update(_grad_norms(sigma_grads, [p.grad for p in params.values()]))
         return {**logs, **seconds}
 

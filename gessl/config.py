@@ -80,6 +80,10 @@ class TrainConfig:
     data_root: str = dataclasses.field(default="", metadata={"help": "dataset cache folder (default: ~/.cache/gessl or $GESSL_DATA)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    amp: str = dataclasses.field(default="auto", metadata={"help": "mixed precision (torch.autocast) of the training step: bf16, fp16 (with a gradient scaler; --meta none only), off, or auto (bf16 on a CUDA GPU that supports it, else off)"})
+    channels_last: str = dataclasses.field(default="auto", metadata={"help": "channels-last memory layout of images and convolutions: on, off, or auto (on for CUDA)"})
+    compile: bool = dataclasses.field(default=False, metadata={"help": "torch.compile the backbone (needs --meta none: compiled graphs have no double backward)"})
+    sync_bn: bool = dataclasses.field(default=False, metadata={"help": "under several processes (torchrun), BatchNorm statistics over the whole batch instead of each process's share (plain step only)"})
     out: str = dataclasses.field(default="", metadata={"help": "run folder (default: runs/BASE[-REG][-META]-BACKBONE-seedSEED)"})
     log_every: int = dataclasses.field(default=10, metadata={"help": "steps between metrics.jsonl records"})
     ckpt_every: int = dataclasses.field(default=100, metadata={"help": "steps between checkpoints"})
@@ -120,6 +124,19 @@ class TrainConfig:
             raise UserError(f"--inner-backend must be higher or func, got {self.inner_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise UserError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise UserError(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
+        if self.amp == "fp16" and self.meta == "gessl":
+            raise UserError("--amp fp16 needs --meta none: GeSSL's inner gradients are not loss-scaled and "
+                            "underflow in fp16; use --amp bf16")
+        if self.compile and self.meta == "gessl":
+            raise UserError("--compile needs --meta none: GeSSL differentiates through its inner steps and "
+                            "compiled graphs have no double backward")
+        if self.sync_bn and self.meta == "gessl":
+            raise UserError("--sync-bn needs --meta none: under GeSSL each process adapts to its own tasks, "
+                            "normalised by their own statistics")
         return self
 
     def to_yaml(self):

@@ -7,6 +7,10 @@ record per logged step), ``checkpoint.pt`` (the latest state, written atomically
 Every random choice of a step (batch order, augmentation, the episode of an episodic method) is
 drawn from generators seeded by ``(seed, epoch)`` and ``(seed, step)``, so ``--resume`` after a stop
 ends with the same weights as a run that never stopped (on CPU, where kernels are deterministic).
+
+``torchrun --nproc_per_node N -m gessl.train ...`` trains on N processes (``gessl.distributed``
+says how they share the work); ``--amp``, ``--channels-last`` and ``--compile`` choose how a step
+uses a GPU (``gessl.device``).
 """
 import argparse
 import dataclasses
@@ -24,9 +28,11 @@ from baselines import BASE_METHODS
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, save_backbone
 from gessl.bilevel import META_OPTIMISERS
 from gessl.config import add_config_flags, read_yaml, resolve_config
-from gessl.device import resolve_device
+from gessl.device import Placement, resolve_device
+from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
 from gessl.evaluate import evaluate_run, print_table
+from gessl.sync_bn import convert_sync_batchnorm
 from tasks.augment import GlyphAugment
 from tasks.datasets import get_dataset, load_split
 from tasks.episodes import EpisodeSampler
@@ -135,38 +141,46 @@ def lr_at(step, cfg, total_steps):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def step_batch(images, labels, cfg, step, steps_per_epoch, augment, device):
+def step_batch(images, labels, cfg, step, steps_per_epoch, augment, placement, shard=slice(None)):
     """The images of training step ``step``, two augmented views of them and their class labels
     (deterministic in ``cfg.seed`` and ``step``): ``{"images": x, "views": [x¹, x²], "labels": y}``.
-    Only label-using methods (``supervised``) read the labels."""
+    Only label-using methods (``supervised``) read the labels. ``shard``: this process's share."""
     epoch, i = divmod(step, steps_per_epoch)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-    return views_batch(images[idx], labels[idx], cfg, step, augment, device)
+    return views_batch(images[idx], labels[idx], cfg, step, augment, placement, shard)
 
 
-def episode_batch(images, episodes, cfg, step, augment, device):
+def episode_batch(images, episodes, cfg, step, augment, placement):
     """``step_batch`` for episodic methods: the images of step ``step``'s episode (``tasks.episodes``),
     their views and their episode labels 0..ways−1, in the episode's layout."""
     idx, labels = episodes.sample(cfg.seed, step)
-    return views_batch(images[idx], labels, cfg, step, augment, device)
+    return views_batch(images[idx], labels, cfg, step, augment, placement)
 
 
-def views_batch(images, labels, cfg, step, augment, device):
-    """``uint8`` images scaled to [0, 1], two augmented views (seeded by ``cfg.seed`` and ``step``) and labels."""
-    x = images.to(device, non_blocking=True).float().div_(255)
+def views_batch(images, labels, cfg, step, augment, placement, shard=slice(None)):
+    """``uint8`` images scaled to [0, 1], two augmented views (seeded by ``cfg.seed`` and ``step``) and
+    labels, cut to ``shard``. The views of the whole batch are drawn, then cut, so that a process's
+    share is the same whatever the number of processes."""
+    x = placement.put(images).float().div_(255)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    return {"images": x, "views": [augment(x, gen), augment(x, gen)], "labels": labels.to(device)}
+    views = [placement.layout(augment(x, gen)[shard]) for _ in range(2)]
+    return {"images": placement.layout(x[shard]), "views": views, "labels": placement.put(labels[shard])}
 
 
 class Trainer:
-    """Owns one run folder: builds the model, trains it, checkpoints and logs."""
+    """Owns one run folder: builds the model, trains it, checkpoints and logs.
 
-    def __init__(self, cfg, run_dir, resume=False):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = resolve_device(cfg.device)
+    ``processes`` is this process's place among those of the run (``gessl.distributed``); only the
+    main one (rank 0) writes files and shows progress.
+    """
+
+    def __init__(self, cfg, run_dir, resume=False, processes=Processes()):
+        self.cfg, self.run_dir, self.processes = cfg, Path(run_dir), processes
+        self.device = processes.place(resolve_device(cfg.device))
+        self.placement = Placement.from_config(cfg, self.device)
         images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
         self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
         # Episodic methods (protonet, maml) train on one episode a step; --batch-size does not apply and
@@ -179,16 +193,34 @@ class Trainer:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(self.images)} training "
                             f"images; use a smaller batch")
         self.in_channels = 1 if self.images.dim() == 3 else self.images.shape[1]
-        self.model = build_model(cfg, self.in_channels, int(self.labels.max()) + 1).to(self.device)
+        self.model = self._build_model()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.placement.amp == torch.float16)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.augment = GlyphAugment()
         self.objective = META_OPTIMISERS[cfg.meta].from_config(cfg)
+        # GeSSL runs the model functionally, out of DDP's sight, and averages its gradients itself.
+        self.net = self.model if cfg.meta == "gessl" else processes.wrap(
+            self.model, self.device, broadcast_buffers=getattr(self.model.method, "broadcast_buffers", True))
         self.step = 0
         if resume:
             self._load_checkpoint()
+
+    def _build_model(self):
+        """``build_model`` on the device, with ``--sync-bn`` (several processes), ``--channels-last``
+        and ``--compile``."""
+        model = build_model(self.cfg, self.in_channels, int(self.labels.max()) + 1)
+        if self.cfg.sync_bn and self.processes.world > 1:
+            model.backbone = convert_sync_batchnorm(model.backbone)
+            model.method = convert_sync_batchnorm(model.method)
+        model.to(self.device)
+        if self.placement.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.cfg.compile:
+            model.backbone.compile()
+        return model
 
     @property
     def checkpoint_path(self):
@@ -200,58 +232,80 @@ class Trainer:
             raise UserError(f"{self.checkpoint_path} is not a gessl checkpoint; delete it or choose another --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         # Records logged after the checkpoint belong to steps that will be run again.
         metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():
+        if self.processes.main and metrics.exists():
             kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
             atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self):
+        """Write ``checkpoint.pt`` and ``backbone.pt`` atomically (the main process only)."""
+        if not self.processes.main:
+            return
         state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "config": dataclasses.asdict(self.cfg)}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
         save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size,
                       self.run_dir / "backbone.pt")
 
     def train_step(self):
+        """One optimiser step; returns its logs (tensors or numbers, read only when logged)."""
         cfg = self.cfg
         lr = lr_at(self.step, cfg, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
+        self.net.train()
         if self.episodes is not None:
-            batch = episode_batch(self.images, self.episodes, cfg, self.step, self.augment, self.device)
+            batch = episode_batch(self.images, self.episodes, cfg, self.step, self.augment, self.placement)
         else:
             batch = step_batch(self.images, self.labels, cfg, self.step, self.steps_per_epoch, self.augment,
-                               self.device)
-        batch = self.model.prepare_batch(batch)
+                               self.placement, self.processes.shard(cfg.batch_size))
         self.optimizer.zero_grad(set_to_none=True)
         diagnose = (self.step + 1) % cfg.log_every == 0
-        logs = self.objective.compute_gradients(self.model, batch, diagnose=diagnose)
-        if not math.isfinite(logs["loss"]):
-            raise UserError(f"the loss became {logs['loss']} at step {self.step}; lower --lr (now {cfg.lr}) "
-                            f"and resume from the last checkpoint with --resume")
-        self.optimizer.step()
+        # fp16 (plain step only): the loss is multiplied by the scaler's factor before backward
+        scaling = ({"loss_scale": self.scaler.scale(torch.ones((), device=self.device))}
+                   if self.scaler.is_enabled() else {})
+        with self.placement.autocast():
+            batch = self.model.prepare_batch(batch)
+            logs = self.objective.compute_gradients(self.net, batch, diagnose=diagnose, **scaling)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         self.model.after_step(self.step / self.total_steps)
         return {"lr": lr, **logs}
 
     def fit(self):
-        """Train until ``total_steps``; on Ctrl-C, checkpoint and say how to resume."""
-        cfg = self.cfg
+        """Train until ``total_steps``; on Ctrl-C, checkpoint and say how to resume.
+
+        The logs are read (averaged over processes) only on the steps that log or checkpoint, so
+        a GPU is not made to wait every step; a loss that is not finite stops the run there, before
+        a checkpoint could hold it.
+        """
+        cfg, main = self.cfg, self.processes.main
         log_path = self.run_dir / "metrics.jsonl"
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{'+'.join(variant(cfg))}/{cfg.backbone}",
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True, disable=not main)
         tick, tick_step = time.time(), self.step
         try:
             while self.step < self.total_steps:
                 logs = self.train_step()
                 bar.update(1)
+                log = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                if not (log or self.step % cfg.ckpt_every == 0):
+                    continue
+                logs = self.processes.average(logs)
+                if not math.isfinite(logs["loss"]):
+                    raise UserError(f"the loss became {logs['loss']} by step {self.step}; lower --lr (now {cfg.lr}) "
+                                    f"and resume from the last checkpoint with --resume")
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                if log and main:
                     now = time.time()
                     rate = (self.step - tick_step) * self.images_per_step / max(now - tick, 1e-9)
                     append_jsonl(log_path, [{"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
@@ -271,6 +325,8 @@ class Trainer:
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m gessl.train", description=__doc__.split("\n\n")[0],
+        epilog="Several processes (gloo on CPU, nccl with one GPU each): torchrun --nproc_per_node N "
+               "-m gessl.train ...; --batch-size is then the global batch, each process takes 1/N of it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (flags override it)")
     parser.add_argument("--resume", action="store_true",
@@ -303,11 +359,18 @@ def prepare_run(args):
 
 def main(argv=None):
     cfg, run_dir, resume = prepare_run(parse_args(argv))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir, resume=resume)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    started = time.time()
-    trainer.fit()
+    processes = Processes.from_environment()
+    check_world(cfg, processes.world, getattr(BASE_METHODS[cfg.base], "episodic", False))
+    with processes.group(processes.place(resolve_device(cfg.device))):
+        if processes.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(cfg, run_dir, resume=resume, processes=processes)
+        if processes.main:
+            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        started = time.time()
+        trainer.fit()
+    if not processes.main:
+        return
     minutes = (time.time() - started) / 60
     print(f"trained {trainer.step} steps in {minutes:.1f} min; run folder: {run_dir}")
     if cfg.eval_episodes:

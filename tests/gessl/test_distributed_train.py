@@ -1,0 +1,146 @@
+"""Training on several processes and the GPU-path options, on CPU.
+
+Two gloo processes started by torchrun end where one process on the combined batch ends (plain
+SimCLR with ``--sync-bn``; SimCLR + DSA inside GeSSL), only rank 0 writes, and ``--resume`` works
+under two processes. ``--amp`` and ``--channels-last`` run on CPU and change the loss only by
+rounding; their defaults on CPU change nothing.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gessl import train
+from gessl.config import resolve_config
+from gessl.device import Placement
+from gessl.distributed import Processes
+from gessl.sync_bn import SyncBatchNorm, convert_sync_batchnorm
+from tasks.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--batch-size", "16", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2"]
+
+
+def torchrun(*flags):
+    """``torchrun --nproc_per_node 2 -m gessl.train`` with ``TINY`` and ``flags``, one thread per process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "gessl.train", *TINY, *flags]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def run_train(out, *flags):
+    train.main(TINY + ["--out", str(out), *flags])
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def parameters(out):
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    return {k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k}
+
+
+def relative_distance(a, b):
+    """‖a − b‖ / ‖b‖ over all the tensors of two state dicts."""
+    diff = torch.cat([(a[k] - b[k]).flatten() for k in b])
+    return (diff.norm() / torch.cat([v.flatten() for v in b.values()]).norm()).item()
+
+
+def test_two_processes_with_sync_bn_train_like_one_process_on_the_whole_batch_and_resume(glyph_root, tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    started = torchrun("--meta", "none", "--sync-bn", "--max-steps", "2", "--out", str(two))
+    resumed = torchrun("--resume", "--max-steps", "4", "--out", str(two))
+    run_train(one, "--meta", "none", "--max-steps", "4")  # plain BatchNorm over the whole batch
+    for result in (started, resumed):
+        assert result.stdout.count("trained") == 1  # rank 0 alone reports, logs and writes
+    assert sorted(p.name for p in two.iterdir()) == ["backbone.pt", "checkpoint.pt", "config.yaml", "metrics.jsonl"]
+    assert [r["step"] for r in metrics(two)] == [1, 2, 3, 4]
+    # Adam turns the rounding noise of gradients that are zero in exact arithmetic (biases before a
+    # BatchNorm) into steps of size lr; one thread against two in one process differs as much
+    # (losses 1e-3, weights 0.15 % apart), and without averaged gradients or without --sync-bn the
+    # losses are 10 % and the weights about 5 % apart.
+    for got, want in zip(metrics(two), metrics(one)):
+        assert got["loss"] == pytest.approx(want["loss"], rel=3e-3)
+    assert relative_distance(parameters(two), parameters(one)) < 0.01
+
+
+def test_two_processes_run_gessl_like_one_process_running_all_their_tasks(glyph_root, tmp_path):
+    # Each process adapts to one task of its half of the batch; DSA's adjuster is trained too. The
+    # pixel prior has no BatchNorm statistics, which under GeSSL follow each process's own tasks.
+    flags = ["--meta", "gessl", "--reg", "dsa", "--dsa-prior", "pixels", "--tasks-per-step", "2", "--max-steps", "3"]
+    torchrun(*flags, "--out", str(tmp_path / "two"))
+    run_train(tmp_path / "one", *flags)
+    for got, want in zip(metrics(tmp_path / "two"), metrics(tmp_path / "one"), strict=True):
+        for key in ["loss", "sigma", "query_loss", "inner_loss_0", "dsa_loss", "grad_norm_sigma"]:
+            assert got[key] == pytest.approx(want[key], rel=1e-5), key
+    two, one = parameters(tmp_path / "two"), parameters(tmp_path / "one")
+    assert any(k.startswith("regulariser.adjuster.") for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], msg=k)
+
+
+@pytest.mark.parametrize("environment, flags, message", [
+    ({"WORLD_SIZE": "2"}, ["--batch-size", "15"], "cannot be shared equally by 2 processes"),
+    ({"WORLD_SIZE": "2"}, ["--meta", "gessl", "--tasks-per-step", "3"], "must be a multiple of 2"),
+    ({"WORLD_SIZE": "2"}, ["--base", "protonet", "--meta", "none"], "not shared between processes"),
+    ({"WORLD_SIZE": "two"}, [], "must be integers"),
+    ({}, ["--meta", "gessl", "--sync-bn"], "--sync-bn needs --meta none"),
+    ({}, ["--meta", "gessl", "--compile"], "--compile needs --meta none"),
+    ({}, ["--meta", "gessl", "--amp", "fp16"], "--amp fp16 needs --meta none"),
+    ({}, ["--amp", "fp8"], "--amp must be auto, bf16, fp16 or off"),
+    ({}, ["--channels-last", "yes"], "--channels-last must be auto, on or off"),
+])
+def test_runs_that_cannot_be_shared_or_placed_are_user_errors_before_anything_is_written(
+        glyph_root, tmp_path, monkeypatch, environment, flags, message):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=message):
+        run_train(tmp_path / "run", "--meta", "none", *flags)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cpu_defaults_leave_the_step_as_it_was():
+    placement = Placement.from_config(resolve_config({}), torch.device("cpu"))
+    assert placement == Placement(torch.device("cpu"), channels_last=False, amp=None)
+    assert Processes.from_environment() == Processes(rank=0, world=1, local_rank=0)
+    x = torch.ones(2, 1, 3, 3)
+    assert placement.put(x) is x and placement.layout(x) is x
+
+
+@pytest.mark.parametrize("meta, flags, rel", [("gessl", ["--amp", "bf16"], 0.02), ("none", ["--amp", "fp16"], 1e-3),
+                                              ("none", ["--channels-last", "on"], 1e-5)])
+def test_amp_and_channels_last_change_the_loss_by_rounding_only(glyph_root, tmp_path, meta, flags, rel):
+    # The loss of the first step, before Adam turns rounding differences into different weights.
+    run_train(tmp_path / "fp32", "--meta", meta, "--max-steps", "1")
+    run_train(tmp_path / "run", "--meta", meta, "--max-steps", "1", *flags)
+    (got,), (want,) = metrics(tmp_path / "run"), metrics(tmp_path / "fp32")
+    assert got["loss"] == pytest.approx(want["loss"], rel=rel)
+    if "--amp" in flags:
+        assert abs(got["loss"] / want["loss"] - 1) > 1e-5  # autocast did run in lower precision
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ("scaler" in state) == ("fp16" in flags)  # fp16's gradient scale resumes with the run
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4))
+
+
+def test_sync_batchnorm_shares_the_parameters_and_is_batchnorm_in_one_process():
+    net, plain = tiny_net(), tiny_net()
+    keys, weight = list(net.state_dict()), net[1].weight
+    synced = convert_sync_batchnorm(net)
+    assert [type(m) for m in synced.modules()].count(SyncBatchNorm) == 2 and synced[1].weight is weight
+    assert list(synced.state_dict()) == keys
+    x = torch.randn(6, 1, 4, 4)
+    torch.testing.assert_close(synced(x), plain(x))
+    torch.testing.assert_close(synced[4].running_var, plain[4].running_var)
