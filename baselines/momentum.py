@@ -29,12 +29,18 @@ class MomentumEncoder(nn.Module):
     def forward(self, x):
         return self.projector(self.backbone(x))
 
-    @torch.no_grad()
     def follow(self, backbone, projector, momentum):
         """ξ ← m·ξ + (1 − m)·θ for the parameters of the online ``backbone`` and ``projector``;
         their buffers are copied."""
-        for mine, online in ((self.backbone, backbone), (self.projector, projector)):
-            for xi, theta in zip(mine.parameters(), online.parameters(), strict=True):
-                xi.mul_(momentum).add_((1 - momentum) * theta)
-            for b, c in zip(mine.buffers(), online.buffers(), strict=True):
-                b.copy_(c)
+        follow_by_ema(self.backbone, backbone, momentum)
+        follow_by_ema(self.projector, projector, momentum)
+
+
+@torch.no_grad()
+def follow_by_ema(target, online, momentum):
+    """ξ ← m·ξ + (1 − m)·θ for each parameter ξ of ``target`` and θ of ``online`` (the same
+    architecture); the buffers of ``online`` are copied into ``target``."""
+    for xi, theta in zip(target.parameters(), online.parameters(), strict=True):
+        xi.mul_(momentum).add_((1 - momentum) * theta)
+    for b, c in zip(target.buffers(), online.buffers(), strict=True):
+        b.copy_(c)

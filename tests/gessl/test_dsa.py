@@ -73,10 +73,15 @@ def reference_relations(adjuster, za, zb, eps=1e-8):
 def test_adjuster_rows_sum_to_one_and_match_the_pairwise_mlp():
     torch.manual_seed(0)
     adjuster = dsa.Adjuster(6).double()
-    za, zb = torch.randn(7, 6, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
-    m = adjuster(za, zb)
-    torch.testing.assert_close(m.sum(1), torch.ones(7, dtype=torch.float64))
-    torch.testing.assert_close(m, reference_relations(adjuster, za, zb))
+    with torch.no_grad():  # at initialisation h is 0 everywhere and M uniform, whatever the scale c
+        adjuster.hidden.weight.mul_(5)
+        adjuster.out.bias.fill_(0.3)
+    z = [torch.randn(7, 6, dtype=torch.float64), 2 * torch.randn(7, 6, dtype=torch.float64)]
+    relations = adjuster(z)
+    for (a, b), m in zip([(0, 0), (1, 1), (0, 1), (1, 0)], relations):
+        assert m.std(1).mean() > 0.02  # rows far from uniform: a wrong c would show
+        torch.testing.assert_close(m.sum(1), torch.ones(7, dtype=torch.float64))
+        torch.testing.assert_close(m, reference_relations(adjuster, z[a], z[b]))
 
 
 @pytest.mark.parametrize("block", [1, 40, 1 << 15])
@@ -241,6 +246,29 @@ def test_ema_prior_moves_towards_the_encoder_by_one_minus_momentum():
     assert not reg.prior.training and not reg.prior.net[1].training
     reg.train()
     assert not reg.prior.net[1].training  # the prior stays frozen in eval mode
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "resnet18"])
+@pytest.mark.parametrize("chunk", [2, dsa.PRIOR_CHUNK_IMAGES])
+def test_ema_prior_after_updates_equals_the_plain_eval_forward(backbone, chunk, monkeypatch):
+    """conv4 takes the folded path, resnet18 its own forward, in chunks of 2 images or in one; both
+    after EMA steps of an encoder trained in training mode, so the prior's BatchNorm statistics and
+    affine parameters are not trivial."""
+    monkeypatch.setattr(dsa, "PRIOR_CHUNK_IMAGES", chunk)
+    torch.manual_seed(0)
+    encoder = build_backbone(backbone, 1, 16).double()
+    reg = dsa.DSA(3, dsa.build_prior("ema", encoder, 1), ema=0.5)
+    optimiser = torch.optim.SGD(encoder.parameters(), lr=0.5)
+    for _ in range(3):
+        x = 2 + 3 * torch.rand(8, 1, 16, 16, dtype=torch.float64)
+        optimiser.zero_grad()
+        encoder(x).square().mean().backward()
+        optimiser.step()
+        reg.after_step(encoder, 0.5)
+    bn = next(m for m in reg.prior.modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn.running_mean.abs().min() > 1e-3 and (bn.weight - 1).abs().min() > 1e-6
+    x = torch.rand(5, 1, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(reg.prior(x), reg.prior.net(x).flatten(1), rtol=1e-12, atol=1e-12)
 
 
 def test_prior_choices_and_their_errors(tmp_path, monkeypatch):
