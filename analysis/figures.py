@@ -215,13 +215,13 @@ def fig_sigma(df, notes):
     missing = sorted(set(df["model"]) - set(data["model"]))
     if missing:
         notes.add(f"figure 3: no σ universality records for {', '.join(missing)}")
-    groups = list(data.groupby(["dataset", "split"], dropna=False))
+    groups = list(data.groupby(["ways", "shots"], dropna=False))  # the axes' datasets differ: one bar each
     fig = new_figure(WIDTH, 2.8 * len(groups) + 0.5 + 0.25 * len(models) / 3)
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
-    for ax, ((dataset, split), panel) in zip(axes, groups):
+    for ax, ((ways, shots), panel) in zip(axes, groups):
         _bars(ax, panel, "axis", _axis_order(panel["axis"].unique()), models, colors)
-        where = ", ".join(str(v) for v in (dataset, split) if pd.notna(v))
-        ax.set(title=where or None, xlabel="", ylabel=metric_name("sigma"))
+        title = f"{ways}-way {shots}-shot" if pd.notna(ways) and pd.notna(shots) else None
+        ax.set(title=title, xlabel="", ylabel=metric_name("sigma"))
     _legend(fig, models, colors)
     return fig, ("σ universality score per axis (and overall) for each model, with 95% "
                  "intervals.")

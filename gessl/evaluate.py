@@ -1,11 +1,25 @@
-"""Evaluate a trained run: ``python -m gessl.evaluate RUN_DIR``.
+"""Evaluate trained runs: ``python -m gessl.evaluate RUN_DIR... [--suite quick|standard|full]``.
 
-Embeds the dataset's evaluation split (classes never seen in training) once with the frozen
-backbone, then runs seeded few-shot episodes (learn2learn task samplers, prototype classifier) over
-the cached features, and measures how crowded the classes are on the same features
-(``tasks.crowding``: intra-class variance, inter-class separation, crowding ratio, crowded share).
+How universal is the run's backbone? The suite (``tasks.suite``) embeds the data of each axis once
+with the frozen backbone and measures on the cached features:
+
+- discriminability: held-out images of the training classes;
+- generalization: the dataset's classes never seen in training;
+- transferability: every installed dataset of another domain (MNIST, Fashion-MNIST, KanjiVG, ...).
+
+On each it runs seeded few-shot episodes (learn2learn task samplers; prototype and, in ``full``,
+logistic-regression classifiers), the σ universality score (specs/gessl.md: KL from the
+task-optimal to the few-shot posterior; per axis and overall, lower is more universal) and the
+crowding metrics (``tasks.crowding``); where the dataset has labelled training images of the same
+classes, a linear probe (L2 strength chosen on a validation split) and weighted kNN (k = 20, 200).
 A randomly initialised backbone of the same kind is evaluated alike, so the gain of training is
-visible. Records are appended to ``RUN_DIR/results.jsonl``.
+visible. Records are appended to ``RUN_DIR/results.jsonl``; each names its run, dataset, split,
+axis, protocol, classifier, ways, shots, queries, episodes, metric, value, 95 % interval, seed,
+suite, code version and time.
+
+``--compare RUN_A RUN_B`` prints the paired differences A − B of the few-shot accuracies on
+identical episodes, with their intervals (each run is evaluated first when it has no results of
+the suite's settings).
 
 For the report (``analysis.report``) two files are also written, each atomically:
 
@@ -15,21 +29,24 @@ For the report (``analysis.report``) two files are also written, each atomically
   split's labels). Episodes depend only on the labels and these fields, so two entries that differ
   only in ``run`` scored the same episodes and can be compared paired. Entries of an earlier
   evaluation with another key are kept; an entry with the same key is replaced.
-- ``RUN_DIR/feature_sample.npz``: frozen features of a small labelled sample of the split for 2-D
-  maps: ``features`` float32 [models, n, D] (the run's backbone, then the random one), ``models``
-  [models], ``labels`` [n], ``index`` [n] (rows of the split), ``dataset``, ``split``. The sample (up
-  to ``SAMPLE_CLASSES`` classes x ``SAMPLE_PER_CLASS`` images) depends only on the labels and the
-  seed, so every run evaluated with the same seed shows the same images.
+- ``RUN_DIR/feature_sample.npz``: frozen features of a small labelled sample of the generalization
+  split for 2-D maps: ``features`` float32 [models, n, D] (the run's backbone, then the random one),
+  ``models`` [models], ``labels`` [n], ``index`` [n] (rows of the split), ``dataset``, ``split``. The
+  sample (up to ``SAMPLE_CLASSES`` classes x ``SAMPLE_PER_CLASS`` images) depends only on the labels
+  and the seed, so every run evaluated with the same seed shows the same images.
 """
 import argparse
+import dataclasses
 import datetime
 import hashlib
+import sys
 import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from gessl.backbones import build_backbone, load_backbone
 from gessl.config import read_yaml, resolve_config
@@ -37,10 +54,12 @@ from gessl.device import resolve_device
 from tasks.crowding import crowding_metrics
 from tasks.datasets import load_split
 from tasks.errors import UserError, run_cli
-from tasks.fewshot import check_episode_args, embed, evaluate_fewshot
+from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, evaluate_fewshot, mean_ci95
 from tasks.io import append_jsonl, atomic_path
+from tasks.linear import knn_accuracy, linear_probe
+from tasks.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
+from tasks.universality import overall_score, sigma_scores
 
-SPLIT_AXIS = {"evaluation": "generalization"}
 EPISODE_FIELDS = ("run", "dataset", "split", "axis", "classifier", "ways", "shots", "queries", "episodes",
                   "seed", "labels")
 SAMPLE_CLASSES, SAMPLE_PER_CLASS = 20, 20
@@ -93,81 +112,282 @@ def feature_sample_index(labels, seed, classes=SAMPLE_CLASSES, per_class=SAMPLE_
     return np.concatenate(rows)
 
 
-def evaluate_run(run_dir, episodes=600, ways=5, shots=(1, 5), queries=15, seed=0, device="auto",
-                 classifier="proto"):
-    """Few-shot accuracy and crowding metrics of the run's backbone and of a random one.
+def get_suite(name="standard", **changes):
+    """The named suite with ``changes`` (fields of ``tasks.suite.Suite``; None: keep) applied and checked."""
+    if name not in SUITES:
+        raise UserError(f"unknown suite {name!r}; choose one of: {', '.join(SUITES)}")
+    suite = SUITES[name].replace(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in changes.items() if v is not None})
+    unknown = [c for c in suite.classifiers if c not in CLASSIFIERS]
+    if unknown:
+        raise UserError(f"unknown classifier {unknown[0]!r}; choose from: {', '.join(CLASSIFIERS)}")
+    if not suite.shots or not suite.classifiers:
+        raise UserError("--shots and --classifiers need at least one value each")
+    return suite.replace(sigma_shots=tuple(k for k in suite.sigma_shots if k in suite.shots))
 
-    Appends the records to ``run_dir/results.jsonl`` and returns them. Crowding records have
-    ``protocol`` "crowding" and no classifier, ways, shots, queries or episodes.
+
+@dataclasses.dataclass
+class TargetData:
+    """The images of one target the suite uses (``split_rows``: their rows in the split): ``rows`` of
+    ``images`` go into the episodes and crowding metrics; ``probe`` is (train images, train labels,
+    test rows of ``images``, test labels) for the linear probe and kNN, or None."""
+
+    target: Target
+    images: np.ndarray
+    labels: np.ndarray
+    split_rows: np.ndarray
+    rows: np.ndarray
+    probe: tuple | None
+
+
+def load_target(target, cfg, channels, suite, seed):
+    """Read a target's split (and its probe's training split) at the run's image size and channels,
+    keep the images the suite uses, and check that its episodes fit (``UserError`` when they do not)."""
+    images, labels = load_split(target.dataset, target.split, cfg.data_root, cfg.image_size, channels)
+    labels = np.asarray(labels)
+    kept = np.flatnonzero(np.isin(labels, pick_classes(labels, suite.classes, seed)))
+    rows = kept[per_class_rows(labels[kept], suite.per_class, seed)]
+    for k in suite.shots:
+        check_episode_args(labels[rows], suite.ways, k, suite.queries, suite.episodes)
+    needed, probe = rows, None
+    if suite.probe and target.probe_train:
+        train_images, train_labels = load_split(target.dataset, target.probe_train, cfg.data_root, cfg.image_size,
+                                                channels)
+        classes = pick_classes(labels[kept], suite.probe_classes, seed)
+        train_rows = probe_rows(train_labels, classes, suite.probe_train, seed)
+        test_rows = probe_rows(labels, classes, None, seed)
+        needed = np.union1d(rows, test_rows)
+        probe = (train_images[train_rows], np.searchsorted(classes, np.asarray(train_labels)[train_rows]),
+                 np.searchsorted(needed, test_rows), np.searchsorted(classes, labels[test_rows]))
+    return TargetData(target, images[needed], labels[needed], needed, np.searchsorted(needed, rows), probe)
+
+
+def _accuracy_ci95(accuracy, n):
+    """The normal-approximation interval of an accuracy (%) measured on ``n`` test images."""
+    p = accuracy / 100
+    return float(100 * 1.96 * np.sqrt(p * (1 - p) / n))
+
+
+def measure(net, data, suite, seed, device, common):
+    """Records of one model on one target, its per-episode accuracies and σ values, and its features.
+
+    Returns (records, {episode key: accuracies}, {shots: per-episode σ}, features of ``data.rows``).
+    """
+    t = data.target
+    where = {**common, "dataset": t.dataset, "split": t.split, "axis": t.axis, "ways": suite.ways,
+             "queries": suite.queries, "episodes": suite.episodes}
+    features = embed(net, data.images, device=device)
+    fewshot_features, labels = features[data.rows], data.labels[data.rows]
+    digest, now = labels_digest(labels), datetime.datetime.now(datetime.timezone.utc).isoformat()
+    records, accuracies, sigmas = [], {}, {}
+    for classifier in suite.classifiers:
+        for k in suite.shots:
+            result = evaluate_fewshot(fewshot_features, labels, ways=suite.ways, shots=k, queries=suite.queries,
+                                      episodes=suite.episodes, seed=seed, classifier=classifier)
+            records.append({**where, "protocol": "fewshot", "classifier": classifier, "shots": k,
+                            "metric": "accuracy", "value": result["mean"], "ci95": result["ci95"], "time": now})
+            accuracies[episode_key(**where, classifier=classifier, shots=k, labels=digest)] = result["accuracies"]
+    for k in suite.sigma_shots:
+        sigmas[k] = sigma_scores(fewshot_features, labels, ways=suite.ways, shots=k, queries=suite.queries,
+                                 episodes=suite.episodes, seed=seed, classifier=suite.classifiers[0])
+    many_shot = {**where, "classifier": None, "ways": None, "queries": None, "episodes": None, "shots": None,
+                 "time": now}
+    for metric, (value, ci95) in crowding_metrics(fewshot_features, labels).items():
+        records.append({**many_shot, "protocol": "crowding", "metric": metric, "value": value, "ci95": ci95})
+    if data.probe is not None:
+        train_images, train_y, test_rows, test_y = data.probe
+        train_x, test_x = embed(net, train_images, device=device), features[test_rows]
+        train_y, test_y = torch.as_tensor(train_y), torch.as_tensor(test_y)
+        probe = linear_probe(train_x, train_y, test_x, test_y, seed=seed)
+        records.append({**many_shot, "protocol": "linear", "classifier": "logreg", "metric": "accuracy",
+                        "value": probe["accuracy"], "ci95": _accuracy_ci95(probe["accuracy"], len(test_y)),
+                        "c_reg": probe["c_reg"]})
+        for k in suite.knn_k:
+            accuracy = knn_accuracy(train_x, train_y, test_x, test_y, k=k)
+            records.append({**many_shot, "protocol": "knn", "classifier": f"k={k}", "metric": "accuracy",
+                            "value": accuracy, "ci95": _accuracy_ci95(accuracy, len(test_y))})
+    return records, accuracies, sigmas, features[data.rows]
+
+
+def sigma_records(sigmas, targets, suite, common, classifier):
+    """σ per axis (episodes of its datasets pooled) and overall (the mean of the axes), per shots.
+
+    ``sigmas`` maps (axis, shots) → list of per-episode σ arrays, one per dataset of the axis.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    records = []
+    for k in suite.sigma_shots:
+        per_axis = {}
+        for axis in dict.fromkeys(t.axis for t in targets):
+            mine = [t for t in targets if t.axis == axis]
+            per_axis[axis] = mean_ci95(np.concatenate(sigmas[axis, k]))
+            records.append({**common, "dataset": "+".join(t.dataset for t in mine),
+                            "split": "+".join(dict.fromkeys(t.split for t in mine)), "axis": axis})
+        per_axis["overall"] = overall_score(per_axis)
+        records.append({**common, "dataset": "+".join(dict.fromkeys(t.dataset for t in targets)), "split": None,
+                        "axis": "overall"})
+        for record, (value, ci95) in zip(records[-len(per_axis):], per_axis.values()):
+            record.update({"protocol": "universality", "classifier": classifier, "ways": suite.ways, "shots": k,
+                           "queries": suite.queries, "episodes": suite.episodes, "metric": "sigma",
+                           "value": value, "ci95": ci95, "time": now})
+    return records
+
+
+def evaluate_run(run_dir, suite="standard", seed=0, device="auto", **changes):
+    """Run the suite on the run's backbone and on a random one; append the records to
+    ``run_dir/results.jsonl`` and return them.
+
+    ``changes`` override fields of the named suite (``episodes``, ``shots``, ``ways``, ``queries``,
+    ``classifiers``, ``axes``, ...; see ``tasks.suite.Suite``). Every split is read and every episode
+    setting checked before the first model is embedded. Notes on axes without data are printed.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
                         f"`python -m gessl.train --out {run_dir}`")
+    suite = get_suite(suite, **changes)
     cfg = resolve_config(read_yaml(run_dir / "config.yaml"))
     dev = resolve_device(device)
     backbone, meta = load_backbone(run_dir / "backbone.pt")
     torch.manual_seed(seed)
-    random_backbone = build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)
-    split = "evaluation"
-    images, labels = load_split(cfg.dataset, split, cfg.data_root, cfg.image_size)
-    for k in shots:
-        check_episode_args(labels, ways, k, queries, episodes)
-    common = {"dataset": cfg.dataset, "split": split, "axis": SPLIT_AXIS[split], "protocol": "fewshot",
-              "classifier": classifier, "ways": ways, "queries": queries, "episodes": episodes,
-              "metric": "accuracy", "seed": seed, "version": version("gessl")}
+    models = {run_dir.name: backbone,
+              f"{run_dir.name} (random init)": build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)}
+    targets, notes = plan(cfg.dataset, cfg.data_root, suite.axes)
+    data = []
+    for target in targets:
+        try:
+            data.append(load_target(target, cfg, meta["in_channels"], suite, seed))
+        except UserError as e:
+            if target.dataset == cfg.dataset:
+                raise
+            notes.append(f"{target.axis} on {target.dataset} skipped: {e}")
+    targets = [d.target for d in data]
+    common = {"seed": seed, "suite": suite.name, "version": version("gessl")}
     records, accuracies, samples = [], {}, []
-    sample = feature_sample_index(labels, seed)
-    digest = labels_digest(labels)
-    names = [run_dir.name, f"{run_dir.name} (random init)"]
-    for name, net in zip(names, [backbone, random_backbone]):
-        features = embed(net.to(dev), images, device=dev)
-        samples.append(features[sample].numpy().astype(np.float32))
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        for k in shots:
-            result = evaluate_fewshot(features, labels, ways=ways, shots=k, queries=queries,
-                                      episodes=episodes, seed=seed, classifier=classifier)
-            records.append({"run": name, **common, "shots": k, "value": result["mean"], "ci95": result["ci95"],
-                            "time": now})
-            accuracies[episode_key(**common, run=name, shots=k, labels=digest)] = result["accuracies"]
-        for metric, (value, ci95) in crowding_metrics(features, labels).items():
-            records.append({"run": name, **common, "protocol": "crowding", "classifier": None, "ways": None,
-                            "queries": None, "episodes": None, "shots": None, "metric": metric, "value": value,
-                            "ci95": ci95, "time": now})
+    progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target")
+    for name, net in models.items():
+        sigmas = {}
+        for d in data:
+            progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
+            found, episodes, per_shots, features = measure(net.to(dev), d, suite, seed, dev, {**common, "run": name})
+            records += found
+            accuracies.update(episodes)
+            for k, values in per_shots.items():
+                sigmas.setdefault((d.target.axis, k), []).append(values)
+            progress.update()
+            if d.target.axis == "generalization":
+                sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
+                samples.append((d, sample, features[sample].numpy().astype(np.float32)))
+        records += sigma_records(sigmas, targets, suite, {**common, "run": name}, suite.classifiers[0])
+    progress.close()
     append_jsonl(run_dir / "results.jsonl", records)
     save_episode_accuracies(run_dir / "episodes.npz", accuracies)
-    _savez(run_dir / "feature_sample.npz", {
-        "features": np.stack(samples), "models": np.array(names), "labels": np.asarray(labels)[sample],
-        "index": sample, "dataset": np.array(cfg.dataset), "split": np.array(split)})
+    if samples:
+        d, sample, _ = samples[0]
+        _savez(run_dir / "feature_sample.npz", {
+            "features": np.stack([f for _, _, f in samples]), "models": np.array(list(models)),
+            "labels": d.labels[d.rows][sample], "index": d.split_rows[d.rows][sample], "dataset": np.array(d.target.dataset),
+            "split": np.array(d.target.split)})
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return records
 
 
+def paired_differences(run_a, run_b):
+    """Few-shot accuracy differences A − B on the episodes both runs were scored on.
+
+    Returns rows (setting, mean A, mean B, mean difference, its ci95, episodes), from the runs'
+    ``episodes.npz``: entries whose keys differ only in the run name scored identical episodes.
+    """
+    runs = []
+    for run_dir in (Path(run_a), Path(run_b)):
+        path = run_dir / "episodes.npz"
+        try:
+            with np.load(path) as saved:
+                runs.append({name.split("/", 1)[1]: saved[name] for name in saved.files
+                             if name.split("/", 1)[0] == run_dir.name})
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise UserError(f"cannot read {path} ({e}); evaluate {run_dir} again") from None
+    shared = [key for key in runs[0] if key in runs[1] and len(runs[0][key]) == len(runs[1][key])]
+    if not shared:
+        raise UserError(f"{run_a} and {run_b} share no episodes: evaluate both with the same --suite, --seed "
+                        "and episode settings")
+    rows = []
+    for key in shared:
+        a, b = runs[0][key], runs[1][key]
+        fields = dict(zip(EPISODE_FIELDS[1:], key.split("/")))
+        difference, ci95 = mean_ci95(a - b)
+        rows.append({**fields, "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": difference,
+                     "ci95": ci95, "n": len(a)})
+    return rows
+
+
+def print_comparison(run_a, run_b, rows):
+    print(f"A = {run_a}, B = {run_b}: few-shot accuracy (%) on identical episodes; "
+          "* marks a difference whose 95 % interval excludes 0")
+    print(f"{'axis':<17} {'dataset':<14} {'setting':<22} {'A':>6} {'B':>6}  A − B")
+    for r in rows:
+        setting = f"{r['ways']}-way {r['shots']}-shot {r['classifier']}"
+        mark = " *" if abs(r["difference"]) > r["ci95"] else ""
+        print(f"{r['axis']:<17} {r['dataset']:<14} {setting:<22} {r['mean_a']:6.2f} {r['mean_b']:6.2f}  "
+              f"{r['difference']:+.2f} ± {r['ci95']:.2f}{mark}")
+
+
+def _measure_name(r):
+    if r["protocol"] == "fewshot":
+        return f"{r['ways']}-way {r['shots']}-shot {r['classifier']} (%)"
+    if r["protocol"] == "universality":
+        return f"σ, {r['ways']}-way {r['shots']}-shot"
+    if r["protocol"] in ("linear", "knn"):
+        return f"{'linear probe' if r['protocol'] == 'linear' else 'kNN ' + r['classifier']} (%)"
+    return r["metric"]
+
+
 def print_table(records):
-    """Print few-shot accuracies and crowding metrics as a small aligned table."""
+    """Print the records as an aligned table: model, axis, dataset, measure, value ± interval."""
     width = max(len(r["run"]) for r in records)
-    print(f"{'model':<{width}}  {'measure':<26}  value")
+    print(f"{'model':<{width}}  {'axis':<16}  {'dataset':<14}  {'measure':<28}  value")
     for r in records:
-        if r["protocol"] == "fewshot":
-            measure, value = f"{r['ways']}-way {r['shots']}-shot accuracy (%)", f"{r['value']:6.2f} ± {r['ci95']:.2f}"
-        else:
-            measure, value = r["metric"], f"{r['value']:6.3f} ± {r['ci95']:.3f}"
-        print(f"{r['run']:<{width}}  {measure:<26}  {value}")
+        digits = 2 if r["metric"] == "accuracy" else 4 if r["metric"] == "sigma" else 3
+        value = f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}"
+        print(f"{r['run']:<{width}}  {r['axis']:<16}  {r['dataset']:<14}  {_measure_name(r):<28}  {value}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gessl.evaluate", description=__doc__.split("\n\n")[0],
+                                     epilog="suites: " + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values()),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run_dir", help="run folder written by `python -m gessl.train`")
-    parser.add_argument("--episodes", type=int, default=600, help="episodes per setting")
-    parser.add_argument("--ways", type=int, default=5, help="classes per episode")
-    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="labelled examples per class")
-    parser.add_argument("--queries", type=int, default=15, help="query examples per class")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the random backbone")
+    parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders written by `python -m gessl.train`")
+    parser.add_argument("--suite", default="standard", choices=list(SUITES), help="what to measure, at what cost")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        default=argparse.SUPPRESS, help="paired differences A − B on identical episodes (evaluating a run first if it has no episodes)")
+    parser.add_argument("--episodes", type=int, default=argparse.SUPPRESS, help="episodes per setting (default: the suite's)")
+    parser.add_argument("--ways", type=int, default=argparse.SUPPRESS, help="classes per episode (default: the suite's, 5)")
+    parser.add_argument("--shots", type=int, nargs="+", default=argparse.SUPPRESS, help="labelled examples per class (default: the suite's, 1 5)")
+    parser.add_argument("--queries", type=int, default=argparse.SUPPRESS, help="query examples per class (default: the suite's, 15)")
+    parser.add_argument("--classifiers", nargs="+", default=argparse.SUPPRESS, help=f"few-shot classifiers among {', '.join(CLASSIFIERS)}")
+    parser.add_argument("--axes", nargs="+", choices=AXES, default=argparse.SUPPRESS, help="axes to measure (default: all three)")
+    parser.add_argument("--classes", type=int, default=argparse.SUPPRESS, help="at most this many classes of each split, drawn with the seed "
+                                                    "(default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes, subsamples and random backbone")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to embed")
     args = parser.parse_args(argv)
-    records = evaluate_run(args.run_dir, episodes=args.episodes, ways=args.ways, shots=args.shots,
-                           queries=args.queries, seed=args.seed, device=args.device)
-    print_table(records)
+    compare = getattr(args, "compare", None)
+    if not args.run_dirs and not compare:
+        parser.error("give at least one RUN_DIR, or --compare RUN_A RUN_B")
+    changes = {k: getattr(args, k, None) for k in ("episodes", "ways", "shots", "queries", "classifiers", "axes", "classes")}
+    for name in ("episodes", "ways", "queries", "classes"):
+        if changes[name] is not None and changes[name] < 1:
+            raise UserError(f"--{name} must be at least 1, got {changes[name]}")
+    evaluated = set()
+    for run_dir in args.run_dirs:
+        print_table(evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, **changes))
+        evaluated.add(Path(run_dir))
+    if compare:
+        for run_dir in map(Path, compare):
+            if run_dir not in evaluated and not (run_dir / "episodes.npz").is_file():
+                print_table(evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, **changes))
+        print_comparison(*compare, paired_differences(*compare))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
 REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels, proj_dim)
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
+CLOSING_CHECK = {"axes": ("generalization",), "sigma_shots": (), "per_class": None}  # the quick suite, few-shot only
 
 
 class SSLModel(nn.Module):
@@ -374,7 +375,7 @@ def main(argv=None):
     minutes = (time.time() - started) / 60
     print(f"trained {trainer.step} steps in {minutes:.1f} min; run folder: {run_dir}")
     if cfg.eval_episodes:
-        records = evaluate_run(run_dir, episodes=cfg.eval_episodes, device=cfg.device)
+        records = evaluate_run(run_dir, "quick", device=cfg.device, **CLOSING_CHECK, episodes=cfg.eval_episodes)
         print_table(records)
 
 

@@ -8,7 +8,9 @@ split. ``root`` is the data folder ("" or None: ``$GESSL_DATA``, else ``~/.cache
 Splits: few-shot sets have disjoint classes in ``background`` (pre-training), ``validation`` and
 ``evaluation`` (classes never seen); classification sets have ``train`` / ``test`` (and MNIST's
 ``validation``) images of the same classes. ``Dataset.eval_split`` is the split an evaluation
-of a pre-trained model uses. ``Dataset.domain`` names where the images come from: datasets of
+of a pre-trained model uses. ``Dataset.heldout_split`` (glyph sets: ``heldout``, new drawings of the
+``background`` classes, see ``tasks.glyphs``) holds images of the pre-training classes that
+training never sees: the discriminability axis. ``Dataset.domain`` names where the images come from: datasets of
 another domain than the one trained on are the transferability axis; the same domain's
 ``evaluation`` split is the generalization axis (``transfer_targets``). Images are resized to
 ``image_size`` when asked (shorter side, then a centre crop); ``image_size=None`` gives the
@@ -32,6 +34,8 @@ from tasks.formats import to_channels
 from tasks.glyphs import _SYSTEM_FONT_DIRS, cache_path, data_root, font_files, load_glyphs
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
+HELDOUT_DRAW_SEED = 1  # the drawings of the glyph sets' held-out images of the background classes
+GLYPH_SPLITS = ("background", "heldout", "evaluation")
 FEWSHOT = ("background", "validation", "evaluation")
 NOTO_PACKAGE = "fonts-noto-core"
 
@@ -52,6 +56,7 @@ class Dataset:
     locate: Callable
     install: Callable
     eval_split: str = "evaluation"
+    heldout_split: str | None = None   # images of the background classes that training never sees
     count: Callable | None = None
     fetch: Callable | None = None     # fetch(root, source=None) -> message; None: not fetchable
     note: str = ""                     # licence, attribution, caveats (shown by `list`)
@@ -72,8 +77,15 @@ class Dataset:
         return len(labels), len(set(labels.tolist()))
 
 
+def _glyph_split(split, **kwargs):
+    """A split of a glyph set; ``heldout`` is the background split drawn again with another seed."""
+    if split == "heldout":
+        return load_glyphs(seed=GLYPH_SEED, draw_seed=HELDOUT_DRAW_SEED, **kwargs).subset("background")
+    return load_glyphs(seed=GLYPH_SEED, **kwargs).subset(split)
+
+
 def _glyphs(split, root, image_size):
-    return load_glyphs(root=root, size=image_size, seed=GLYPH_SEED).subset(split)
+    return _glyph_split(split, root=root, size=image_size)
 
 
 def noto_dir(root):
@@ -93,12 +105,13 @@ def _noto_install(root):
 def _glyphs_noto(split, root, image_size):
     if not _noto_fonts(root):
         raise UserError(f"glyphs-noto needs the Noto fonts and none are installed; {_noto_install(root)}")
-    return load_glyphs(root=root, size=image_size, seed=GLYPH_SEED, font_dirs=[noto_dir(root)]).subset(split)
+    return _glyph_split(split, root=root, size=image_size, font_dirs=[noto_dir(root)])
 
 
 def _if_cached(path, read):
     """A ``count`` for a generated set: its sizes when ``path`` (its default cache) exists, else None."""
     def count(split, root):
+        split = "background" if split == "heldout" else split  # the same classes and sizes, drawn again
         return _label_sizes(read(split, root, 28)[1]) if path(root) and path(root).exists() else None
     return count
 
@@ -108,14 +121,14 @@ def _entries():
         return "generated from the installed fonts"
 
     entries = [
-        Dataset("glyphs", _glyphs, ("background", "evaluation"), "glyphs", 28, 1, always,
+        Dataset("glyphs", _glyphs, GLYPH_SPLITS, "glyphs", 28, 1, always,
                 lambda root: "nothing to install (matplotlib's fonts)",
-                count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
+                heldout_split="heldout", count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
                 note="generated and cached on first use (about 12 s on 2 cores)",
                 description="characters of ~15 scripts rendered from matplotlib's (and system) fonts"),
-        Dataset("glyphs-noto", _glyphs_noto, ("background", "evaluation"), "glyphs", 28, 1,
+        Dataset("glyphs-noto", _glyphs_noto, GLYPH_SPLITS, "glyphs", 28, 1,
                 lambda root: (str(Path(_noto_fonts(root)[0]).parent) if _noto_fonts(root) else None),
-                _noto_install, fetch=lambda root, source=None: fetch_noto(root, source),
+                _noto_install, fetch=lambda root, source=None: fetch_noto(root, source), heldout_split="heldout",
                 count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED, fonts=font_files([noto_dir(root)])),
                                  _glyphs_noto),
                 note="its script split differs from glyphs': train and evaluate within one of the two",

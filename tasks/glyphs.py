@@ -35,7 +35,11 @@ the other scripts form the evaluation split, never seen in pre-training.
 
 Everything is a pure function of ``seed`` and the font files: each class draws from its own numpy
 Generator seeded by (seed, code point), so results do not depend on the number of worker processes.
-The result is cached as ``glyphs-v{version}-s{size}-n{samples}-seed{seed}-{hash}.npz`` (the hash
+``draw_seed`` (default: ``seed``) seeds the drawings alone: another value gives new drawings of the
+same classes with the same split, the held-out images of the background classes that the
+evaluation suite's discriminability axis needs.
+The result is cached as ``glyphs-v{version}-s{size}-n{samples}-seed{seed}-{hash}.npz`` (with
+``-draw{draw_seed}`` before the hash when it differs from ``seed``; the hash
 covers the font files and ``min_writers``) under ``root``, else ``$GESSL_DATA``, else
 ``$XDG_CACHE_HOME/gessl``, else ``~/.cache/gessl``.
 
@@ -117,7 +121,7 @@ class GlyphSet:
 
 
 def load_glyphs(root=None, size=28, samples_per_class=20, seed=0, progress=True, min_writers=2,
-                font_dirs=(), _fonts=None):
+                font_dirs=(), draw_seed=None, _fonts=None):
     """Read the glyph set from the cache under ``root``, generating and caching it if missing.
 
     ``font_dirs``: more folders of fonts to use besides the installed ones (``glyphs-noto`` adds
@@ -125,30 +129,33 @@ def load_glyphs(root=None, size=28, samples_per_class=20, seed=0, progress=True,
     ``_fonts`` (a list of font files) replaces the installed fonts; tests use it to stay small.
     """
     for name, value, low in (("size", size, 8), ("samples_per_class", samples_per_class, 1),
-                             ("seed", seed, 0), ("min_writers", min_writers, 1)):
+                             ("seed", seed, 0), ("min_writers", min_writers, 1),
+                             ("draw_seed", seed if draw_seed is None else draw_seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise UserError(f"glyphs {name} must be an integer >= {low}, got {value!r}")
     fonts = font_files(font_dirs) if _fonts is None else [str(f) for f in _fonts]
     if not fonts:
         raise UserError("no font files found for glyphs; install matplotlib or fonts-noto-core")
-    path = cache_path(root, size, samples_per_class, seed, min_writers, fonts)
+    draw_seed = seed if draw_seed is None else draw_seed
+    path = cache_path(root, size, samples_per_class, seed, min_writers, fonts, draw_seed)
     if path.exists():
         try:
             return _read(path, size)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             warnings.warn(f"glyph cache {path} is unreadable ({e}); generating it again")
-    glyphs = _generate(fonts, size, samples_per_class, seed, min_writers, progress)
+    glyphs = _generate(fonts, size, samples_per_class, seed, min_writers, progress, draw_seed)
     glyphs.path = path
     _write(glyphs, path)
     return glyphs
 
 
-def cache_path(root=None, size=28, samples_per_class=20, seed=0, min_writers=2, fonts=None):
+def cache_path(root=None, size=28, samples_per_class=20, seed=0, min_writers=2, fonts=None, draw_seed=None):
     """The cache file of a glyph set drawn with ``fonts`` (default: the installed fonts)."""
     fonts = font_files() if fonts is None else fonts
     digest = hashlib.blake2b(repr((min_writers, [(Path(f).name, os.path.getsize(f)) for f in fonts]))
                              .encode(), digest_size=4).hexdigest()
-    return data_root(root) / f"glyphs-v{VERSION}-s{size}-n{samples_per_class}-seed{seed}-{digest}.npz"
+    draw = "" if draw_seed in (None, seed) else f"-draw{draw_seed}"
+    return data_root(root) / f"glyphs-v{VERSION}-s{size}-n{samples_per_class}-seed{seed}{draw}-{digest}.npz"
 
 
 def preview(glyphs, out_path, n_classes=20, n_per_class=10, seed=0):
@@ -372,7 +379,7 @@ def _map(fn, jobs, progress, desc):
         return list(tqdm(pool.imap(fn, jobs, chunksize=4), **bar))
 
 
-def _generate(fonts, size, samples, seed, min_writers, progress):
+def _generate(fonts, size, samples, seed, min_writers, progress, draw_seed):
     start = time.perf_counter()
     scans = []
     for path, (name, keys, error) in zip(fonts, _map(_scan_font, fonts, progress, "glyphs: fonts")):
@@ -383,7 +390,7 @@ def _generate(fonts, size, samples, seed, min_writers, progress):
     if not classes:
         raise UserError("no font draws any glyph class; install matplotlib's fonts or fonts-noto-core")
     splits = _split([script for script, _, _ in classes], seed)
-    jobs = [(ch, paths, size, samples, seed) for _, ch, paths in classes]
+    jobs = [(ch, paths, size, samples, draw_seed) for _, ch, paths in classes]
     images = np.concatenate(_map(_draw_class, jobs, progress, "glyphs: drawing"))
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), samples)
     return GlyphSet(images, labels, [(script, ch) for script, ch, _ in classes], splits,

@@ -1,75 +1,185 @@
 """Evaluation of a run folder: records, the random baseline on the same episodes, bad folders."""
+import fcntl
+import gzip
 import json
+import pickle
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from analysis.load import load_episodes, load_results
-from gessl import train
+from gessl import evaluate, train
 from gessl.backbones import load_backbone
-from gessl.evaluate import (EPISODE_FIELDS, SAMPLE_CLASSES, SAMPLE_PER_CLASS, evaluate_run,
-                            feature_sample_index, labels_digest, save_episode_accuracies)
+from gessl.evaluate import (EPISODE_FIELDS, SAMPLE_CLASSES, SAMPLE_PER_CLASS, evaluate_run, feature_sample_index,
+                            get_suite, labels_digest, paired_differences, save_episode_accuracies)
 from tasks.crowding import METRICS as CROWDING_METRICS, crowding_metrics
 from tasks.datasets import load_split
 from tasks.errors import UserError
-from tasks.fewshot import embed, evaluate_fewshot
+from tasks.fewshot import embed, evaluate_fewshot, mean_ci95
+from tasks.linear import knn_accuracy, linear_probe
+from tasks.suite import AXES, pick_classes
+from tasks.universality import sigma_scores
 
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
-          "episodes", "metric", "value", "ci95", "seed", "version", "time"}
+          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time"}
 EARLIER = {"run": "run", "note": "a record from an earlier evaluation"}
+SUITE = {"episodes": 30, "classes": 40, "probe_train": 300}  # the standard suite, made small
+MNIST_TEST_PER_CLASS = 20
+RANDOM = "run (random init)"
+
+
+def fake_mnist(root):
+    """MNIST's pickle (train, validation, test) with balanced labels: another domain on disk."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for n in (300, 10, 10 * MNIST_TEST_PER_CLASS):
+        parts.append((rng.random((n, 784), dtype=np.float32), np.arange(n, dtype=np.int64) % 10))
+    (root / "mnist").mkdir(parents=True)
+    (root / "mnist" / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(tuple(parts), protocol=2)))
 
 
 @pytest.fixture(scope="module")
-def evaluated(glyph_root, tmp_path_factory):
-    """A two-step run, evaluated once (30 episodes, 1 and 5 shots, seed 3) after an earlier record."""
+def data_root(glyph_root, tmp_path_factory):
+    """The session's glyphs (with their held-out drawings) and a fake MNIST in one data folder."""
+    with open(glyph_root / ".lock", "w") as lock:  # one xdist worker draws the held-out set
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        load_split("glyphs", "heldout", glyph_root)
+    root = tmp_path_factory.mktemp("data")
+    for cached in glyph_root.glob("glyphs-*.npz"):
+        (root / cached.name).symlink_to(cached)
+    fake_mnist(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(data_root, tmp_path_factory):
+    """A two-step run, evaluated once (standard suite, small; seed 3) after an earlier record."""
     out = tmp_path_factory.mktemp("eval") / "run"
-    train.main(["--out", str(out), "--max-steps", "2", "--batch-size", "16", "--eval-episodes", "0"])
+    train.main(["--out", str(out), "--max-steps", "2", "--batch-size", "16", "--eval-episodes", "0",
+                "--data-root", str(data_root)])
     (out / "results.jsonl").write_text(json.dumps(EARLIER) + "\n")
-    return out, evaluate_run(out, episodes=30, shots=(1, 5), seed=3)
+    return out, evaluate_run(out, "standard", seed=3, **SUITE)
 
 
-def test_records_are_appended_with_every_field(evaluated):
+def rows_of(records, **where):
+    return [r for r in records if all(r[k] == v for k, v in where.items())]
+
+
+def target_features(run_dir, root, dataset, split, seed=3, classes=SUITE["classes"]):
+    """Embedded by hand: the split's images of the classes the suite keeps (all for a small split)."""
+    net, _ = load_backbone(run_dir / "backbone.pt")
+    images, labels = load_split(dataset, split, root)
+    kept = np.isin(labels, pick_classes(labels, classes, seed))
+    return embed(net, images[kept]), labels[kept]
+
+
+def test_records_cover_every_axis_and_protocol_with_every_field(evaluated):
     run_dir, records = evaluated
     lines = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-    assert lines == [EARLIER] + records and len(records) == 12
-    assert all(r.keys() == FIELDS for r in records)
-    fewshot = [r for r in records if r["protocol"] == "fewshot"]
-    assert {(r["run"], r["shots"]) for r in fewshot} == {
-        ("run", 1), ("run", 5), ("run (random init)", 1), ("run (random init)", 5)}
-    assert all(r["split"] == "evaluation" and r["axis"] == "generalization" and r["seed"] == 3 for r in records)
-    assert all(r["ways"] == 5 and r["episodes"] == 30 and r["metric"] == "accuracy" for r in fewshot)
-    crowding = {(r["run"], r["metric"]) for r in records if r["protocol"] == "crowding"}
-    assert crowding == {(run, metric) for run in ("run", "run (random init)") for metric in CROWDING_METRICS}
+    assert lines == [EARLIER] + records
+    assert all(r.keys() - {"c_reg"} == FIELDS and r["seed"] == 3 and r["suite"] == "standard" for r in records)
+    targets = {("discriminability", "glyphs", "heldout"), ("generalization", "glyphs", "evaluation"),
+               ("transferability", "mnist", "test")}
+    for run in ("run", RANDOM):
+        mine = rows_of(records, run=run)
+        fewshot = {(r["axis"], r["dataset"], r["split"], r["shots"]) for r in mine if r["protocol"] == "fewshot"}
+        assert fewshot == {(*t, k) for t in targets for k in (1, 5)}
+        assert all(r["ways"] == 5 and r["episodes"] == 30 and r["classifier"] == "proto"
+                   for r in mine if r["protocol"] == "fewshot")
+        crowding = {(r["axis"], r["metric"]) for r in mine if r["protocol"] == "crowding"}
+        assert crowding == {(t[0], m) for t in targets for m in CROWDING_METRICS}
+        many_shot = {(r["protocol"], r["classifier"], r["axis"]) for r in mine if r["protocol"] in ("linear", "knn")}
+        assert many_shot == {(p, c, axis) for axis in ("discriminability", "transferability")
+                             for p, c in (("linear", "logreg"), ("knn", "k=20"), ("knn", "k=200"))}
+        sigma = {(r["axis"], r["shots"]) for r in mine if r["protocol"] == "universality"}
+        assert sigma == {(axis, k) for axis in (*AXES, "overall") for k in (1, 5)}
 
 
-def test_crowding_records_are_the_metrics_of_the_saved_backbone(evaluated):
+def test_generalization_records_are_the_measures_of_the_saved_backbone(evaluated, data_root):
+    """Few-shot accuracy, per-episode accuracies and crowding, recomputed by hand from backbone.pt."""
     run_dir, records = evaluated
-    net, _ = load_backbone(run_dir / "backbone.pt")
-    images, labels = load_split("glyphs", "evaluation")
-    expected = crowding_metrics(embed(net, images), labels)
-    for r in records:
-        if r["run"] == "run" and r["protocol"] == "crowding":
-            assert (r["value"], r["ci95"]) == pytest.approx(expected[r["metric"]])
-
-
-def test_value_is_the_few_shot_accuracy_of_the_saved_backbone(evaluated):
-    """Recomputed by hand from backbone.pt and the evaluation split on the same seeded episodes."""
-    run_dir, records = evaluated
-    net, _ = load_backbone(run_dir / "backbone.pt")
-    images, labels = load_split("glyphs", "evaluation")
-    features = embed(net, images)
+    features, labels = target_features(run_dir, data_root, "glyphs", "evaluation")
     saved = np.load(run_dir / "episodes.npz")
     for shots in (1, 5):
-        record, = [r for r in records if r["run"] == "run" and r["shots"] == shots and r["protocol"] == "fewshot"]
+        record, = rows_of(records, run="run", axis="generalization", protocol="fewshot", shots=shots)
         expected = evaluate_fewshot(features, labels, ways=5, shots=shots, queries=15, episodes=30, seed=3)
-        assert record["value"] == pytest.approx(expected["mean"])
-        assert record["ci95"] == pytest.approx(expected["ci95"])
+        assert (record["value"], record["ci95"]) == pytest.approx((expected["mean"], expected["ci95"]))
         key = f"run/glyphs/evaluation/generalization/proto/5/{shots}/15/30/3/{labels_digest(labels)}"
         np.testing.assert_allclose(saved[key], expected["accuracies"])  # per episode, for pairing
-    random_init = [r["value"] for r in records if r["run"] == "run (random init)" and r["protocol"] == "fewshot"]
-    assert random_init != [r["value"] for r in records if r["run"] == "run" and r["protocol"] == "fewshot"]
+    expected = crowding_metrics(features, labels)
+    for r in rows_of(records, run="run", axis="generalization", protocol="crowding"):
+        assert (r["value"], r["ci95"]) == pytest.approx(expected[r["metric"]])
+    random_init = [r["value"] for r in rows_of(records, run=RANDOM, protocol="fewshot")]
+    assert random_init != [r["value"] for r in rows_of(records, run="run", protocol="fewshot")]
+
+
+def test_sigma_per_axis_and_overall(evaluated, data_root):
+    """σ of an axis is the mean over its episodes (sigma_scores by hand); overall is the axes' mean."""
+    run_dir, records = evaluated
+    for dataset, split, axis in (("glyphs", "heldout", "discriminability"), ("mnist", "test", "transferability")):
+        features, labels = target_features(run_dir, data_root, dataset, split)
+        scores = sigma_scores(features, labels, ways=5, shots=1, queries=15, episodes=30, seed=3)
+        record, = rows_of(records, run="run", protocol="universality", axis=axis, shots=1)
+        assert (record["value"], record["ci95"]) == pytest.approx(mean_ci95(scores))
+        assert record["dataset"] == dataset and record["metric"] == "sigma" and record["value"] > 0
+    per_axis = rows_of(records, run="run", protocol="universality", shots=5)
+    overall, = [r for r in per_axis if r["axis"] == "overall"]
+    axes = [r for r in per_axis if r["axis"] != "overall"]
+    assert overall["value"] == pytest.approx(np.mean([r["value"] for r in axes]))
+    assert overall["ci95"] == pytest.approx(np.sqrt(sum(r["ci95"] ** 2 for r in axes)) / 3)
+
+
+def test_transfer_probe_and_knn_use_the_other_domains_train_and_test_splits(evaluated, data_root):
+    run_dir, records = evaluated
+    net, _ = load_backbone(run_dir / "backbone.pt")
+    root = data_root
+    train_x, train_y = (torch.as_tensor(a) for a in load_split("mnist", "train", root))
+    test_x, test_y = (torch.as_tensor(a) for a in load_split("mnist", "test", root))
+    train_f, test_f = embed(net, train_x), embed(net, test_x)
+    for k in (20, 200):
+        record, = rows_of(records, run="run", axis="transferability", protocol="knn", classifier=f"k={k}")
+        assert record["value"] == pytest.approx(knn_accuracy(train_f, train_y, test_f, test_y, k=k))
+        p = record["value"] / 100
+        assert record["ci95"] == pytest.approx(100 * 1.96 * np.sqrt(p * (1 - p) / len(test_y)))
+    record, = rows_of(records, run="run", axis="transferability", protocol="linear")
+    assert record["value"] == pytest.approx(linear_probe(train_f, train_y, test_f, test_y, seed=3)["accuracy"])
+
+
+def test_heldout_images_are_new_drawings_of_the_training_classes(data_root):
+    background, heldout = (load_split("glyphs", split, data_root) for split in ("background", "heldout"))
+    np.testing.assert_array_equal(background[1], heldout[1])
+    assert not (background[0] == heldout[0]).all(axis=(1, 2)).any()
+
+
+def test_suites_and_their_overrides():
+    assert get_suite("standard").episodes == 600 and get_suite("full").episodes == 2000
+    assert get_suite("quick", shots=[5], episodes=7).sigma_shots == () and get_suite("quick", episodes=7).episodes == 7
+    with pytest.raises(UserError, match="unknown suite"):
+        get_suite("huge")
+    with pytest.raises(UserError, match="unknown classifier 'svm'"):
+        get_suite("standard", classifiers=["svm"])
+
+
+def test_compare_prints_paired_differences_on_identical_episodes(evaluated, data_root, tmp_path, capsys):
+    run_dir, _ = evaluated
+    other = tmp_path / "other"
+    train.main(["--out", str(other), "--max-steps", "2", "--batch-size", "16", "--eval-episodes", "0", "--seed", "1",
+                "--data-root", str(data_root)])
+    capsys.readouterr()
+    evaluate.main(["--compare", str(run_dir), str(other), "--seed", "3", "--axes", "generalization",
+                   "--episodes", str(SUITE["episodes"]), "--classes", str(SUITE["classes"])])
+    rows = paired_differences(run_dir, other)
+    assert len(rows) == 2  # generalization 1 and 5 shots: the other run was evaluated with those settings only
+    with np.load(run_dir / "episodes.npz") as a, np.load(other / "episodes.npz") as b:
+        for row in rows:
+            key = "/".join(str(row[f]) for f in EPISODE_FIELDS[1:])
+            difference = a[f"run/{key}"] - b[f"other/{key}"]
+            assert row["difference"] == pytest.approx(difference.mean()) and row["n"] == 30
+    printed = capsys.readouterr().out
+    assert f"{rows[0]['difference']:+.2f} ± {rows[0]['ci95']:.2f}" in printed
 
 
 def test_missing_or_corrupt_run_folder_is_a_clean_error(evaluated, tmp_path):
@@ -82,7 +192,7 @@ def test_missing_or_corrupt_run_folder_is_a_clean_error(evaluated, tmp_path):
     (broken / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     (broken / "backbone.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(UserError, match="corrupt"):
-        evaluate_run(broken, episodes=5)
+        evaluate_run(broken, "quick", episodes=5)
     assert not (broken / "results.jsonl").exists()
 
 
@@ -94,7 +204,7 @@ def test_impossible_episodes_fail_before_any_work(evaluated, kwargs, message):
     run_dir, _ = evaluated
     before = (run_dir / "results.jsonl").read_bytes()
     with pytest.raises(UserError, match=message):
-        evaluate_run(run_dir, episodes=5, **kwargs)
+        evaluate_run(run_dir, "quick", episodes=5, **kwargs)
     assert (run_dir / "results.jsonl").read_bytes() == before
 
 
@@ -105,7 +215,8 @@ def test_per_episode_accuracies_match_the_records_and_the_report_pairs_them(eval
     fewshot = [r for r in records if r["protocol"] == "fewshot"]
     assert len(saved.files) == 1 + len(fewshot)
     for r in fewshot:
-        name, = [n for n in saved.files if n.startswith(f"{r['run']}/") and n.split("/")[6] == str(r["shots"])]
+        name, = [n for n in saved.files if n.split("/")[:4] == [r["run"], r["dataset"], r["split"], r["axis"]]
+                 and n.split("/")[6] == str(r["shots"])]
         entry = dict(zip(EPISODE_FIELDS, name.split("/")))
         assert {k: entry[k] for k in ("dataset", "split", "axis", "classifier", "ways", "queries", "episodes", "seed")} == {
             k: str(r[k]) for k in ("dataset", "split", "axis", "classifier", "ways", "queries", "episodes", "seed")}
@@ -116,15 +227,16 @@ def test_per_episode_accuracies_match_the_records_and_the_report_pairs_them(eval
     # the report finds the run and its random backbone on the same episodes
     episodes = load_episodes(load_results([run_dir]), [])
     settings = {model: {s for m, s in episodes if m == model} for model in ("run", "run (random init)")}
-    assert len(settings["run"]) == 2 and settings["run"] == settings["run (random init)"]
+    assert len(settings["run"]) == 6 and settings["run"] == settings["run (random init)"]
 
 
-def test_feature_sample_holds_the_frozen_features_of_a_fixed_labelled_sample(evaluated):
+def test_feature_sample_holds_the_frozen_features_of_a_fixed_labelled_sample(evaluated, data_root):
     run_dir, _ = evaluated
     sample = np.load(run_dir / "feature_sample.npz")
-    images, labels = load_split("glyphs", "evaluation")
-    index = sample["index"]
-    assert np.array_equal(index, feature_sample_index(labels, seed=3))  # depends on labels and seed only
+    images, labels = load_split("glyphs", "evaluation", data_root)
+    index = sample["index"]  # rows of the split, of the classes the suite kept
+    kept = np.flatnonzero(np.isin(labels, pick_classes(labels, SUITE["classes"], 3)))
+    assert np.array_equal(index, kept[feature_sample_index(labels[kept], seed=3)])  # depends on labels and seed only
     assert np.array_equal(sample["labels"], labels[index])
     counts = np.unique(sample["labels"], return_counts=True)[1]
     assert len(counts) == SAMPLE_CLASSES and (counts == SAMPLE_PER_CLASS).all()

@@ -131,12 +131,23 @@ class Recorder(torch.nn.Module):
         return x.flatten(1) * 2
 
 
-def test_embed_scales_adds_channel_batches_in_order_and_restores_modes():
+def test_embed_scales_adds_channel_batches_in_order_and_leaves_the_module_as_it_was():
     images = torch.randint(0, 256, (10, 3, 3), dtype=torch.uint8)
     net = Recorder().train()
+    with torch.no_grad():
+        net.norm.running_mean.fill_(0.25)
+        net.norm.running_var.fill_(4.0)
     features = embed(net, images, batch_size=4)
     torch.testing.assert_close(features, images.float().flatten(1) / 255 * 2)
-    assert net.seen_training == [False, False, False] and net.training and net.norm.training
+    assert net.seen_training == [] and net.training and net.norm.training  # a copy ran
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3)).train()
+    with torch.no_grad():
+        conv[1].running_mean.uniform_(-1, 1)
+        conv[1].running_var.uniform_(0.5, 2)
+    expected = conv.eval()(images[:, None].float() / 255).flatten(1)  # eval mode: running statistics
+    conv.train()
+    torch.testing.assert_close(embed(conv, images, batch_size=3), expected)
+    assert conv.training and conv[0].weight.is_contiguous()
     with pytest.raises(TypeError):
         embed(net, images.float())
     with pytest.raises(UserError, match="empty"):

@@ -33,6 +33,17 @@ def test_same_seed_same_data_other_seed_other_split(small, tmp_path):
     assert {k: v.tolist() for k, v in first.splits.items()} != {k: v.tolist() for k, v in other.splits.items()}
 
 
+def test_draw_seed_redraws_the_same_classes_and_split(small, tmp_path):
+    root, first = small
+    heldout = glyphs.load_glyphs(root=root, draw_seed=5, **SMALL)
+    assert heldout.classes == first.classes and heldout.path != first.path
+    assert {k: v.tolist() for k, v in heldout.splits.items()} == {k: v.tolist() for k, v in first.splits.items()}
+    np.testing.assert_array_equal(heldout.labels, first.labels)
+    same = [np.array_equal(a, b) for a, b in zip(first.images, heldout.images)]
+    assert sum(same) < len(same) / 10  # new jitter for (almost) every drawing
+    assert glyphs.load_glyphs(root=root, draw_seed=0, **SMALL).path == first.path  # draw_seed = seed: the default
+
+
 def test_images_and_labels(small):
     _, data = small
     assert data.images.dtype == np.uint8 and data.images.shape[1:] == (16, 16)
