@@ -59,10 +59,10 @@ SUITES = {
     "quick": Suite("quick", episodes=200, shots=(1, 5), classifiers=("proto",), sigma_shots=(1,), per_class=50,
                    probe=False, probe_classes=None, probe_train=None,
                    description="200 episodes, prototypes, σ at 1 shot, no linear probe or kNN"),
-    "standard": Suite("standard", episodes=600, shots=(1, 5), classifiers=("proto",), sigma_shots=(1, 5),
-                      per_class=100, probe=True, probe_classes=50, probe_train=10000,
-                      description="600 episodes, prototypes, σ at 1 and 5 shots, linear probe and kNN on at "
-                                  "most 50 classes and 10,000 training images"),
+    "standard": Suite("standard", episodes=600, shots=(1, 5), classifiers=("proto",), sigma_shots=(1,),
+                      per_class=50, probe=True, probe_classes=50, probe_train=10000,
+                      description="600 episodes, prototypes, σ at 1 shot, linear probe and kNN on at most 50 "
+                                  "classes and 10,000 training images"),
     "full": Suite("full", episodes=2000, shots=(1, 5), classifiers=("proto", "logreg"), sigma_shots=(1, 5),
                   per_class=None, probe=True, probe_classes=None, probe_train=None,
                   description="2,000 episodes, prototypes and logistic regression, σ at 1 and 5 shots, "

@@ -26,7 +26,7 @@ from tasks.universality import sigma_scores
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
           "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time"}
 EARLIER = {"run": "run", "note": "a record from an earlier evaluation"}
-SUITE = {"episodes": 30, "classes": 40, "probe_train": 300}  # the standard suite, made small
+SUITE = {"episodes": 30, "classes": 40, "probe_train": 300, "sigma_shots": (1, 5)}  # the standard suite, small
 MNIST_TEST_PER_CLASS = 20
 RANDOM = "run (random init)"
 
