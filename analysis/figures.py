@@ -239,7 +239,8 @@ def fig_crowding(df, notes):
     metrics = [m for m in CROWDING if m in set(data["metric"])]
     colors, models = model_colors(df), [m for m in model_order(df) if m in set(data["model"])]
     data["axis"] = data["axis"].fillna("?")
-    groups = list(data.groupby(["dataset", "split", "axis"], dropna=False))
+    groups = sorted(data.groupby(["dataset", "split", "axis"], dropna=False),
+                    key=lambda group: (_axis_order(data["axis"].unique()).index(group[0][2]), str(group[0][0])))
     height = 0.28 * len(models) + 0.9
     fig = new_figure(WIDTH, height * len(groups) + 0.3)
     axes = fig.subplots(len(groups), len(metrics), squeeze=False, sharey=True)
@@ -253,9 +254,10 @@ def fig_crowding(df, notes):
             ax.set_xlim(0, None)
             ax.xaxis.set_major_locator(MaxNLocator(3))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # short labels
-            if c == 0 and len(groups) > 1:
-                ax.set_ylabel(", ".join(map(str, key)))
-    return fig, ("Crowding of the unseen classes on frozen, L2-normalised features, per model "
+            if c == 0 and len(groups) > 1:  # which data the row shows, in two short lines
+                dataset, split, axis = key
+                ax.set_ylabel(f"{axis}\n{dataset} ({split})", fontsize="x-small")
+    return fig, ("Crowding of the classes of each axis on frozen, L2-normalised features, per model "
                  "(↑: higher is better, ↓: lower is better): intra-class variance, inter-class "
                  "separation (mean distance between class centroids), crowding ratio "
                  "(variance / separation²) and crowded share (share of samples nearer another "
