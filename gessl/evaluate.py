@@ -18,8 +18,7 @@ axis, protocol, classifier, ways, shots, queries, episodes, metric, value, 95 % 
 suite, code version and time.
 
 ``--compare RUN_A RUN_B`` prints the paired differences A − B of the few-shot accuracies on
-identical episodes, with their intervals (each run is evaluated first when it has no results of
-the suite's settings).
+identical episodes, with their intervals (a run without an ``episodes.npz`` is evaluated first).
 
 For the report (``analysis.report``) two files are also written, each atomically:
 
@@ -116,14 +115,14 @@ def get_suite(name="standard", **changes):
     """The named suite with ``changes`` (fields of ``tasks.suite.Suite``; None: keep) applied and checked."""
     if name not in SUITES:
         raise UserError(f"unknown suite {name!r}; choose one of: {', '.join(SUITES)}")
-    suite = SUITES[name].replace(**{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in changes.items() if v is not None})
+    suite = dataclasses.replace(SUITES[name], **{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in changes.items() if v is not None})
     unknown = [c for c in suite.classifiers if c not in CLASSIFIERS]
     if unknown:
         raise UserError(f"unknown classifier {unknown[0]!r}; choose from: {', '.join(CLASSIFIERS)}")
     if not suite.shots or not suite.classifiers:
         raise UserError("--shots and --classifiers need at least one value each")
-    return suite.replace(sigma_shots=tuple(k for k in suite.sigma_shots if k in suite.shots))
+    return dataclasses.replace(suite, sigma_shots=tuple(k for k in suite.sigma_shots if k in suite.shots))
 
 
 @dataclasses.dataclass

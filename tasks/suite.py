@@ -20,7 +20,6 @@ with the suite's seed (``classes`` classes per split, ``per_class`` images per c
 episodes and crowding, ``probe_classes`` classes and ``probe_train`` training images for the probe
 and kNN) so every model sees the same images.
 """
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +49,6 @@ class Suite:
     queries: int = 15
     knn_k: tuple[int, ...] = (20, 200)
     description: str = ""
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
 
 
 SUITES = {

@@ -10,6 +10,7 @@ import torch
 from gessl import train
 from gessl.backbones import load_backbone
 from tasks.errors import UserError
+from tests.gessl.interrupt import interrupted_at
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--batch-size", "32", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2", "--meta", "none"]
@@ -51,18 +52,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, 
     flags = ["--max-steps", "6", "--ckpt-every", "100", "--meta", meta, "--reg", reg]
     run_train(tmp_path / "straight", *flags)
 
-    real_step = train.Trainer.train_step
-
-    def interrupted_step(self):
-        if self.step == 4:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(train.Trainer, "train_step", interrupted_step)
-    with pytest.raises(UserError, match="--resume"):
+    with interrupted_at(monkeypatch, 4), pytest.raises(UserError, match="--resume"):
         run_train(tmp_path / "stopped", *flags)
     assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["step"] == 4
-    monkeypatch.setattr(train.Trainer, "train_step", real_step)
     train.main(["--out", str(tmp_path / "stopped"), "--resume"])
 
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)

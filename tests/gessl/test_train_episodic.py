@@ -9,6 +9,7 @@ import torch
 
 from gessl import train
 from tasks.errors import UserError
+from tests.gessl.interrupt import interrupted_at
 
 TINY = ["--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2", "--episode-ways", "4",
         "--episode-shots", "2", "--episode-queries", "2", "--maml-inner-steps", "2"]
@@ -43,17 +44,8 @@ def test_episodic_resume_after_interrupt_matches_uninterrupted_run(glyph_root, t
     flags = TINY + ["--base", base, "--meta", meta, "--max-steps", "5", "--ckpt-every", "100"]
     train.main(flags + ["--out", str(tmp_path / "straight")])
 
-    real_step = train.Trainer.train_step
-
-    def interrupted_step(self):
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(train.Trainer, "train_step", interrupted_step)
-    with pytest.raises(UserError, match="--resume"):
+    with interrupted_at(monkeypatch, 3), pytest.raises(UserError, match="--resume"):
         train.main(flags + ["--out", str(tmp_path / "stopped")])
-    monkeypatch.setattr(train.Trainer, "train_step", real_step)
     train.main(["--out", str(tmp_path / "stopped"), "--resume"])
 
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
