@@ -40,8 +40,9 @@ from torch import nn
 
 from baselines.base import SSLOutput
 from baselines.momentum import follow_by_ema
-from gessl.backbones import eval_forward, load_backbone, load_torch_file
+from gessl.backbones import load_backbone, load_torch_file
 from tasks.errors import UserError
+from tasks.frozen import eval_forward
 
 VIEW_PAIRS = ((0, 0), (1, 1), (0, 1), (1, 0))  # (a, b) of the four relation matrices, 0-based views
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"

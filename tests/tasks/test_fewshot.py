@@ -5,9 +5,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from learn2learn.data import MetaDataset, Taskset
+from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
 
 from tasks.errors import UserError
-from tasks.fewshot import embed, evaluate_fewshot, mean_ci95, prototype_logits, sample_episodes
+from tasks.fewshot import _IndexDataset, embed, evaluate_fewshot, mean_ci95, prototype_logits, sample_episodes
 
 
 def labels_of(classes=12, per_class=10):
@@ -38,6 +40,24 @@ def test_episodes_depend_only_on_the_seed_and_leave_python_random_alone():
     c = sample_episodes(labels, 5, 1, 4, 20, seed=8)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
     assert any(not torch.equal(x[0], y[0]) for x, y in zip(a, c))
+
+
+def test_episodes_are_those_of_the_full_learn2learn_pipeline():
+    """The draw skips LoadData and RemapLabels: every episode must still be the one that learn2learn's
+    full Taskset draws from the same seed, with its classes in the same label order and the same
+    support and query images per class (RemapLabels' shuffle draws random numbers too)."""
+    labels = labels_of(classes=9, per_class=7)
+    dataset = MetaDataset(_IndexDataset(labels))
+    taskset = Taskset(dataset, [FusedNWaysKShots(dataset, n=4, k=5), LoadData(dataset), RemapLabels(dataset)],
+                      num_tasks=30)
+    random.seed(3)
+    full = [taskset[i] for i in range(30)]
+    for (support, query), (x, y) in zip(sample_episodes(labels, 4, 2, 3, 30, seed=3), full):
+        want = {}
+        for i, c in zip(x.tolist(), y.tolist()):  # per class: its images in the order drawn
+            want.setdefault(c, []).append(i)
+        got = [s + q for s, q in zip(support.view(4, 2).tolist(), query.view(4, 3).tolist())]
+        assert got == [want[k] for k in range(4)]  # row k: class labelled k, its first 2 images the support
 
 
 def test_every_class_is_drawn_about_equally_and_string_labels_work():
@@ -146,7 +166,10 @@ def test_embed_scales_adds_channel_batches_in_order_and_leaves_the_module_as_it_
         conv[1].running_var.uniform_(0.5, 2)
     expected = conv.eval()(images[:, None].float() / 255).flatten(1)  # eval mode: running statistics
     conv.train()
+    batchnorm_calls = []
+    conv[1].register_forward_hook(lambda *args: batchnorm_calls.append(1))  # deepcopy keeps the hook
     torch.testing.assert_close(embed(conv, images, batch_size=3), expected)
+    assert not batchnorm_calls  # the BatchNorm ran folded into the convolution
     assert conv.training and conv[0].weight.is_contiguous()
     with pytest.raises(TypeError):
         embed(net, images.float())

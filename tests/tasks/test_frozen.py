@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from gessl.backbones import Conv4, build_backbone, eval_forward, fold_batchnorm
+from gessl.backbones import Conv4, build_backbone
+from tasks.frozen import eval_forward, fold_batchnorm
 
 
 def randomise_statistics(net, seed):
