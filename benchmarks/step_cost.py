@@ -1,11 +1,14 @@
 """Wall time and peak memory of one training step: the base method alone vs GeSSL or DSA.
 
-Two suites of settings:
+Three suites of settings:
 
 - ``--suite gessl``: per backbone, the base method alone (``--meta none``) and GeSSL with each
   engine, K inner steps, λ look-ahead steps, first or second order (``GESSL_SETTINGS``);
 - ``--suite dsa``: per batch size, SimCLR alone and SimCLR + DSA (``--reg dsa``, no GeSSL) with the
-  default EMA prior and with the ``pixels`` prior.
+  default EMA prior and with the ``pixels`` prior;
+- ``--suite bases``: training throughput (images/s) and peak memory of every base method that
+  trains on batches (``SSL_BASES``: not the episodic ProtoNet and MAML), plain, + DSA and + GeSSL
+  with their default settings, per backbone and batch size.
 
 Each setting is measured in its own fresh subprocess, so that peak memory is that setting's alone:
 
@@ -18,12 +21,13 @@ Each setting is measured in its own fresh subprocess, so that peak memory is tha
 
 Settings run interleaved, ``--rounds`` times each, and the medians over rounds are reported, so slow
 drift of a shared machine hits every setting alike and one disturbed round does not count (use 3);
-ratios are against the base step of the same backbone and batch size from the same run.
+ratios are against the plain step of the same base method, backbone and batch size from the same run.
 
 Usage (commands and results in ``benchmarks/README.md``)::
 
     python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
     python benchmarks/step_cost.py --suite dsa --batch-sizes 64 256 512
+    python benchmarks/step_cost.py --suite bases --backbones conv4 resnet18
 
 ``--device cuda`` for a GPU. Writes ``--out`` (JSON, one record per setting) and prints a Markdown
 table.
@@ -45,6 +49,7 @@ from gessl.device import resolve_device
 from gessl.inner_loop import take
 from tasks.io import atomic_write_text
 
+SSL_BASES = ["simclr", "moco", "byol", "simsiam", "barlow", "vicreg", "swav", "music", "supervised"]
 GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)
     (1, 1, False), (2, 1, False), (4, 1, False), (1, 2, False), (1, 1, True), (4, 1, True)]
 
@@ -54,6 +59,11 @@ def settings(suite, backbones, batch_sizes, engines):
     for backbone in backbones:
         for batch_size in batch_sizes:
             common = {"backbone": backbone, "batch_size": batch_size, "meta": "none"}
+            if suite == "bases":
+                for base in SSL_BASES:
+                    yield from ({**common, "base": base}, {**common, "base": base, "reg": "dsa"},
+                                {**common, "base": base, "meta": "gessl"})
+                continue
             yield common
             if suite == "dsa":
                 yield {**common, "reg": "dsa"}
@@ -122,6 +132,9 @@ def run_isolated(setting, args):
 
 
 def label(setting):
+    if "base" in setting:  # suite bases: the default settings of each variant
+        return setting["base"] + {"none": "", "dsa": " + DSA"}[setting.get("reg", "none")] + (
+            " + GeSSL" if setting["meta"] == "gessl" else "")
     if setting["meta"] == "none":
         if setting.get("reg") == "dsa":
             return f"SimCLR + DSA ({setting.get('dsa_prior', 'ema')} prior)"
@@ -130,10 +143,15 @@ def label(setting):
     return f"GeSSL {setting['inner_backend']} K={setting['inner_steps']} λ={setting['lookahead']} {order}"
 
 
+def _reference_key(record):
+    """The plain step a setting is compared with: same base method, backbone and batch size."""
+    return record.get("base", "simclr"), record["backbone"], record["batch_size"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--suite", choices=["gessl", "dsa"], default="gessl")
+    parser.add_argument("--suite", choices=["gessl", "dsa", "bases"], default="gessl")
     parser.add_argument("--backbones", nargs="+", default=["conv4"])
     parser.add_argument("--engines", nargs="+", default=["higher", "func"], help="GeSSL engines (suite gessl)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
@@ -156,15 +174,16 @@ def main():
         records.append({**setting, "label": label(setting), "device": args.device,
                         "seconds": statistics.median(r["seconds"] for r in runs),
                         "peak_mib": statistics.median(r["peak_mib"] for r in runs)})
-    base = {(r["backbone"], r["batch_size"]): r for r in records if r["meta"] == "none" and "reg" not in r}
+    plain = {_reference_key(r): r for r in records if r["meta"] == "none" and "reg" not in r}
     print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| backbone | batch | setting | s/step | × base | peak MiB | × base |\n|---|---|---|---|---|---|---|")
+    print("| backbone | batch | setting | s/step | img/s | × plain | peak MiB | × plain |\n|---|---|---|---|---|---|---|---|")
     for r in records:
-        b = base[r["backbone"], r["batch_size"]]
+        b = plain[_reference_key(r)]
+        r["images_per_s"] = r["batch_size"] / r["seconds"]
         r["time_ratio"] = r["seconds"] / b["seconds"]
         r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)
-        print(f"| {r['backbone']} | {r['batch_size']} | {r['label']} | {r['seconds']:.3f} | {r['time_ratio']:.2f} | "
-              f"{r['peak_mib']:.0f} | {r['memory_ratio']:.2f} |")
+        print(f"| {r['backbone']} | {r['batch_size']} | {r['label']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | "
+              f"{r['time_ratio']:.2f} | {r['peak_mib']:.0f} | {r['memory_ratio']:.2f} |")
     out = Path(args.out or f"benchmarks/results/{args.suite}_step.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(records, indent=2))

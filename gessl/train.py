@@ -166,7 +166,7 @@ def views_batch(images, labels, cfg, step, augment, placement, shard=slice(None)
     x = placement.put(images).float().div_(255)
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    gen = torch.Generator(x.device).manual_seed(cfg.seed * 1_000_003 + step)  # draws on x's device: no host sync
     views = [placement.layout(augment(x, gen)[shard]) for _ in range(2)]
     return {"images": placement.layout(x[shard]), "views": views, "labels": placement.put(labels[shard])}
 

@@ -4,6 +4,9 @@ One ``grid_sample`` per batch applies, per image, a random resized crop (scale a
 affine (rotation, shear, translation) and an elastic distortion (a smooth random displacement field,
 Simard et al. 2003); then Gaussian pixel noise. All randomness comes from the ``torch.Generator``
 passed in, so a training step is reproducible from its seed (this is what makes ``--resume`` exact).
+The random numbers are drawn on the generator's device: a generator on the images' GPU keeps the
+whole augmentation on the GPU, with no copy from the host and no wait for it (a CPU generator with
+GPU images still works, at the cost of those copies).
 """
 import math
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ class GlyphAugment:
         b, dev = images.shape[0], images.device
 
         def uniform(lo, hi, *shape):
-            return lo + (hi - lo) * torch.rand(b, *shape, generator=generator).to(dev)
+            return lo + (hi - lo) * torch.rand(b, *shape, generator=generator, device=generator.device).to(dev)
 
         area = uniform(*self.crop_scale)
         log_r = uniform(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
@@ -48,10 +51,10 @@ class GlyphAugment:
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         if self.elastic > 0:
             g = self.elastic_grid
-            coarse = torch.randn(b, 2, g, g, generator=generator).to(dev) * self.elastic
+            coarse = torch.randn(b, 2, g, g, generator=generator, device=generator.device).to(dev) * self.elastic
             field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=False)
             grid = grid + field.permute(0, 2, 3, 1)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.noise > 0:
-            out = out + self.noise * torch.randn(out.shape, generator=generator).to(dev)
+            out = out + self.noise * torch.randn(out.shape, generator=generator, device=generator.device).to(dev)
         return out.clamp(0, 1)
