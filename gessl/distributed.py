@@ -20,6 +20,9 @@ environment; ``Processes.from_environment()`` reads them (one process when they 
   tasks. Buffers (BatchNorm running statistics, queues) follow each process's own tasks;
 - only rank 0 writes (config, metrics, checkpoints, backbone) and shows the progress bar; logged
   values are averaged over processes; on ``--resume`` every process loads the checkpoint.
+
+``torchrun ... -m gessl.evaluate`` shares its embedding and episodes the same way (``shard``, then
+``gather_shares``); see ``gessl.evaluate``.
 """
 import os
 from contextlib import contextmanager
@@ -61,7 +64,7 @@ class Processes:
                          [("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)]))
         except ValueError:
             raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start several processes "
-                            "with `torchrun --nproc_per_node N -m gessl.train ...`") from None
+                            "with `torchrun --nproc_per_node N -m gessl.train ...` (or gessl.evaluate)") from None
 
     @property
     def main(self):
@@ -69,9 +72,32 @@ class Processes:
         return self.rank == 0
 
     def shard(self, n):
-        """This process's share of a global batch of ``n`` items (``n`` a multiple of ``world``)."""
-        share = n // self.world
-        return slice(self.rank * share, (self.rank + 1) * share)
+        """This process's contiguous share of ``n`` items, in rank order (a global batch, a split's
+        images, episodes): ``n // world`` items, one more for the first ``n % world`` processes, as
+        ``torch.tensor_split`` shares them; equal shares when ``world`` divides ``n``."""
+        share, extra = divmod(n, self.world)
+        start = self.rank * share + min(self.rank, extra)
+        return slice(start, start + share + (self.rank < extra))
+
+    def gather_shares(self, share):
+        """The whole of which each process holds ``share`` (a tensor, its rows of the whole; shares may
+        differ in rows, even have none): every share concatenated along dim 0 in rank order, on the
+        CPU of every process. Alone, ``share`` itself.
+
+        Not differentiable (for losses, ``baselines.distributed.gather``). The row counts travel
+        first, then every share padded to the largest, in one ``all_gather``.
+        """
+        if self.world == 1:
+            return share
+        shapes = [None] * self.world
+        dist.all_gather_object(shapes, (tuple(share.shape), share.dtype))
+        shape, dtype = max(shapes, key=lambda s: s[0][0])  # a share with rows says their shape and dtype
+        padded = torch.zeros(shape, dtype=dtype, device=_collective_device())
+        if len(share):
+            padded[:len(share)] = share
+        parts = [torch.empty_like(padded) for _ in shapes]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:s[0]] for part, (s, _) in zip(parts, shapes)]).cpu()
 
     def place(self, device):
         """The device of this process: GPU ``local_rank`` when ``device`` is CUDA."""

@@ -20,6 +20,16 @@ suite, code version and time.
 ``--compare RUN_A RUN_B`` prints the paired differences A − B of the few-shot accuracies on
 identical episodes, with their intervals (a run without an ``episodes.npz`` is evaluated first).
 
+Several processes share the work: ``torchrun --nproc_per_node N -m gessl.evaluate RUN_DIR...``
+(gloo on CPU, nccl on CUDA with process r on GPU ``LOCAL_RANK``; ``gessl.distributed``). Each
+process embeds its contiguous share of every split's images and the features are gathered, so all
+hold them in order; every process draws the same seeded episodes, classifies its share of them and
+scores σ on it, and the per-episode values are gathered in episode order, so means and intervals
+are those of one process over all episodes (prototype accuracies equal; σ and ``logreg``, whose
+solver fits the episodes of a chunk together, within its tolerance). The crowding metrics, linear
+probe and kNN, cheap on the gathered features, are computed by every process. Rank 0 alone writes
+the files, prints the table, the notes and ``--compare``'s differences and shows progress bars.
+
 For the report (``analysis.report``) two files are also written, each atomically:
 
 - ``RUN_DIR/episodes.npz``: the per-episode accuracies (%, float64 [episodes]) of every model and
@@ -50,10 +60,11 @@ from tqdm.auto import tqdm
 from gessl.backbones import build_backbone, load_backbone
 from gessl.config import read_yaml, resolve_config
 from gessl.device import resolve_device
+from gessl.distributed import Processes
 from tasks.crowding import crowding_metrics
 from tasks.datasets import load_split
 from tasks.errors import UserError, run_cli
-from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, evaluate_fewshot, mean_ci95
+from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95
 from tasks.io import append_jsonl, atomic_path
 from tasks.linear import knn_accuracy, linear_probe
 from tasks.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
@@ -167,35 +178,54 @@ def _accuracy_ci95(accuracy, n):
     return float(100 * 1.96 * np.sqrt(p * (1 - p) / n))
 
 
-def measure(net, data, suite, seed, device, common):
+def embed_shared(net, images, device, processes):
+    """``embed`` of ``images`` shared by the processes: each embeds its contiguous share (``Processes.shard``)
+    and every process gets all the features, in the images' order."""
+    share = images[processes.shard(len(images))]
+    if len(images) and not len(share):  # more processes than images: nothing to embed here
+        return processes.gather_shares(torch.empty(0))
+    return processes.gather_shares(embed(net, share, device=device, progress=processes.main))
+
+
+def scored_episodes(score, processes, episodes, *args, **kwargs):
+    """The per-episode values (ndarray [episodes]) of ``score`` (``episode_accuracies``, ``sigma_scores``):
+    each process scores its share of the episodes, every process gets all the values in episode order."""
+    share = score(*args, episodes=episodes, share=processes.shard(episodes), **kwargs)
+    return processes.gather_shares(torch.from_numpy(share)).numpy()
+
+
+def measure(net, data, suite, seed, device, common, processes=Processes()):
     """Records of one model on one target, its per-episode accuracies and σ values, and its features.
 
-    Returns (records, {episode key: accuracies}, {shots: per-episode σ}, features of ``data.rows``).
+    Returns (records, {episode key: accuracies}, {shots: per-episode σ}, features of ``data.rows``),
+    the same on every process: ``processes`` share the embedding and the episodes.
     """
     t = data.target
     where = {**common, "dataset": t.dataset, "split": t.split, "axis": t.axis, "ways": suite.ways,
              "queries": suite.queries, "episodes": suite.episodes}
-    features = embed(net, data.images, device=device)
+    features = embed_shared(net, data.images, device, processes)
     fewshot_features, labels = features[data.rows], data.labels[data.rows]
     digest, now = labels_digest(labels), datetime.datetime.now(datetime.timezone.utc).isoformat()
+    setting = {"ways": suite.ways, "queries": suite.queries, "seed": seed}
     records, accuracies, sigmas = [], {}, {}
     for classifier in suite.classifiers:
         for k in suite.shots:
-            result = evaluate_fewshot(fewshot_features, labels, ways=suite.ways, shots=k, queries=suite.queries,
-                                      episodes=suite.episodes, seed=seed, classifier=classifier)
+            values = scored_episodes(episode_accuracies, processes, suite.episodes, fewshot_features, labels,
+                                     shots=k, classifier=classifier, **setting)
+            mean, ci95 = mean_ci95(values)
             records.append({**where, "protocol": "fewshot", "classifier": classifier, "shots": k,
-                            "metric": "accuracy", "value": result["mean"], "ci95": result["ci95"], "time": now})
-            accuracies[episode_key(**where, classifier=classifier, shots=k, labels=digest)] = result["accuracies"]
+                            "metric": "accuracy", "value": mean, "ci95": ci95, "time": now})
+            accuracies[episode_key(**where, classifier=classifier, shots=k, labels=digest)] = values
     for k in suite.sigma_shots:
-        sigmas[k] = sigma_scores(fewshot_features, labels, ways=suite.ways, shots=k, queries=suite.queries,
-                                 episodes=suite.episodes, seed=seed, classifier=suite.classifiers[0])
+        sigmas[k] = scored_episodes(sigma_scores, processes, suite.episodes, fewshot_features, labels, shots=k,
+                                    classifier=suite.classifiers[0], **setting)
     many_shot = {**where, "classifier": None, "ways": None, "queries": None, "episodes": None, "shots": None,
                  "time": now}
     for metric, (value, ci95) in crowding_metrics(fewshot_features, labels).items():
         records.append({**many_shot, "protocol": "crowding", "metric": metric, "value": value, "ci95": ci95})
     if data.probe is not None:
         train_images, train_y, test_rows, test_y = data.probe
-        train_x, test_x = embed(net, train_images, device=device), features[test_rows]
+        train_x, test_x = embed_shared(net, train_images, device, processes), features[test_rows]
         train_y, test_y = torch.as_tensor(train_y), torch.as_tensor(test_y)
         probe = linear_probe(train_x, train_y, test_x, test_y, seed=seed)
         records.append({**many_shot, "protocol": "linear", "classifier": "logreg", "metric": "accuracy",
@@ -232,21 +262,29 @@ def sigma_records(sigmas, targets, suite, common, classifier):
     return records
 
 
-def evaluate_run(run_dir, suite="standard", seed=0, device="auto", **changes):
+def check_run_dir(run_dir):
+    """``run_dir`` as a Path; a ``UserError`` unless it is a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
+                        f"`python -m gessl.train --out {run_dir}`")
+    return run_dir
+
+
+def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Processes(), **changes):
     """Run the suite on the run's backbone and on a random one; append the records to
     ``run_dir/results.jsonl`` and return them.
 
     ``changes`` override fields of the named suite (``episodes``, ``shots``, ``ways``, ``queries``,
     ``classifiers``, ``axes``, ...; see ``tasks.suite.Suite``). Every split is read and every episode
     setting checked before the first model is embedded. Notes on axes without data are printed.
+    ``processes`` (in their process group) share the embedding and the episodes; every one returns
+    the records, rank 0 alone writes the files, prints and shows progress.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
-                        f"`python -m gessl.train --out {run_dir}`")
+    run_dir = check_run_dir(run_dir)
     suite = get_suite(suite, **changes)
     cfg = resolve_config(read_yaml(run_dir / "config.yaml"))
-    dev = resolve_device(device)
+    dev = processes.place(resolve_device(device))
     backbone, meta = load_backbone(run_dir / "backbone.pt")
     torch.manual_seed(seed)
     models = {run_dir.name: backbone,
@@ -263,12 +301,14 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", **changes):
     targets = [d.target for d in data]
     common = {"seed": seed, "suite": suite.name, "version": version("gessl")}
     records, accuracies, samples = [], {}, []
-    progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target")
+    progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
+                    disable=not processes.main)
     for name, net in models.items():
         sigmas = {}
         for d in data:
             progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
-            found, episodes, per_shots, features = measure(net.to(dev), d, suite, seed, dev, {**common, "run": name})
+            found, episodes, per_shots, features = measure(net.to(dev), d, suite, seed, dev, {**common, "run": name},
+                                                           processes)
             records += found
             accuracies.update(episodes)
             for k, values in per_shots.items():
@@ -279,6 +319,8 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", **changes):
                 samples.append((d, sample, features[sample].numpy().astype(np.float32)))
         records += sigma_records(sigmas, targets, suite, {**common, "run": name}, suite.classifiers[0])
     progress.close()
+    if not processes.main:
+        return records
     append_jsonl(run_dir / "results.jsonl", records)
     save_episode_accuracies(run_dir / "episodes.npz", accuracies)
     if samples:
@@ -354,7 +396,9 @@ def print_table(records):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gessl.evaluate", description=__doc__.split("\n\n")[0],
-                                     epilog="suites: " + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values()),
+                                     epilog="suites: " + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values())
+                                     + ". Several processes: `torchrun --nproc_per_node N -m gessl.evaluate RUN_DIR` "
+                                       "shares each split's embedding and the episodes (rank 0 writes and prints).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders written by `python -m gessl.train`")
     parser.add_argument("--suite", default="standard", choices=list(SUITES), help="what to measure, at what cost")
@@ -378,14 +422,23 @@ def main(argv=None):
     for name in ("episodes", "ways", "queries", "classes"):
         if changes[name] is not None and changes[name] < 1:
             raise UserError(f"--{name} must be at least 1, got {changes[name]}")
-    evaluated = set()
-    for run_dir in args.run_dirs:
-        print_table(evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, **changes))
-        evaluated.add(Path(run_dir))
-    if compare:
-        for run_dir in map(Path, compare):
-            if run_dir not in evaluated and not (run_dir / "episodes.npz").is_file():
-                print_table(evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, **changes))
+    # Bad flags and folders fail on every process before any work. The runs to evaluate are chosen
+    # before the first is, so every process evaluates the same ones whatever rank 0 writes.
+    get_suite(args.suite, **changes)
+    processes = Processes.from_environment()
+    device = processes.place(resolve_device(args.device))
+    runs = list(map(Path, args.run_dirs))
+    runs += [run for run in dict.fromkeys(map(Path, compare or ()))
+             if run not in runs and not (run / "episodes.npz").is_file()]
+    for run_dir in runs:
+        check_run_dir(run_dir)
+    with processes.group(device):
+        for run_dir in runs:
+            records = evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, processes=processes,
+                                   **changes)
+            if processes.main:
+                print_table(records)
+    if compare and processes.main:
         print_comparison(*compare, paired_differences(*compare))
 
 

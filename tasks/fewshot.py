@@ -2,8 +2,9 @@
 
 A dataset is embedded once (`embed`); episodes are then drawn as *indices* by learn2learn's task
 samplers (`sample_episodes`) and classified in one batched tensor op over all episodes
-(`evaluate_fewshot`). Episodes depend only on (labels, ways, shots, queries, episodes, seed), so
-every model sees the same episodes and two models can be compared paired.
+(`evaluate_fewshot`; `episode_accuracies` scores any share of them). Episodes depend only on
+(labels, ways, shots, queries, episodes, seed), so every model sees the same episodes and two
+models can be compared paired.
 
 Protocol (Ericsson et al. 2021, "How Well Do Self-Supervised Models Transfer?"; BSCD-FSL):
 N-way K-shot episodes with Q queries per class, accuracy averaged over episodes and reported as
@@ -31,7 +32,7 @@ _CHUNK_ELEMENTS = 1 << 24  # features gathered per classifier call (64 MiB of fl
 
 
 @torch.no_grad()
-def embed(extractor, images, batch_size=None, device="cpu"):
+def embed(extractor, images, batch_size=None, device="cpu", progress=True):
     """Features of uint8 ``images`` ([N,H,W] or [N,C,H,W]) as a float32 CPU tensor [N,D].
 
     Each batch is scaled to [0, 1] (x/255) and given a channel dim if it has none. A Module
@@ -40,7 +41,7 @@ def embed(extractor, images, batch_size=None, device="cpu"):
     is left as it was; the features equal ``extractor.eval()(x)`` up to float rounding.
     ``batch_size`` defaults to 128 images on the CPU, where a batch's activations then stay in
     cache (3.3x faster than 1024 for conv4 on 28x28 with both changes), and 1024 elsewhere.
-    Outputs with more than two dims are flattened to [B, D].
+    Outputs with more than two dims are flattened to [B, D]. ``progress``: show a progress bar.
     """
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
@@ -54,7 +55,8 @@ def embed(extractor, images, batch_size=None, device="cpu"):
         extractor = lambda x: eval_forward(module, x)  # noqa: E731
     batch_size = batch_size or (128 if torch.device(device).type == "cpu" else 1024)
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="embed", unit="batch", leave=False):
+    for start in tqdm(range(0, len(images), batch_size), desc="embed", unit="batch", leave=False,
+                      disable=not progress):
         batch = images[start:start + batch_size].to(device).float().div_(255)
         if batch.dim() == 3:
             batch = batch.unsqueeze(1)
@@ -209,9 +211,21 @@ def evaluate_fewshot(features, labels, ways=5, shots=1, queries=15, episodes=600
     """Few-shot accuracy of frozen ``features`` [N,D] with ``labels`` [N] over seeded episodes.
 
     Returns ``{"accuracies": ndarray [episodes] in percent, "mean": float, "ci95": float}`` with
-    the interval from `mean_ci95`. Episodes come from `sample_episodes` and are cached per
-    (labels, ways, shots, queries, episodes, seed), so a second model reuses them; all episodes are
-    classified in batched tensor ops (in chunks bounded by memory) on ``features``' device.
+    the interval from `mean_ci95`; the accuracies are those of `episode_accuracies`.
+    """
+    accuracies = episode_accuracies(features, labels, ways, shots, queries, episodes, seed, classifier)
+    mean, ci95 = mean_ci95(accuracies)
+    return {"accuracies": accuracies, "mean": mean, "ci95": ci95}
+
+
+def episode_accuracies(features, labels, ways=5, shots=1, queries=15, episodes=600, seed=0, classifier="proto",
+                       share=slice(None)):
+    """Accuracy (%, float64 ndarray) of each episode of the ``share`` of the seeded episodes, in order.
+
+    Episodes come from `sample_episodes` and are cached per (labels, ways, shots, queries, episodes,
+    seed), so a second model reuses them; all episodes of the share (a slice of range(episodes), by
+    default all) are classified in batched tensor ops (in chunks bounded by memory) on
+    ``features``' device. Processes that each score a share draw the same episodes.
     """
     if classifier not in CLASSIFIERS:
         raise UserError(f"unknown classifier {classifier!r}; choose one of {', '.join(sorted(CLASSIFIERS))}")
@@ -220,15 +234,14 @@ def evaluate_fewshot(features, labels, ways=5, shots=1, queries=15, episodes=600
         raise ValueError(f"features must be [N,D] with N = len(labels) = {len(labels)}, "
                          f"got shape {tuple(features.shape)}")
     features = features.float()
-    support_idx, query_idx = (t.to(features.device) for t in
+    support_idx, query_idx = (t[share].to(features.device) for t in
                               cached_episodes(labels, ways, shots, queries, episodes, seed))
     support_y = torch.arange(ways, device=features.device).repeat_interleave(shots)
     query_y = torch.arange(ways, device=features.device).repeat_interleave(queries)
     chunk = max(1, _CHUNK_ELEMENTS // (ways * (shots + queries) * features.shape[1]))
-    correct = []
+    correct = [torch.empty(0, dtype=torch.float64, device=features.device)]  # an empty share scores nothing
     for s_idx, q_idx in zip(support_idx.split(chunk), query_idx.split(chunk)):
-        logits = CLASSIFIERS[classifier](features[s_idx], support_y.expand(len(s_idx), -1), features[q_idx], ways)
-        correct.append((logits.argmax(-1) == query_y).double().mean(-1))
-    accuracies = 100 * torch.cat(correct).cpu().numpy()
-    mean, ci95 = mean_ci95(accuracies)
-    return {"accuracies": accuracies, "mean": mean, "ci95": ci95}
+        if len(s_idx):
+            logits = CLASSIFIERS[classifier](features[s_idx], support_y.expand(len(s_idx), -1), features[q_idx], ways)
+            correct.append((logits.argmax(-1) == query_y).double().mean(-1))
+    return 100 * torch.cat(correct).cpu().numpy()

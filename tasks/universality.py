@@ -22,17 +22,24 @@ from tasks.linear import LOGREG_C, fit_logreg
 
 
 def sigma_scores(features, labels, ways=5, shots=1, queries=15, episodes=600, seed=0, classifier="proto",
-                 c_reg=LOGREG_C, chunk=100):
-    """σ_task of every episode ([episodes] numpy array), on the episodes ``evaluate_fewshot`` uses."""
-    support_idx, query_idx = cached_episodes(labels, ways, shots, queries, episodes, seed)
+                 c_reg=LOGREG_C, chunk=100, share=slice(None)):
+    """σ_task of every episode ([episodes] numpy array), on the episodes ``evaluate_fewshot`` uses;
+    of the ``share`` of them alone (a slice of range(episodes)) when given.
+
+    The task-optimal models of ``chunk`` episodes are fitted in one L-BFGS run, so a σ depends on
+    the episodes fitted with it within the solver's tolerance (``tasks.linear.fit_logreg``).
+    """
+    support_idx, query_idx = (t[share] for t in cached_episodes(labels, ways, shots, queries, episodes, seed))
     _, codes = class_codes(labels)
     codes = torch.as_tensor(codes)
     features = F.normalize(torch.as_tensor(features).float(), dim=1)
     pool = _members_by_class(codes)  # [C, largest class] indices, −1 as padding
     support_y = torch.arange(ways).repeat_interleave(shots)
-    scores = []
+    scores = [torch.empty(0)]  # an empty share scores nothing
     for s_idx, q_idx in zip(support_idx.split(chunk), query_idx.split(chunk)):
         n = len(s_idx)
+        if not n:
+            continue
         members = pool[codes[s_idx.view(n, ways, shots)[:, :, 0]]]  # [n, ways, largest], class by class
         keep = (members >= 0) & ~(members[..., None] == q_idx[:, None, None, :]).any(-1)
         members = members.clamp_min(0).view(n, -1)

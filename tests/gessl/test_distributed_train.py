@@ -6,10 +6,6 @@ under two processes. ``--amp`` and ``--channels-last`` run on CPU and change the
 rounding; their defaults on CPU change nothing.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,19 +17,14 @@ from gessl.device import Placement
 from gessl.distributed import Processes
 from gessl.sync_bn import SyncBatchNorm, convert_sync_batchnorm
 from tasks.errors import UserError
+from tests.gessl.torchrun import torchrun
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = ["--batch-size", "16", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2"]
 
 
-def torchrun(*flags):
-    """``torchrun --nproc_per_node 2 -m gessl.train`` with ``TINY`` and ``flags``, one thread per process."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "gessl.train", *TINY, *flags]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+def train_two(*flags):
+    """``torchrun --nproc_per_node 2 -m gessl.train`` with ``TINY`` and ``flags``."""
+    return torchrun("gessl.train", *TINY, *flags)
 
 
 def run_train(out, *flags):
@@ -57,8 +48,8 @@ def relative_distance(a, b):
 
 def test_two_processes_with_sync_bn_train_like_one_process_on_the_whole_batch_and_resume(glyph_root, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    started = torchrun("--meta", "none", "--sync-bn", "--max-steps", "2", "--out", str(two))
-    resumed = torchrun("--resume", "--max-steps", "4", "--out", str(two))
+    started = train_two("--meta", "none", "--sync-bn", "--max-steps", "2", "--out", str(two))
+    resumed = train_two("--resume", "--max-steps", "4", "--out", str(two))
     run_train(one, "--meta", "none", "--max-steps", "4")  # plain BatchNorm over the whole batch
     for result in (started, resumed):
         assert result.stdout.count("trained") == 1  # rank 0 alone reports, logs and writes
@@ -77,7 +68,7 @@ def test_two_processes_run_gessl_like_one_process_running_all_their_tasks(glyph_
     # Each process adapts to one task of its half of the batch; DSA's adjuster is trained too. The
     # pixel prior has no BatchNorm statistics, which under GeSSL follow each process's own tasks.
     flags = ["--meta", "gessl", "--reg", "dsa", "--dsa-prior", "pixels", "--tasks-per-step", "2", "--max-steps", "3"]
-    torchrun(*flags, "--out", str(tmp_path / "two"))
+    train_two(*flags, "--out", str(tmp_path / "two"))
     run_train(tmp_path / "one", *flags)
     for got, want in zip(metrics(tmp_path / "two"), metrics(tmp_path / "one"), strict=True):
         for key in ["loss", "sigma", "query_loss", "inner_loss_0", "dsa_loss", "grad_norm_sigma"]:

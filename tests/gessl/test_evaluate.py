@@ -1,8 +1,6 @@
 """Evaluation of a run folder: records, the random baseline on the same episodes, bad folders."""
-import fcntl
-import gzip
 import json
-import pickle
+import shutil
 import subprocess
 import sys
 
@@ -27,39 +25,14 @@ FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "
           "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time"}
 EARLIER = {"run": "run", "note": "a record from an earlier evaluation"}
 SUITE = {"episodes": 30, "classes": 40, "probe_train": 300, "sigma_shots": (1, 5)}  # the standard suite, small
-MNIST_TEST_PER_CLASS = 20
 RANDOM = "run (random init)"
 
 
-def fake_mnist(root):
-    """MNIST's pickle (train, validation, test) with balanced labels: another domain on disk."""
-    rng = np.random.default_rng(0)
-    parts = []
-    for n in (300, 10, 10 * MNIST_TEST_PER_CLASS):
-        parts.append((rng.random((n, 784), dtype=np.float32), np.arange(n, dtype=np.int64) % 10))
-    (root / "mnist").mkdir(parents=True)
-    (root / "mnist" / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(tuple(parts), protocol=2)))
-
-
 @pytest.fixture(scope="module")
-def data_root(glyph_root, tmp_path_factory):
-    """The session's glyphs (with their held-out drawings) and a fake MNIST in one data folder."""
-    with open(glyph_root / ".lock", "w") as lock:  # one xdist worker draws the held-out set
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        load_split("glyphs", "heldout", glyph_root)
-    root = tmp_path_factory.mktemp("data")
-    for cached in glyph_root.glob("glyphs-*.npz"):
-        (root / cached.name).symlink_to(cached)
-    fake_mnist(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def evaluated(data_root, tmp_path_factory):
+def evaluated(trained_run, tmp_path_factory):
     """A two-step run, evaluated once (standard suite, small; seed 3) after an earlier record."""
     out = tmp_path_factory.mktemp("eval") / "run"
-    train.main(["--out", str(out), "--max-steps", "2", "--batch-size", "16", "--eval-episodes", "0",
-                "--data-root", str(data_root)])
+    shutil.copytree(trained_run, out)
     (out / "results.jsonl").write_text(json.dumps(EARLIER) + "\n")
     return out, evaluate_run(out, "standard", seed=3, **SUITE)
 
