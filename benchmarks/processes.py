@@ -37,8 +37,10 @@ def throughput(flags, processes, threads, args):
                    "-m", "gessl.train", "--base", "simclr", *flags, "--batch-size", str(args.batch_size),
                    "--max-steps", str(args.steps), "--log-every", str(args.log_every), "--eval-episodes", "0",
                    "--ckpt-every", str(10 * args.steps), "--out", out]
-        subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode:
+            sys.exit(f"training on {processes} process(es) failed:\n{result.stderr[-3000:]}")
         rates = [json.loads(line)["img_per_s"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(rates[1:])
 
@@ -55,6 +57,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every setting")
     parser.add_argument("--out", default="benchmarks/results/processes.json")
     args = parser.parse_args()
+    if args.steps < 2 * args.log_every:
+        parser.error(f"--steps must be at least twice --log-every ({args.log_every}): the first log is left out")
     todo = [(v, n) for v in args.variants for n in args.processes]
     samples = {setting: [] for setting in todo}
     for r in range(args.rounds):
