@@ -15,6 +15,9 @@ Each setting is measured in its own fresh subprocess, so that peak memory is tha
 - time: median over ``--steps`` timed steps (after ``--warmup`` untimed ones) of
   ``model.prepare_batch`` + ``objective.compute_gradients`` + ``optimizer.step`` on a fixed batch
   of images and two views;
+- arithmetic: the floating-point operations of one more step, counted by torch's
+  ``FlopCounterMode`` (matrix products and convolutions, forward and every backward, the inner
+  loop's included), and the rate the timed step reaches (GFLOP/s), to set against the device's peak;
 - memory: on CPU, the process's peak resident set size (``ru_maxrss``) minus its resident size just
   before the first step, i.e. the step's working memory (activations, graphs of the inner loop,
   gradients); on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation before the step.
@@ -42,10 +45,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from gessl import train
 from gessl.config import resolve_config
-from gessl.device import resolve_device
+from gessl.device import resolve_amp, resolve_device
 from gessl.inner_loop import take
 from tasks.io import atomic_write_text
 
@@ -54,13 +58,13 @@ GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)
     (1, 1, False), (2, 1, False), (4, 1, False), (1, 2, False), (1, 1, True), (4, 1, True)]
 
 
-def settings(suite, backbones, batch_sizes, engines):
+def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
     """Every setting of ``suite`` to measure, as the gessl.train options that select it."""
     for backbone in backbones:
         for batch_size in batch_sizes:
             common = {"backbone": backbone, "batch_size": batch_size, "meta": "none"}
             if suite == "bases":
-                for base in SSL_BASES:
+                for base in bases:
                     yield from ({**common, "base": base}, {**common, "base": base, "reg": "dsa"},
                                 {**common, "base": base, "meta": "gessl"})
                 continue
@@ -113,7 +117,35 @@ def measure(setting, steps, warmup, device):
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": statistics.median(times), "peak_mib": (peak - before) / 2**20}
+    with FlopCounterMode(display=False) as counter:  # after the peak: counting adds its own memory
+        step()
+    seconds = statistics.median(times)
+    return {"seconds": seconds, "peak_mib": (peak - before) / 2**20, "gflop": counter.get_total_flops() / 1e9,
+            "gflop_per_s": counter.get_total_flops() / 1e9 / seconds}
+
+
+def matmul_gflops(device, n=4096, repeats=5, tries=3):
+    """GFLOP/s of an n × n matrix product on ``device`` in the dtype its training step computes in
+    (``--amp auto``: bf16 on a GPU that supports it, else fp32), the best of ``tries`` timings of
+    ``repeats`` products: the practical peak a step is set against."""
+    dev = resolve_device(device)
+    dtype = resolve_amp("auto", dev) or torch.float32
+    a, b = (torch.rand(n, n, device=dev).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(tries):
+        start = _clock(dev)
+        for _ in range(repeats):
+            a @ b
+        best = min(best, _clock(dev) - start)
+    return 2 * n ** 3 * repeats / best / 1e9, str(dtype).removeprefix("torch.")
+
+
+def _clock(dev):
+    """``time.perf_counter()`` once the GPU's queued work is done."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _rss_bytes():
@@ -154,6 +186,7 @@ def main():
     parser.add_argument("--suite", choices=["gessl", "dsa", "bases"], default="gessl")
     parser.add_argument("--backbones", nargs="+", default=["conv4"])
     parser.add_argument("--engines", nargs="+", default=["higher", "func"], help="GeSSL engines (suite gessl)")
+    parser.add_argument("--bases", nargs="+", choices=SSL_BASES, default=SSL_BASES, help="base methods (suite bases)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting and round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
@@ -161,7 +194,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/SUITE_step.json)")
     args = parser.parse_args()
-    todo = list(settings(args.suite, args.backbones, args.batch_sizes, args.engines))
+    todo = list(settings(args.suite, args.backbones, args.batch_sizes, args.engines, args.bases))
     samples = [[] for _ in todo]
     for r in range(args.rounds):
         for i, setting in enumerate(todo):
@@ -173,17 +206,23 @@ def main():
     for setting, runs in zip(todo, samples):
         records.append({**setting, "label": label(setting), "device": args.device,
                         "seconds": statistics.median(r["seconds"] for r in runs),
-                        "peak_mib": statistics.median(r["peak_mib"] for r in runs)})
+                        "peak_mib": statistics.median(r["peak_mib"] for r in runs), "gflop": runs[0]["gflop"],
+                        "gflop_per_s": statistics.median(r["gflop_per_s"] for r in runs)})
     plain = {_reference_key(r): r for r in records if r["meta"] == "none" and "reg" not in r}
-    print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| backbone | batch | setting | s/step | img/s | × plain | peak MiB | × plain |\n|---|---|---|---|---|---|---|---|")
+    peak, dtype = matmul_gflops(args.device)
+    print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{dtype} 4096² matrix product: {peak:.0f} GFLOP/s\n")
+    print("| backbone | batch | setting | s/step | img/s | × plain | peak MiB | × plain | GFLOP/step | GFLOP/s | "
+          "% of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         b = plain[_reference_key(r)]
         r["images_per_s"] = r["batch_size"] / r["seconds"]
         r["time_ratio"] = r["seconds"] / b["seconds"]
         r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)
+        r["share_of_matmul_peak"] = r["gflop_per_s"] / peak
         print(f"| {r['backbone']} | {r['batch_size']} | {r['label']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | "
-              f"{r['time_ratio']:.2f} | {r['peak_mib']:.0f} | {r['memory_ratio']:.2f} |")
+              f"{r['time_ratio']:.2f} | {r['peak_mib']:.0f} | {r['memory_ratio']:.2f} | {r['gflop']:.1f} | "
+              f"{r['gflop_per_s']:.0f} | {100 * r['share_of_matmul_peak']:.0f} |")
     out = Path(args.out or f"benchmarks/results/{args.suite}_step.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(records, indent=2))
