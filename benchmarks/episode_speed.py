@@ -6,7 +6,7 @@ evaluation split:
 - per-episode pipeline (what most few-shot code does): learn2learn's ``Taskset`` over the *images*
   (``FusedNWaysKShots``, ``LoadData``, ``RemapLabels``), the backbone run on each episode's
   images, then the classifier;
-- the same with our fast forward pass (``tasks.frozen.eval_forward`` on a channels-last copy),
+- the same with our fast forward pass (``tasks.frozen.frozen_features`` on a channels-last copy),
   to separate what caching gains from what the forward pass gains;
 - ours, cold: embed the split once, then draw every episode as indices and classify them all in
   batched tensor work (``tasks.fewshot.evaluate_fewshot``);
@@ -32,7 +32,7 @@ from gessl.backbones import build_backbone
 from tasks import fewshot
 from tasks.datasets import load_split
 from tasks.fewshot import class_codes, embed, evaluate_fewshot, prototype_logits
-from tasks.frozen import eval_forward
+from tasks.frozen import frozen_features
 from tasks.io import atomic_write_text
 
 
@@ -93,8 +93,7 @@ def main():
     theirs, t_theirs = timed(lambda: per_episode_pipeline(net, images, labels, *setting, args.seed))
     fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
     theirs_fast, t_theirs_fast = timed(lambda: per_episode_pipeline(
-        lambda x: eval_forward(fast, x.contiguous(memory_format=torch.channels_last)), images, labels, *setting,
-        args.seed))
+        lambda x: frozen_features(fast, x), images, labels, *setting, args.seed))
 
     def ours():
         fewshot._EPISODE_CACHE.clear()  # draw the episodes again: part of the protocol's cost

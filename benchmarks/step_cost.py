@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gessl import train
 from gessl.config import resolve_config
-from gessl.device import resolve_amp, resolve_device
+from gessl.device import clock, resolve_amp, resolve_device
 from gessl.inner_loop import take
 from tasks.io import atomic_write_text
 
@@ -134,18 +134,11 @@ def matmul_gflops(device, n=4096, repeats=5, tries=3):
     a @ b
     best = float("inf")
     for _ in range(tries):
-        start = _clock(dev)
+        start = clock(dev)
         for _ in range(repeats):
             a @ b
-        best = min(best, _clock(dev) - start)
+        best = min(best, clock(dev) - start)
     return 2 * n ** 3 * repeats / best / 1e9, str(dtype).removeprefix("torch.")
-
-
-def _clock(dev):
-    """``time.perf_counter()`` once the GPU's queued work is done."""
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def _rss_bytes():

@@ -26,7 +26,6 @@ reads them every ``--log-every`` steps (and times the parts of the step, waiting
 on the ``diagnose`` steps that it logs).
 """
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ from torch.func import functional_call
 
 from baselines.distributed import per_process, world_size
 from gessl.config import TrainConfig
+from gessl.device import clock
 from gessl.distributed import average_gradients
 from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
 
@@ -69,13 +69,6 @@ class PlainStep:
         out = model(batch)
         (out.loss if loss_scale is None else out.loss * loss_scale).backward()
         return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
-
-
-def _clock(device, sync):
-    """``time.perf_counter()``, after the GPU has finished its queued work when ``sync``."""
-    if sync and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 @dataclass
@@ -126,14 +119,14 @@ class GeSSL:
             task = take(batch, index)
             n_support = round((index.stop - index.start) * self.support_ratio)
             support, query = take(task, slice(0, n_support)), take(task, slice(n_support, None))
-            start = _clock(device, diagnose)
+            start = clock(device, diagnose)
             fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)
-            adapted = _clock(device, diagnose)
+            adapted = clock(device, diagnose)
             target = lookahead(model, fast, task, self.lookahead, self.inner_lr)
             with torch.no_grad():
                 target_out = functional_call(model, (target, scratch_buffers(model)), (query,))
                 target_log_p = instance_log_posteriors(target_out.projections, self.sigma_temperature)
-            targeted = _clock(device, diagnose)
+            targeted = clock(device, diagnose)
             out = functional_call(model, fast, (query,))
             sigma = sigma_kl(target_log_p, instance_log_posteriors(out.projections, self.sigma_temperature))
             sigma_term = self.sigma_weight * sigma / len(tasks)
@@ -146,7 +139,7 @@ class GeSSL:
             loss.backward()
             seconds["time_inner"] += adapted - start
             seconds["time_target"] += targeted - adapted
-            seconds["time_outer"] += _clock(device, diagnose) - targeted
+            seconds["time_outer"] += clock(device, diagnose) - targeted
             # in float64, so that the sums over tasks are those of Python floats
             task_logs = {"loss": loss.detach().double(), "sigma": sigma.detach().double() / len(tasks),
                          "query_loss": out.loss.detach().double() / len(tasks),

@@ -1,4 +1,5 @@
 """Choosing the torch device from the ``--device`` flag, and how a training step uses it."""
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -16,6 +17,13 @@ def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def clock(device, sync=True):
+    """``time.perf_counter()``, after ``device``'s queued work is done when it is a GPU and ``sync``."""
+    if sync and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def resolve_amp(name, device):

@@ -42,7 +42,7 @@ from baselines.base import SSLOutput
 from baselines.momentum import follow_by_ema
 from gessl.backbones import load_backbone, load_torch_file
 from tasks.errors import UserError
-from tasks.frozen import eval_forward
+from tasks.frozen import frozen_features
 
 VIEW_PAIRS = ((0, 0), (1, 1), (0, 1), (1, 0))  # (a, b) of the four relation matrices, 0-based views
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
@@ -188,9 +188,6 @@ def prior_alignment(relations, priors):
     return sum(torch.linalg.matrix_norm(m - p) for m, p in zip(relations, priors))
 
 
-PRIOR_CHUNK_IMAGES = 128  # images per chunk of the prior's forward pass on CPU
-
-
 class FrozenPrior(nn.Module):
     """The prior network φ: no gradients, always in eval mode, features of ``prepare(x)``.
 
@@ -203,9 +200,8 @@ class FrozenPrior(nn.Module):
       w' = w·γ/√(σ² + ε), b' = (b − μ)·γ/√(σ² + ε) + β, and ReLU after max-pool. The fold is redone
       for every chunk from the current parameters (0.2 ms for conv4's four layers), so it never
       lags behind ``follow`` or a resumed checkpoint and needs no state of its own;
-    - chunks of ``PRIOR_CHUNK_IMAGES`` images: in eval mode each image's features are independent
-      of the others, and a chunk's activations (conv4's largest is 25 MiB for 128 images of
-      28 × 28) stay in the CPU's cache from one layer to the next instead of going through memory.
+    - chunks of ``tasks.frozen.CPU_CHUNK_IMAGES`` images, whose activations stay in the CPU's
+      cache (``tasks.frozen.frozen_features`` runs the last two on channels-last input).
     """
 
     def __init__(self, net, prepare=None):
@@ -219,9 +215,7 @@ class FrozenPrior(nn.Module):
 
     @torch.no_grad()
     def forward(self, x):
-        x = (self.prepare(x) if self.prepare else x).contiguous(memory_format=torch.channels_last)
-        chunks = x.split(PRIOR_CHUNK_IMAGES) if x.device.type == "cpu" else [x]
-        return torch.cat([eval_forward(self.net, chunk).flatten(1) for chunk in chunks])
+        return frozen_features(self.net, self.prepare(x) if self.prepare else x)
 
     def follow(self, encoder, momentum):
         """Move an EMA prior towards ``encoder``: p ← m·p + (1 − m)·θ; buffers are copied."""

@@ -235,7 +235,7 @@ def measure(net, data, suite, seed, device, common, processes=Processes()):
             accuracy = knn_accuracy(train_x, train_y, test_x, test_y, k=k)
             records.append({**many_shot, "protocol": "knn", "classifier": f"k={k}", "metric": "accuracy",
                             "value": accuracy, "ci95": _accuracy_ci95(accuracy, len(test_y))})
-    return records, accuracies, sigmas, features[data.rows]
+    return records, accuracies, sigmas, fewshot_features
 
 
 def sigma_records(sigmas, targets, suite, common, classifier):
@@ -304,10 +304,10 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
                     disable=not processes.main)
     for name, net in models.items():
-        sigmas = {}
+        net, sigmas = net.to(dev), {}
         for d in data:
             progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
-            found, episodes, per_shots, features = measure(net.to(dev), d, suite, seed, dev, {**common, "run": name},
+            found, episodes, per_shots, features = measure(net, d, suite, seed, dev, {**common, "run": name},
                                                            processes)
             records += found
             accuracies.update(episodes)

@@ -1,10 +1,29 @@
 """The eval-mode forward pass of a frozen network, with less work than ``net(x)``.
 
-Used wherever a network only extracts features: `tasks.fewshot.embed` and DSA's frozen prior.
+Used wherever a network only extracts features (`frozen_features`): `tasks.fewshot.embed` and
+DSA's frozen prior.
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+CPU_CHUNK_IMAGES = 128  # images per forward pass on the CPU (see ``frozen_features``)
+
+
+def frozen_features(net, x):
+    """Features [B, D] of images ``x`` through ``net`` in eval mode (best in the channels-last
+    layout, like ``x`` here), equal to ``net(x).flatten(1)`` up to float rounding, cheaper on CPU:
+
+    - ``eval_forward``: BatchNorm folded into the convolution before it, ReLU after max-pool;
+    - on the CPU, chunks of ``CPU_CHUNK_IMAGES`` images: in eval mode each image's features are
+      independent of the others, and a chunk's activations (conv4's largest is 25 MiB for 128
+      images of 28 × 28) stay in the cache from one layer to the next instead of going through
+      memory. conv4 over 13,320 images of 28 × 28, 2 threads: 9.1 s plain in batches of 1024,
+      2.0 s channels-last, folded and in chunks of 128.
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    chunks = x.split(CPU_CHUNK_IMAGES) if x.device.type == "cpu" else [x]
+    return torch.cat([eval_forward(net, chunk).flatten(1) for chunk in chunks])
 
 
 def eval_forward(net, x):

@@ -11,6 +11,7 @@ from gessl.backbones import build_backbone, save_backbone
 from gessl.bilevel import GeSSL
 from gessl.inner_loop import trainable
 from gessl.train import SSLModel
+from tasks import frozen
 from tasks.errors import UserError
 from tests.gessl.test_bilevel import toy_model
 
@@ -249,12 +250,12 @@ def test_ema_prior_moves_towards_the_encoder_by_one_minus_momentum():
 
 
 @pytest.mark.parametrize("backbone", ["conv4", "resnet18"])
-@pytest.mark.parametrize("chunk", [2, dsa.PRIOR_CHUNK_IMAGES])
+@pytest.mark.parametrize("chunk", [2, frozen.CPU_CHUNK_IMAGES])
 def test_ema_prior_after_updates_equals_the_plain_eval_forward(backbone, chunk, monkeypatch):
     """conv4 takes the folded path, resnet18 its own forward, in chunks of 2 images or in one; both
     after EMA steps of an encoder trained in training mode, so the prior's BatchNorm statistics and
     affine parameters are not trivial."""
-    monkeypatch.setattr(dsa, "PRIOR_CHUNK_IMAGES", chunk)
+    monkeypatch.setattr(frozen, "CPU_CHUNK_IMAGES", chunk)
     torch.manual_seed(0)
     encoder = build_backbone(backbone, 1, 16).double()
     reg = dsa.DSA(3, dsa.build_prior("ema", encoder, 1), ema=0.5)
