@@ -99,6 +99,11 @@ class Processes:
         dist.all_gather(parts, padded)
         return torch.cat([part[:s[0]] for part, (s, _) in zip(parts, shapes)]).cpu()
 
+    def barrier(self):
+        """Wait until every process gets here (nothing alone)."""
+        if self.world > 1:
+            dist.barrier()
+
     def place(self, device):
         """The device of this process: GPU ``local_rank`` when ``device`` is CUDA."""
         if device.type != "cuda" or self.world == 1:

@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import os
 import sys
 import zipfile
 from importlib.metadata import version
@@ -62,10 +63,12 @@ from gessl.config import read_yaml, resolve_config
 from gessl.device import resolve_device
 from gessl.distributed import Processes
 from tasks.crowding import crowding_metrics
-from tasks.datasets import load_split
+from tasks.datasets import fetch_missing, get_dataset, load_split
+from tasks.omniglot import WAYS as LAKE_WAYS
 from tasks.errors import UserError, run_cli
 from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95
 from tasks.io import append_jsonl, atomic_path
+from tasks.lake import hausdorff_errors, nearest_errors
 from tasks.linear import knn_accuracy, linear_probe
 from tasks.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
 from tasks.universality import overall_score, sigma_scores
@@ -73,6 +76,8 @@ from tasks.universality import overall_score, sigma_scores
 EPISODE_FIELDS = ("run", "dataset", "split", "axis", "classifier", "ways", "shots", "queries", "episodes",
                   "seed", "labels")
 SAMPLE_CLASSES, SAMPLE_PER_CLASS = 20, 20
+PIXELS_SUFFIX = " (pixels: modified Hausdorff)"  # the run name of the pixel baseline on Lake's runs
+TRANSFER_SETS = ("mnist", "fashion-mnist", "kanjivg")  # fetched on first use for the transferability axis
 
 
 def labels_digest(labels):
@@ -155,6 +160,9 @@ def load_target(target, cfg, channels, suite, seed):
     keep the images the suite uses, and check that its episodes fit (``UserError`` when they do not)."""
     images, labels = load_split(target.dataset, target.split, cfg.data_root, cfg.image_size, channels)
     labels = np.asarray(labels)
+    if target.protocol == "runs":  # Lake's runs are scored whole, in their own layout
+        every = np.arange(len(labels))
+        return TargetData(target, images, labels, every, every, None)
     kept = np.flatnonzero(np.isin(labels, pick_classes(labels, suite.classes, seed)))
     rows = kept[per_class_rows(labels[kept], suite.per_class, seed)]
     for k in suite.shots:
@@ -176,6 +184,19 @@ def _accuracy_ci95(accuracy, n):
     """The normal-approximation interval of an accuracy (%) measured on ``n`` test images."""
     p = accuracy / 100
     return float(100 * 1.96 * np.sqrt(p * (1 - p) / n))
+
+
+def run_records(errors, where, digest):
+    """Records of Lake's one-shot runs from their per-run errors (%): the error and the accuracy,
+    each with 1.96 s / sqrt(runs) over the runs, and the per-run accuracies keyed for ``episodes.npz``."""
+    setting = {**where, "protocol": "runs", "classifier": "nearest", "ways": LAKE_WAYS, "shots": 1, "queries": 1,
+               "episodes": len(errors)}
+    records = []
+    for metric, values in (("error", errors), ("accuracy", 100 - errors)):
+        mean, ci95 = mean_ci95(values)
+        records.append({**setting, "metric": metric, "value": mean, "ci95": ci95})
+    key = episode_key(**{k: v for k, v in setting.items() if k in EPISODE_FIELDS}, labels=digest)
+    return records, {key: 100 - errors}
 
 
 def embed_shared(net, images, device, processes):
@@ -206,6 +227,9 @@ def measure(net, data, suite, seed, device, common, processes=Processes()):
     features = embed_shared(net, data.images, device, processes)
     fewshot_features, labels = features[data.rows], data.labels[data.rows]
     digest, now = labels_digest(labels), datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if t.protocol == "runs":
+        records, accuracies = run_records(nearest_errors(fewshot_features, labels), {**where, "time": now}, digest)
+        return records, accuracies, {}, fewshot_features
     setting = {"ways": suite.ways, "queries": suite.queries, "seed": seed}
     records, accuracies, sigmas = [], {}, {}
     for classifier in suite.classifiers:
@@ -244,8 +268,9 @@ def sigma_records(sigmas, targets, suite, common, classifier):
     ``sigmas`` maps (axis, shots) → list of per-episode σ arrays, one per dataset of the axis.
     """
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    targets = [t for t in targets if t.protocol == "episodes"]  # Lake's runs have no σ
     records = []
-    for k in suite.sigma_shots:
+    for k in suite.sigma_shots if targets else ():
         per_axis = {}
         for axis in dict.fromkeys(t.axis for t in targets):
             mine = [t for t in targets if t.axis == axis]
@@ -271,25 +296,40 @@ def check_run_dir(run_dir):
     return run_dir
 
 
-def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Processes(), **changes):
+def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Processes(), data_root=None,
+                 offline=None, **changes):
     """Run the suite on the run's backbone and on a random one; append the records to
     ``run_dir/results.jsonl`` and return them.
 
     ``changes`` override fields of the named suite (``episodes``, ``shots``, ``ways``, ``queries``,
-    ``classifiers``, ``axes``, ...; see ``tasks.suite.Suite``). Every split is read and every episode
-    setting checked before the first model is embedded. Notes on axes without data are printed.
+    ``classifiers``, ``axes``, ...; see ``tasks.suite.Suite``). ``data_root``: the data folders to read
+    (``tasks.glyphs.data_roots``; None: the run's). Unless ``offline`` (None: ``$GESSL_OFFLINE`` set
+    to 1), the transferability axis first fetches the registry sets ``TRANSFER_SETS`` that no data
+    folder holds. Every split is read and every episode setting checked before the first model is
+    embedded. Notes on axes without data are printed. On Lake's one-shot runs the pixel baseline
+    (modified Hausdorff distance) is recorded too, as the model ``RUN (pixels: modified Hausdorff)``.
     ``processes`` (in their process group) share the embedding and the episodes; every one returns
     the records, rank 0 alone writes the files, prints and shows progress.
     """
     run_dir = check_run_dir(run_dir)
     suite = get_suite(suite, **changes)
     cfg = resolve_config(read_yaml(run_dir / "config.yaml"))
+    if data_root:
+        cfg = dataclasses.replace(cfg, data_root=str(data_root))
+    offline = os.environ.get("GESSL_OFFLINE") == "1" if offline is None else offline
     dev = processes.place(resolve_device(device))
     backbone, meta = load_backbone(run_dir / "backbone.pt")
     torch.manual_seed(seed)
     models = {run_dir.name: backbone,
               f"{run_dir.name} (random init)": build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)}
-    targets, notes = plan(cfg.dataset, cfg.data_root, suite.axes)
+    notes = []
+    if "transferability" in suite.axes and not offline:
+        if processes.main:
+            notes += fetch_missing(TRANSFER_SETS, cfg.data_root, say=lambda line: print(line, file=sys.stderr,
+                                                                                        flush=True))
+        processes.barrier()
+    targets, plan_notes = plan(cfg.dataset, cfg.data_root, suite.axes)
+    notes += plan_notes
     data = []
     for target in targets:
         try:
@@ -314,11 +354,20 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
             for k, values in per_shots.items():
                 sigmas.setdefault((d.target.axis, k), []).append(values)
             progress.update()
-            if d.target.axis == "generalization":
+            if d.target.axis == "generalization" and d.target.protocol == "episodes":
                 sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
                 samples.append((d, sample, features[sample].numpy().astype(np.float32)))
         records += sigma_records(sigmas, targets, suite, {**common, "run": name}, suite.classifiers[0])
     progress.close()
+    for d in data:
+        if d.target.protocol == "runs":
+            where = {**common, "run": run_dir.name + PIXELS_SUFFIX, "dataset": d.target.dataset,
+                     "split": d.target.split, "axis": d.target.axis,
+                     "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+            home = get_dataset(d.target.dataset).home(cfg.data_root)
+            found, episodes = run_records(hausdorff_errors(str(home)), where, labels_digest(d.labels))
+            records += found
+            accuracies.update(episodes)
     if not processes.main:
         return records
     append_jsonl(run_dir / "results.jsonl", records)
@@ -375,6 +424,8 @@ def print_comparison(run_a, run_b, rows):
 
 
 def _measure_name(r):
+    if r["protocol"] == "runs":
+        return f"Lake's {r['ways']}-way 1-shot {r['metric']} (%)"
     if r["protocol"] == "fewshot":
         return f"{r['ways']}-way {r['shots']}-shot {r['classifier']} (%)"
     if r["protocol"] == "universality":
@@ -387,11 +438,13 @@ def _measure_name(r):
 def print_table(records):
     """Print the records as an aligned table: model, axis, dataset, measure, value ± interval."""
     width = max(len(r["run"]) for r in records)
-    print(f"{'model':<{width}}  {'axis':<16}  {'dataset':<14}  {'measure':<28}  value")
-    for r in records:
-        digits = 2 if r["metric"] == "accuracy" else 4 if r["metric"] == "sigma" else 3
+    names = [_measure_name(r) for r in records]
+    measure_width, data_width = max(map(len, names)), max(len(r["dataset"]) for r in records)
+    print(f"{'model':<{width}}  {'axis':<16}  {'dataset':<{data_width}}  {'measure':<{measure_width}}  value")
+    for r, name in zip(records, names):
+        digits = 2 if r["metric"] in ("accuracy", "error") else 4 if r["metric"] == "sigma" else 3
         value = f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}"
-        print(f"{r['run']:<{width}}  {r['axis']:<16}  {r['dataset']:<14}  {_measure_name(r):<28}  {value}")
+        print(f"{r['run']:<{width}}  {r['axis']:<16}  {r['dataset']:<{data_width}}  {name:<{measure_width}}  {value}")
 
 
 def main(argv=None):
@@ -414,6 +467,11 @@ def main(argv=None):
                                                     "(default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes, subsamples and random backbone")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to embed")
+    parser.add_argument("--data-root", default=None, help="data folder(s) to read, several separated by ':' (e.g. "
+                                                         "~/.cache/gessl:../omniglot; default: the run's)")
+    parser.add_argument("--offline", action="store_true", default=os.environ.get("GESSL_OFFLINE") == "1",
+                        help=f"do not fetch the transfer sets ({', '.join(TRANSFER_SETS)}) when missing "
+                             "(default: fetch them on first use; also $GESSL_OFFLINE=1)")
     args = parser.parse_args(argv)
     compare = getattr(args, "compare", None)
     if not args.run_dirs and not compare:
@@ -435,7 +493,7 @@ def main(argv=None):
     with processes.group(device):
         for run_dir in runs:
             records = evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, processes=processes,
-                                   **changes)
+                                   data_root=args.data_root, offline=args.offline, **changes)
             if processes.main:
                 print_table(records)
     if compare and processes.main:

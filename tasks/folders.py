@@ -1,11 +1,5 @@
-"""Image files in folders: Omniglot, CUB-200-2011 and any ImageFolder tree (EuroSAT, CropDisease, ...).
+"""Image files in folders: CUB-200-2011 and any ImageFolder tree (EuroSAT, CropDisease, ...).
 
-- ``omniglot`` (Lake et al. 2015), torchvision's layout: ``ROOT/omniglot-py/images_background/``
-  and ``images_evaluation/`` (or the zips ``images_background.zip`` and ``images_evaluation.zip``
-  torchvision keeps beside them), each ``ALPHABET/CHARACTER/*.png`` (105 x 105, black ink on
-  white). A class is an (alphabet, character) pair: 964 background classes in 30 alphabets, 659
-  evaluation classes in 20, 20 drawings each. Images are inverted to white ink on black, the
-  convention of ``glyphs``, ``mnist`` and ``kanjivg``.
 - ``cub`` (Wah et al. 2011), ``ROOT/CUB_200_2011/`` as unpacked from CUB_200_2011.tgz: ``images/``,
   ``images.txt`` (id, path) and ``train_test_split.txt`` (id, 1 = train). Few-shot splits are
   those of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019): the 200 class
@@ -24,55 +18,10 @@ from pathlib import Path
 from tasks.errors import UserError
 from tasks.formats import Tree, decode_all, fail, is_image, renumber, require
 
-OMNIGLOT_DIR = "omniglot-py"
-OMNIGLOT_SPLITS = {"background": "images_background", "evaluation": "images_evaluation"}
 CUB_DIR = "CUB_200_2011"
 CUB_SPLITS = ("background", "validation", "evaluation", "train", "test")
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "valid": "validation", "validation": "validation",
                  "test": "test", "background": "background", "evaluation": "evaluation"}
-
-
-def omniglot_hint(root):
-    return (f"put torchvision's Omniglot into {Path(root) / OMNIGLOT_DIR}/: images_background.zip and "
-            "images_evaluation.zip (https://github.com/brendenlake/omniglot, python/), or the folders "
-            "unpacked from them")
-
-
-def _omniglot_source(split, root):
-    base = Path(root) / OMNIGLOT_DIR / OMNIGLOT_SPLITS[split]
-    for path in (base, base.with_suffix(".zip")):
-        if path.exists():
-            return path
-    return None
-
-
-def locate_omniglot(root):
-    return str(Path(root) / OMNIGLOT_DIR) if all(_omniglot_source(s, root) for s in OMNIGLOT_SPLITS) else None
-
-
-def _omniglot_index(split, root):
-    """The tree, its image files and the class (alphabet/character) of each."""
-    the_hint, source = omniglot_hint(root), _omniglot_source(split, root)
-    if source is None:
-        raise UserError(f"no {Path(root) / OMNIGLOT_DIR / OMNIGLOT_SPLITS[split]}/ or .zip; {the_hint}")
-    tree = Tree(source, the_hint)
-    names = [n for n in tree.names() if is_image(n)]
-    parts = [n.split("/") for n in names]
-    parts = [p[1:] if p[0] == OMNIGLOT_SPLITS[split] else p for p in parts]  # a zip's top folder
-    if not names or any(len(p) != 3 for p in parts):
-        fail(source, "is not laid out as ALPHABET/CHARACTER/IMAGE.png", the_hint)
-    return tree, names, ["/".join(p[:2]) for p in parts]
-
-
-def count_omniglot(split, root):
-    _, names, classes = _omniglot_index(split, root)
-    return len(names), len(set(classes))
-
-
-def read_omniglot(split, root, image_size):
-    tree, names, classes = _omniglot_index(split, root)
-    images = decode_all(tree, names, image_size, "L", omniglot_hint(root))
-    return 255 - images, renumber(classes)
 
 
 def cub_hint(root):

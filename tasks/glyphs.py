@@ -180,16 +180,25 @@ def preview(glyphs, out_path, n_classes=20, n_per_class=10, seed=0):
         sheet.save(tmp, format="PNG")
 
 
-def data_root(root=None):
-    """The data folder: ``root`` when given, else ``$GESSL_DATA``, else ``$XDG_CACHE_HOME/gessl``,
-    else ``~/.cache/gessl``. Generated sets are cached and real data sets looked for there."""
+def data_roots(root=None):
+    """The data folders, in search order: ``root`` when given, else ``$GESSL_DATA``, else
+    ``$XDG_CACHE_HOME/gessl``, else ``~/.cache/gessl``. ``root`` and ``$GESSL_DATA`` may name several
+    folders separated by ``os.pathsep`` (``:``), like ``PATH``: real data sets are looked for in each
+    (the first that has a set's files serves it), generated and fetched sets live in the first."""
     if root:
-        return Path(root)
-    if os.environ.get("GESSL_DATA"):
-        return Path(os.environ["GESSL_DATA"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "gessl"
-    return Path(os.path.expanduser("~/.cache/gessl"))
+        text = str(root)
+    elif os.environ.get("GESSL_DATA"):
+        text = os.environ["GESSL_DATA"]
+    elif os.environ.get("XDG_CACHE_HOME"):
+        text = str(Path(os.environ["XDG_CACHE_HOME"]) / "gessl")
+    else:
+        text = os.path.expanduser("~/.cache/gessl")
+    return [Path(part) for part in text.split(os.pathsep) if part] or [Path(text)]
+
+
+def data_root(root=None):
+    """The first data folder (``data_roots``): where generated sets are cached and fetched sets put."""
+    return data_roots(root)[0]
 
 
 def _matplotlib_fonts():

@@ -6,12 +6,15 @@ domains. For a model trained on dataset D (``specs/evaluation.md``):
 
 - discriminability: held-out images of D's training classes (``Dataset.heldout_split``; the
   glyph sets draw their background classes again with another seed);
-- generalization: D's classes never seen in training (``Dataset.eval_split``);
+- generalization: D's classes never seen in training (``Dataset.eval_split``, or the installed
+  ``Dataset.generalization`` sets: Lake's one-shot runs and Omniglot's evaluation alphabets for a
+  model trained on Omniglot's minimal sets);
 - transferability: every installed dataset of another domain (``tasks.datasets.transfer_targets``),
   on its evaluation split.
 
 On each (axis, dataset) the suite runs few-shot episodes (``tasks.fewshot``), the σ universality
-score (``tasks.universality``) and the crowding metrics (``tasks.crowding``); where the dataset also
+score (``tasks.universality``) and the crowding metrics (``tasks.crowding``), or, on Lake's
+one-shot runs (``omniglot-lake``), their 20-way 1-shot nearest-neighbour error (``tasks.lake``); where the dataset also
 has labelled training images of the same classes (the glyphs' background split for their held-out
 images, MNIST's or CIFAR's train split) a linear probe and kNN (``tasks.linear``) too.
 
@@ -69,12 +72,14 @@ SUITES = {
 @dataclass(frozen=True)
 class Target:
     """One (axis, dataset split) the suite measures; ``probe_train`` is the split of labelled
-    images of the same classes the linear probe and kNN train on (None: no probe there)."""
+    images of the same classes the linear probe and kNN train on (None: no probe there);
+    ``protocol``: few-shot ``episodes`` (with σ and crowding) or Lake's one-shot ``runs``."""
 
     axis: str
     dataset: str
     split: str
     probe_train: str | None = None
+    protocol: str = "episodes"
 
 
 def plan(dataset, root="", axes=AXES):
@@ -87,7 +92,9 @@ def plan(dataset, root="", axes=AXES):
         else:
             notes.append(f"no discriminability axis: {trained.name} has no held-out images of its training classes")
     if "generalization" in axes:
-        targets.append(Target("generalization", trained.name, trained.eval_split))
+        found = [(name, split) for name, split in trained.generalization if get_dataset(name).installed(root)]
+        for name, split in found or [(trained.name, trained.eval_split)]:
+            targets.append(Target("generalization", name, split, protocol=get_dataset(name).protocol))
     if "transferability" in axes:
         others = transfer_targets(trained.name, root)
         if not others:
@@ -96,7 +103,7 @@ def plan(dataset, root="", axes=AXES):
         for name in others:
             other = get_dataset(name, root)
             targets.append(Target("transferability", name, other.eval_split,
-                                  "train" if "train" in other.splits else None))
+                                  "train" if "train" in other.splits else None, other.protocol))
     return targets, notes
 
 
