@@ -9,8 +9,9 @@ Models: each record's ``run`` names a model. A model evaluated from a run folder
 ``config.yaml`` gets its ``base`` method, ``variant`` (``plain``, ``+DSA``, ``+GeSSL``,
 ``+DSA+GeSSL``: the regulariser and meta-optimiser on top of the base) and ``backbone``; the random
 backbone that ``gessl.evaluate`` scores beside every run (``RUN (random init)``) gets the variant
-``random init``. Random backbones of the same kind that scored exactly alike in several folders
-are one model, shown once as ``random init (BACKBONE)``.
+``random init``, and the pixel baseline it scores on Lake's one-shot runs (``RUN (pixels: modified
+Hausdorff)``) the variant ``pixels``. References of one kind that scored exactly alike in several
+folders are one model, shown once as ``random init (BACKBONE)`` or ``pixels: modified Hausdorff``.
 """
 import json
 import zipfile
@@ -31,6 +32,9 @@ INTEGER_COLUMNS = ["ways", "shots", "queries", "episodes", "seed"]
 MODEL_COLUMNS = ["model", "base", "variant", "backbone"]
 RANDOM_SUFFIX = " (random init)"
 RANDOM_VARIANT = "random init"
+PIXELS_SUFFIX = " (pixels: modified Hausdorff)"  # gessl.evaluate's pixel baseline on Lake's runs
+PIXELS_VARIANT = "pixels"
+REFERENCES = {RANDOM_VARIANT: "random init ({})", PIXELS_VARIANT: "pixels: modified Hausdorff"}  # model names
 VARIANT_NAMES = {"dsa": "DSA", "gessl": "GeSSL"}
 
 
@@ -127,6 +131,8 @@ def variant_rank(variant):
         return 0
     if variant == RANDOM_VARIANT:
         return 9
+    if variant == PIXELS_VARIANT:
+        return 10
     if variant == "?":
         return 8
     parts = variant.strip("+").split("+")
@@ -142,28 +148,31 @@ def _describe_models(df, notes):
         backbone = str(config.get("backbone", "?"))
         if str(run).endswith(RANDOM_SUFFIX):
             info.append((run, "random", RANDOM_VARIANT, backbone))
+        elif str(run).endswith(PIXELS_SUFFIX):
+            info.append((run, "pixels", PIXELS_VARIANT, "none"))
         elif config:
             info.append((run, str(config.get("base", "?")), variant_name(config), backbone))
         else:
             info.append((run, "?", "?", backbone))
     df[MODEL_COLUMNS] = pd.DataFrame(info, index=df.index, columns=MODEL_COLUMNS)
-    return _merge_random_backbones(df)
+    return _merge_references(df)
 
 
-def _merge_random_backbones(df):
-    """Random backbones of one kind that scored exactly alike in every record become one model.
+def _merge_references(df):
+    """References of one kind (random backbones of one backbone, the pixel baseline) that scored
+    exactly alike in every record become one model.
 
     Adds ``sources``: every (run folder, run name) a model's records came from, so the files
     beside them (feature samples, per-episode accuracies) are found under any of its names; the
     ``run`` of a merged model lists its run names.
     """
-    random = df[df["variant"] == RANDOM_VARIANT]
+    references = df[df["variant"].isin(list(REFERENCES))]
     setting = [c for c in KEY if c != "run"]
-    for backbone, rows in random.groupby("backbone"):
+    for (variant, backbone), rows in references.groupby(["variant", "backbone"]):
         prints = {run: tuple(sorted(map(str, g[setting + ["value", "ci95"]].itertuples(index=False))))
                   for run, g in rows.groupby("run")}
         if len(prints) > 1 and len(set(prints.values())) == 1:
-            df.loc[rows.index, "model"] = f"random init ({backbone})"
+            df.loc[rows.index, "model"] = REFERENCES[variant].format(backbone)
     sources = {model: tuple(sorted(set(zip(rows["folder"], rows["run"]))))
                for model, rows in df.groupby("model")}
     df["sources"] = df["model"].map(sources)

@@ -13,17 +13,17 @@ import pandas as pd
 from analysis.load import RANDOM_VARIANT, model_order
 
 # Whether a higher or a lower value of a metric is better; other metrics are not marked best.
-DIRECTION = {"accuracy": "max", "inter_class_separation": "max", "intra_class_variance": "min",
+DIRECTION = {"accuracy": "max", "error": "min", "inter_class_separation": "max", "intra_class_variance": "min",
              "crowding_ratio": "min", "crowded_share": "min", "sigma": "min"}
 SETTING = ["dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
            "metric"]
 EPISODE_SETTING = ["dataset", "split", "axis", "classifier", "ways", "shots", "queries",
                    "episodes", "seed"]
-PROTOCOL_NAMES = {"knn": "kNN", "linear": "linear"}
+PROTOCOL_NAMES = {"knn": "kNN", "linear": "linear", "runs": "Lake's 20-way 1-shot runs"}
 METRIC_NAMES = {"intra_class_variance": "intra-class variance",
                 "inter_class_separation": "inter-class separation",
                 "crowding_ratio": "crowding ratio", "crowded_share": "crowded share",
-                "sigma": "σ", "accuracy": "accuracy (%)"}
+                "sigma": "σ", "accuracy": "accuracy (%)", "error": "error (%)"}
 AXES = ("discriminability", "generalization", "transferability")
 
 
@@ -56,7 +56,7 @@ def section_of(row):
         return "universality"
     if row["protocol"] == "crowding":
         return "crowding"
-    return "accuracy" if row["metric"] == "accuracy" else "other"
+    return "accuracy" if row["metric"] in ("accuracy", "error") else "other"
 
 
 SECTION_TITLES = {"accuracy": "Accuracy (%)", "crowding": "Crowding of the classes",
@@ -72,6 +72,8 @@ def _column_label(row, section, varying):
             parts.append(f"{row['ways']}-way {row['shots']}-shot")
         else:
             parts.append(PROTOCOL_NAMES.get(row["protocol"], str(row["protocol"])))
+        if row["metric"] == "error":
+            parts.append("error")
         if row["protocol"] in varying["classifier"] and pd.notna(row["classifier"]):
             parts.append(str(row["classifier"]))
         if row["protocol"] in varying["queries"] and pd.notna(row["queries"]):
@@ -84,7 +86,7 @@ def _column_label(row, section, varying):
 
 
 def _format(value, ci95, metric):
-    digits = 2 if metric == "accuracy" else 3
+    digits = 2 if metric in ("accuracy", "error") else 3
     text = f"{value:.{digits}f}"
     return text + (f" ± {ci95:.{digits}f}" if pd.notna(ci95) else "")
 

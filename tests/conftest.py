@@ -2,6 +2,7 @@
 
 Each pytest-xdist worker runs torch on one thread: with `make test`'s two workers on a 2-core
 machine, more threads only oversubscribe the cores (tiny ops then stall, up to 30x slower).
+No test fetches data from the package registries (``$GESSL_OFFLINE``).
 """
 import fcntl
 import os
@@ -12,6 +13,7 @@ import torch
 from tasks.glyphs import load_glyphs
 
 torch.set_num_threads(1)
+os.environ["GESSL_OFFLINE"] = "1"  # no test fetches from the package registries (`gessl.evaluate --offline`)
 
 
 @pytest.fixture(scope="session")

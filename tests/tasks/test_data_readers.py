@@ -381,62 +381,7 @@ def test_stl10_binary_is_read_column_major(tmp_path):
         load_split("stl10", "test", tmp_path)
 
 
-# ---------------------------------------------------------------- Omniglot, CUB, ImageFolder trees
-
-def omniglot_drawing(seed):
-    rng = np.random.default_rng(seed)
-    image = np.full((105, 105), 255, np.uint8)  # white paper
-    y, x = rng.integers(10, 60, 2)
-    image[y:y + 40, x:x + 6] = 0                 # a black stroke
-    return image
-
-
-def fake_omniglot(root):
-    base = root / "omniglot-py"
-    for folder in ("images_background/Latin/character01", "images_background/Latin/character02",
-                   "images_background/Greek/character01"):
-        (base / folder).mkdir(parents=True)
-        for k in range(2):
-            Image.fromarray(omniglot_drawing(k + len(folder))).convert("1").save(base / folder / f"{k:04d}_0{k}.png")
-    with zipfile.ZipFile(base / "images_evaluation.zip", "w") as z:  # torchvision keeps the zip
-        for alphabet in ("Atlantean", "Kannada"):
-            for k in range(3):
-                z.writestr(f"images_evaluation/{alphabet}/character01/{k}.png",
-                           png_bytes(omniglot_drawing(k)))
-    return base
-
-
-def test_omniglot_folder_and_zip(tmp_path):
-    fake_omniglot(tmp_path)
-    images, labels = load_split("omniglot", "background", tmp_path)
-    assert images.shape == (6, 28, 28) and images.dtype == np.uint8
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2]  # Greek/character01, Latin/character01, Latin/character02
-    assert (images[:, 0, 0] == 0).all() and images.max() > 200  # inverted: white ink on black
-    images, labels = load_split("omniglot", "evaluation", tmp_path, image_size=32)
-    assert images.shape == (6, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1, 1]
-    expected = 255 - np.asarray(Image.fromarray(omniglot_drawing(1)).resize((32, 32), Image.BILINEAR,
-                                                                              reducing_gap=2.0))
-    np.testing.assert_array_equal(images[1], expected)
-    from tasks.datasets import DATASETS
-    assert DATASETS["omniglot"].sizes("background", tmp_path) == (6, 3)
-
-
-def test_omniglot_errors(tmp_path):
-    with raises_one_line(r"no .*omniglot-py/images_background/ or .zip; put torchvision's Omniglot"):
-        load_split("omniglot", "background", tmp_path)
-    base = fake_omniglot(tmp_path)
-    archive = base / "images_evaluation.zip"
-    archive.write_bytes(archive.read_bytes()[:200])
-    with raises_one_line("truncated or damaged archive"):
-        load_split("omniglot", "evaluation", tmp_path)
-    (base / "images_background/Latin/loose.png").write_bytes(png_bytes(omniglot_drawing(0)))
-    with raises_one_line("not laid out as ALPHABET/CHARACTER/IMAGE.png"):
-        load_split("omniglot", "background", tmp_path)
-    (base / "images_background/Latin/loose.png").unlink()
-    (base / "images_background/Latin/character01/0000_00.png").write_bytes(HTML)
-    with raises_one_line("0000_00.png is not a readable image"):
-        load_split("omniglot", "background", tmp_path)
-
+# ---------------------------------------------------------------- CUB, ImageFolder trees (Omniglot: test_omniglot.py)
 
 def fake_cub(root, classes=8, per_class=2):
     folder = root / "CUB_200_2011"

@@ -23,14 +23,14 @@ def root(tmp_path, monkeypatch):
 
 
 def test_every_entry_is_complete():
-    expected = {"glyphs", "glyphs-noto", "omniglot", "kanjivg", "mnist", "fashion-mnist", "mini-imagenet",
+    expected = {"glyphs", "glyphs-noto", "omniglot", "omniglot-small", "omniglot-lake", "kanjivg", "mnist", "fashion-mnist", "mini-imagenet",
                 "tiered-imagenet", "cifar-fs", "fc100", "cifar10", "cifar100", "stl10", "cub"}
     assert set(DATASETS) == expected
     for name, d in DATASETS.items():
         assert d.name == name and d.splits and d.eval_split in d.splits and d.channels in (1, 3)
         assert d.image_size in (28, 32, 84, 96) and d.domain and d.description
         fewshot, classification = set(d.splits) & set(datasets.FEWSHOT), set(d.splits) - set(datasets.FEWSHOT)
-        assert fewshot or classification <= {"train", "validation", "test"}
+        assert fewshot or classification <= {"train", "validation", "test"} or d.protocol == "runs"
     assert {d.domain for d in DATASETS.values() if d.name in ("mini-imagenet", "tiered-imagenet", "stl10")} == {"imagenet"}
     assert DATASETS["glyphs"].domain == DATASETS["glyphs-noto"].domain != DATASETS["omniglot"].domain
     assert {DATASETS[n].eval_split for n in ("mnist", "fashion-mnist", "cifar10", "cifar100", "stl10")} == {"test"}
