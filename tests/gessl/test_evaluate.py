@@ -1,5 +1,7 @@
 """Evaluation of a run folder: records, the random baseline on the same episodes, bad folders."""
+import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,12 +16,14 @@ from gessl.backbones import load_backbone
 from gessl.evaluate import (EPISODE_FIELDS, SAMPLE_CLASSES, SAMPLE_PER_CLASS, evaluate_run, feature_sample_index,
                             get_suite, labels_digest, paired_differences, save_episode_accuracies)
 from tasks.crowding import METRICS as CROWDING_METRICS, crowding_metrics
-from tasks.datasets import load_split
+from tasks.datasets import DATASETS, load_split
 from tasks.errors import UserError
 from tasks.fewshot import embed, evaluate_fewshot, mean_ci95
 from tasks.linear import knn_accuracy, linear_probe
-from tasks.suite import AXES, pick_classes
+from tasks.suite import AXES, pick_classes, plan
 from tasks.universality import sigma_scores
+from tests.gessl.conftest import fake_mnist
+from tests.tasks.test_omniglot import fake_runs, fake_small
 
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
           "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time"}
@@ -240,3 +244,72 @@ def test_episode_file_keeps_other_entries_and_replaces_the_same_key(tmp_path):
     save_episode_accuracies(path, {"d/1": [7.0]})
     assert sorted(np.load(path).files) == ["d/1", "fields"]
     assert [p.name for p in tmp_path.iterdir()] == ["episodes.npz"]  # no temporary file left
+
+
+# ---------------------------------------------------------------- Omniglot: Lake's runs, fetching
+
+def test_lake_runs_are_scored_by_nearest_neighbour_beside_the_pixel_baseline(trained_run, data_root, tmp_path):
+    omniglot_files = fake_runs(fake_small(tmp_path / "omniglot"))
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    path = f"{data_root}{os.pathsep}{omniglot_files}"
+    records = evaluate_run(out, "quick", episodes=5, shots=[1], queries=1, axes=["transferability"], data_root=path)
+    lake = rows_of(records, dataset="omniglot-lake")
+    assert {(r["run"], r["metric"]) for r in lake} == {(run, metric) for metric in ("error", "accuracy") for run in
+                                                      ("run", RANDOM, "run (pixels: modified Hausdorff)")}
+    assert all(r["axis"] == "transferability" and r["ways"] == 20 and r["shots"] == 1 and r["episodes"] == 2
+               for r in lake)
+    images, labels = load_split("omniglot-lake", "runs", path)
+    features = torch.nn.functional.normalize(embed(load_backbone(out / "backbone.pt")[0], images), dim=1)
+    errors = []  # by hand: the training image of highest cosine similarity, per run
+    for r in range(2):
+        train_x, test_x = features[40 * r:40 * r + 20], features[40 * r + 20:40 * r + 40]
+        guess = (test_x @ train_x.T).argmax(1).numpy()
+        errors.append(100 * np.mean(guess != labels[40 * r + 20:40 * r + 40] - 20 * r))
+    mean, ci95 = mean_ci95(np.array(errors))
+    (error,) = rows_of(lake, run="run", metric="error")
+    (accuracy,) = rows_of(lake, run="run", metric="accuracy")
+    assert error["value"] == pytest.approx(mean) and error["ci95"] == pytest.approx(ci95)
+    assert accuracy["value"] == pytest.approx(100 - mean)
+    (pixels,) = rows_of(lake, run="run (pixels: modified Hausdorff)", metric="error")
+    assert pixels["value"] == 0.0  # the fake test items are the training drawings moved 2 pixels
+    # the minimal sets are a transfer target of a glyph model too, with episodes
+    assert rows_of(records, dataset="omniglot-small", run="run", protocol="fewshot", shots=1)
+
+
+def test_a_model_of_the_minimal_sets_generalizes_to_lakes_runs(tmp_path):
+    root = fake_runs(fake_small(tmp_path))
+    targets, _ = plan("omniglot-small", root)
+    generalization = [t for t in targets if t.axis == "generalization"]
+    assert [(t.dataset, t.split, t.protocol) for t in generalization] == [("omniglot-lake", "runs", "runs")]
+    assert "glyphs" in [t.dataset for t in targets if t.axis == "transferability"]
+    assert not [t for t in targets if t.axis == "discriminability"]
+
+
+def test_missing_transfer_sets_are_fetched_on_first_use_unless_offline(trained_run, data_root, tmp_path,
+                                                                       monkeypatch, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    for cached in data_root.glob("glyphs-*.npz"):
+        (root / cached.name).symlink_to(cached)
+    fetched = []
+
+    def fetch(into, source=None):  # stands in for the registry download: writes MNIST's real format
+        fetched.append(into)
+        fake_mnist(into)
+        return "MNIST: fetched"
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], fetch=fetch))
+    monkeypatch.setattr(evaluate, "TRANSFER_SETS", ("mnist", "fashion-mnist"))
+    monkeypatch.setitem(DATASETS, "fashion-mnist", dataclasses.replace(
+        DATASETS["fashion-mnist"], locate=lambda r: None,
+        fetch=lambda into, source=None: (_ for _ in ()).throw(UserError("apt-get download failed (offline)"))))
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    settings = {"episodes": 5, "axes": ["transferability"], "data_root": str(root)}
+    offline = evaluate_run(out, "quick", offline=True, **settings)
+    assert not fetched and not rows_of(offline, dataset="mnist")
+    records = evaluate_run(out, "quick", offline=False, **settings)
+    assert fetched == [root] and rows_of(records, dataset="mnist", run="run", protocol="fewshot")
+    err = capsys.readouterr().err
+    assert "fetching mnist from the package registries (first use; --offline skips this)" in err
+    assert "note: fashion-mnist could not be fetched, so the transferability axis goes without it: apt-get" in err
