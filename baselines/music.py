@@ -5,7 +5,7 @@ large batch) keep the attributes from collapsing.
 
 The paper's code was never released. The loss below is the form of the same authors' later public
 implementation (IMSVD, arXiv 2501.03469), which keeps the segment/attribute structure; it follows
-the project's spec (``specs/music.md``).
+``docs/music.md``.
 
 The projection z ([N, D]) of each view is cut into K segments of B units (D = K·B), and a softmax
 per segment gives the attribute distribution p_{n,k,:} = softmax(z_{n,k,:}) (temperature 1),

@@ -1,7 +1,7 @@
 """Training objectives: the plain base method and GeSSL's bi-level step around it.
 
 GeSSL (Wang et al., "Explicitly Modeling Universality into Self-Supervised Learning", arXiv
-2405.01053) as reconstructed in the project's spec (``specs/gessl.md``; the paper's method section
+2405.01053) as reconstructed in this project (``docs/gessl.md``; the paper's method section
 and code are not public, so the options marked [choice] below are ours). One outer step:
 
 1. the batch is cut into M tasks; each task's images into a support set S and a query set Q;

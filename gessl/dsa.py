@@ -1,7 +1,7 @@
 """DSA, the Dynamic Semantic Adjuster: a learnable regulariser against feature crowding (``--reg dsa``).
 
 Source: Song, Qiang, Zheng, Sun, Xiong, "On the Discriminability of Self-Supervised Representation
-Learning" (arXiv 2407.13541). The formulas follow the project's spec (``specs/dsa.md``), read from
+Learning" (arXiv 2407.13541). The formulas follow ``docs/dsa.md``, read from
 the authors' implementation, with its cross-view bug fixed and an EMA prior as default.
 
 Per batch of N images with un-augmented x⁰ and views x¹, x²; z^v = the base method's projector

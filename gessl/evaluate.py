@@ -11,7 +11,7 @@ with the frozen backbone and measures on the cached features:
   unless ``--offline``.
 
 On each it runs seeded few-shot episodes (learn2learn task samplers; prototype and, in ``full``,
-logistic-regression classifiers), the σ universality score (specs/gessl.md: KL from the
+logistic-regression classifiers), the σ universality score (docs/gessl.md: KL from the
 task-optimal to the few-shot posterior; per axis and overall, lower is more universal) and the
 crowding metrics (``tasks.crowding``); where the dataset has labelled training images of the same
 classes, a linear probe (L2 strength chosen on a validation split) and weighted kNN (k = 20, 200).

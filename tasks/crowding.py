@@ -1,7 +1,7 @@
 """Crowding metrics of labelled frozen features: how much classes overlap.
 
 The quantities the DSA paper (Song et al., arXiv 2407.13541) discusses, with the project's
-definitions (``specs/dsa.md``). On L2-normalised features h_i with labels, class c having centroid
+definitions (``docs/dsa.md``). On L2-normalised features h_i with labels, class c having centroid
 μ_c (the mean of its features) and C classes:
 
 - intra-class variance   V = mean_c mean_{i∈c} ‖h_i − μ_c‖²

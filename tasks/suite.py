@@ -2,7 +2,7 @@
 
 GeSSL (Wang et al., arXiv 2405.01053) calls a representation universal when it discriminates the
 classes it was trained on, generalises to unseen classes of the same domain and transfers to other
-domains. For a model trained on dataset D (``specs/evaluation.md``):
+domains. For a model trained on dataset D (``docs/evaluation.md``):
 
 - discriminability: held-out images of D's training classes (``Dataset.heldout_split``; the
   glyph sets draw their background classes again with another seed);

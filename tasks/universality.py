@@ -1,4 +1,4 @@
-"""The σ universality score of frozen features (specs/gessl.md, "σ as an evaluation score").
+"""The σ universality score of frozen features (docs/gessl.md, "σ as an evaluation score").
 
 GeSSL (Wang et al., arXiv 2405.01053) measures universality as the gap between a model's
 task-specific predictions and those of the task-optimal model. On an evaluation episode (N ways,

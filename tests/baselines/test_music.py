@@ -1,4 +1,4 @@
-"""MUSIC against a loop reference written from the spec (specs/music.md), its global minimum
+"""MUSIC against a loop reference written from docs/music.md, its global minimum
 −3 log B on a constructed optimum, collapse at 0, redundancy between segments, gradients to both
 views, and the joint distribution over the global batch across ranks."""
 import itertools
