@@ -92,8 +92,12 @@ def plan(dataset, root="", axes=AXES):
         else:
             notes.append(f"no discriminability axis: {trained.name} has no held-out images of its training classes")
     if "generalization" in axes:
-        found = [(name, split) for name, split in trained.generalization if get_dataset(name).installed(root)]
-        for name, split in found or [(trained.name, trained.eval_split)]:
+        sets = trained.generalization or ((trained.name, trained.eval_split),)
+        found = [(name, split) for name, split in sets if get_dataset(name).installed(root)]
+        if not found:
+            notes.append(f"no generalization axis: none of {', '.join(name for name, _ in sets)} is installed "
+                         "(`python -m tasks.data list` says where to put their files)")
+        for name, split in found:
             targets.append(Target("generalization", name, split, protocol=get_dataset(name).protocol))
     if "transferability" in axes:
         others = transfer_targets(trained.name, root)

@@ -284,6 +284,10 @@ def test_a_model_of_the_minimal_sets_generalizes_to_lakes_runs(tmp_path):
     assert [(t.dataset, t.split, t.protocol) for t in generalization] == [("omniglot-lake", "runs", "runs")]
     assert "glyphs" in [t.dataset for t in targets if t.axis == "transferability"]
     assert not [t for t in targets if t.axis == "discriminability"]
+    (root / "all_runs.zip").unlink()  # never the training images in its place
+    targets, notes = plan("omniglot-small", root)
+    assert not [t for t in targets if t.axis == "generalization"]
+    assert any(n.startswith("no generalization axis: none of omniglot-lake, omniglot is installed") for n in notes)
 
 
 def test_missing_transfer_sets_are_fetched_on_first_use_unless_offline(trained_run, data_root, tmp_path,
