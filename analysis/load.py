@@ -5,8 +5,11 @@ A run folder (written by ``gessl.train`` and ``gessl.evaluate``) holds ``config.
 ``episodes.npz``. Every reader here turns a missing or unreadable optional file into a note (a line
 for the report) instead of an error; only the results themselves are required.
 
-Models: each record's ``run`` names a model. A model evaluated from a run folder with a
-``config.yaml`` gets its ``base`` method, ``variant`` (``plain``, ``+DSA``, ``+GeSSL``,
+Models: each record's ``run`` names a model, and a model is one run name in one folder: runs of
+the same name in other folders (``lr-0.001/simclr-conv4-seed0``, ``lr-0.01/simclr-conv4-seed0``)
+are other models, named by their folder's path from the folders' common parent. Records measured
+under other settings (``suite``, ``episodes``, ``seed``) are kept apart, never one replacing the
+other. A model evaluated from a run folder with a ``config.yaml`` gets its ``base`` method, ``variant`` (``plain``, ``+DSA``, ``+GeSSL``,
 ``+DSA+GeSSL``: the regulariser and meta-optimiser on top of the base) and ``backbone``; the random
 backbone that ``gessl.evaluate`` scores beside every run (``RUN (random init)``) gets the variant
 ``random init``, and the pixel baseline it scores on Lake's one-shot runs (``RUN (pixels: modified
@@ -14,6 +17,7 @@ Hausdorff)``) the variant ``pixels``. References of one kind that scored exactly
 folders are one model, shown once as ``random init (BACKBONE)`` or ``pixels: modified Hausdorff``.
 """
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -27,7 +31,8 @@ from tasks.io import read_jsonl
 KEY = ["run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
        "metric"]
 REQUIRED = KEY + ["value", "ci95", "time"]
-COLUMNS = KEY + ["value", "ci95", "episodes", "seed", "version", "time"]
+SETTINGS = ["suite", "episodes", "seed"]  # how a measure was taken: results under others are kept apart
+COLUMNS = KEY + ["value", "ci95", "episodes", "seed", "suite", "version", "time"]
 INTEGER_COLUMNS = ["ways", "shots", "queries", "episodes", "seed"]
 MODEL_COLUMNS = ["model", "base", "variant", "backbone"]
 RANDOM_SUFFIX = " (random init)"
@@ -139,21 +144,39 @@ def variant_rank(variant):
     return 3 if len(parts) > 1 else (2 if parts[0] == "GeSSL" else 1)
 
 
+def model_names(pairs):
+    """``{(folder, run): model name}``: the run name, or where other folders hold a run of that name,
+    the run name under the path of its folder's parent from the common parent of those folders."""
+    folders = {}
+    for folder, run in pairs:
+        folders.setdefault(run, set()).add(folder)
+    names = {}
+    for folder, run in pairs:
+        if len(folders[run]) == 1:
+            names[folder, run] = str(run)
+            continue
+        parent = Path(folder).relative_to(Path(os.path.commonpath(sorted(folders[run])))).parent
+        names[folder, run] = str(run) if parent == Path(".") else f"{parent.as_posix()}/{run}"
+    return names
+
+
 def _describe_models(df, notes):
     """Add ``model``, ``base``, ``variant`` and ``backbone`` columns from each folder's config."""
     configs = {folder: read_config(folder, notes) for folder in df["folder"].unique()}
+    names = model_names(set(zip(df["folder"], df["run"])))
     info = []
     for run, folder in zip(df["run"], df["folder"]):
         config = configs[folder] or {}
         backbone = str(config.get("backbone", "?"))
+        model = names[folder, run]
         if str(run).endswith(RANDOM_SUFFIX):
-            info.append((run, "random", RANDOM_VARIANT, backbone))
+            info.append((model, "random", RANDOM_VARIANT, backbone))
         elif str(run).endswith(PIXELS_SUFFIX):
-            info.append((run, "pixels", PIXELS_VARIANT, "none"))
+            info.append((model, "pixels", PIXELS_VARIANT, "none"))
         elif config:
-            info.append((run, str(config.get("base", "?")), variant_name(config), backbone))
+            info.append((model, str(config.get("base", "?")), variant_name(config), backbone))
         else:
-            info.append((run, "?", "?", backbone))
+            info.append((model, "?", "?", backbone))
     df[MODEL_COLUMNS] = pd.DataFrame(info, index=df.index, columns=MODEL_COLUMNS)
     return _merge_references(df)
 
@@ -167,10 +190,10 @@ def _merge_references(df):
     ``run`` of a merged model lists its run names.
     """
     references = df[df["variant"].isin(list(REFERENCES))]
-    setting = [c for c in KEY if c != "run"]
+    setting = [c for c in KEY if c != "run"] + SETTINGS
     for (variant, backbone), rows in references.groupby(["variant", "backbone"]):
-        prints = {run: tuple(sorted(map(str, g[setting + ["value", "ci95"]].itertuples(index=False))))
-                  for run, g in rows.groupby("run")}
+        prints = {model: tuple(sorted(map(str, g[setting + ["value", "ci95"]].itertuples(index=False))))
+                  for model, g in rows.groupby("model")}
         if len(prints) > 1 and len(set(prints.values())) == 1:
             df.loc[rows.index, "model"] = REFERENCES[variant].format(backbone)
     sources = {model: tuple(sorted(set(zip(rows["folder"], rows["run"]))))
@@ -185,7 +208,7 @@ def load_results(paths, notes=None):
     """Read every results.jsonl at or under ``paths`` into one tidy DataFrame, latest record wins.
 
     Columns: the record fields, ``folder`` (the run folder) and the model columns of
-    `_describe_models`. Raises UserError for a path that does not exist, a path with no
+    `_describe_models`. "Latest" is per model and setting (``KEY`` and ``SETTINGS``). Raises UserError for a path that does not exist, a path with no
     results.jsonl under it, and a file with no valid records or without the required fields.
     """
     notes = Notes() if notes is None else notes
@@ -195,7 +218,7 @@ def load_results(paths, notes=None):
             df[column] = pd.NA
     for column in INTEGER_COLUMNS:
         df[column] = _as_integers(df[column])
-    df = df.sort_values("_time", kind="stable").drop_duplicates(KEY, keep="last")
+    df = df.sort_values("_time", kind="stable").drop_duplicates(KEY + SETTINGS + ["folder"], keep="last")
     df = _describe_models(df, notes)
     df["_rank"] = df["variant"].map(variant_rank)
     df = df.sort_values(["dataset", "split", "axis", "protocol", "classifier", "metric", "ways",
@@ -222,8 +245,12 @@ def load_metrics(df, notes):
     trained = df[df["variant"] != RANDOM_VARIANT].drop_duplicates("model")
     for model, folder in zip(trained["model"], trained["folder"]):
         path = Path(folder) / "metrics.jsonl"
-        records = read_jsonl(path) if path.is_file() else []
-        records = [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), (int, float))]
+        try:
+            records = read_jsonl(path) if path.is_file() else []
+        except UserError as exc:
+            notes.add(f"{model}: {exc}; no training curves")
+            continue
+        records = [r for r in records if isinstance(r.get("step"), (int, float))]
         if not records:
             notes.add(f"{model}: no training log ({path} missing or empty); no training curves")
             continue

@@ -45,12 +45,15 @@ MAP_MODELS = 4
 
 
 def resolve_model(df, name):
-    """The model a name given on the command line means: a model name or a run name."""
+    """The model a name given on the command line means: a model name or a run name (of one model)."""
     if name in set(df["model"]):
         return name
-    for model, sources in df.drop_duplicates("model")[["model", "sources"]].itertuples(index=False):
-        if name in {run for _, run in sources}:
-            return model
+    found = [model for model, sources in df.drop_duplicates("model")[["model", "sources"]].itertuples(index=False)
+             if name in {run for _, run in sources}]
+    if len(found) > 1:
+        raise UserError(f"{name!r} names {len(found)} models ({', '.join(found)}); use one of those names")
+    if found:
+        return found[0]
     raise UserError(f"no model named {name!r}; the models are: {', '.join(model_order(df))}")
 
 

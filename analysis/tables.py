@@ -10,13 +10,16 @@ variation both models share, so its interval is usually much narrower than eithe
 import numpy as np
 import pandas as pd
 
-from analysis.load import RANDOM_VARIANT, model_order
+from analysis.load import RANDOM_VARIANT, SETTINGS, model_order
 
 # Whether a higher or a lower value of a metric is better; other metrics are not marked best.
 DIRECTION = {"accuracy": "max", "error": "min", "inter_class_separation": "max", "intra_class_variance": "min",
              "crowding_ratio": "min", "crowded_share": "min", "sigma": "min"}
 SETTING = ["dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
-           "metric"]
+           "metric"] + SETTINGS
+# The labelled references (README: supervised, ProtoNet, MAML), shown beside the self-supervised
+# models and, like the random backbone, never marked best.
+REFERENCE_BASES = {"supervised", "protonet", "maml"}
 EPISODE_SETTING = ["dataset", "split", "axis", "classifier", "ways", "shots", "queries",
                    "episodes", "seed"]
 PROTOCOL_NAMES = {"knn": "kNN", "linear": "linear", "runs": "Lake's 20-way 1-shot runs"}
@@ -35,14 +38,18 @@ def metric_name(metric, arrow=True):
 
 
 def mark_best(df):
-    """``df`` with a boolean ``best`` column: the best value of its setting among 2+ models.
+    """``df`` with a boolean ``best`` column: the best value of its setting among 2+ ranked models.
 
     A setting is every record field but the model (dataset, split, axis, protocol, classifier,
-    ways, shots, queries, metric); better is higher or lower by ``DIRECTION``; ties are all best.
+    ways, shots, queries, metric, suite, episodes, seed); better is higher or lower by
+    ``DIRECTION``; ties are all best. References (the random backbone, ``REFERENCE_BASES``) and
+    values that are not finite are never ranked.
     """
     df = df.copy()
     df["best"] = False
-    for _, rows in df.groupby(SETTING, dropna=False, sort=False):
+    ranked = df[(df["variant"] != RANDOM_VARIANT) & ~df["base"].isin(REFERENCE_BASES)
+                & np.isfinite(df["value"].astype(float))]
+    for _, rows in ranked.groupby(SETTING, dropna=False, sort=False):
         direction = DIRECTION.get(rows["metric"].iloc[0])
         if direction is None or rows["model"].nunique() < 2:
             continue
@@ -65,7 +72,8 @@ SECTION_TITLES = {"accuracy": "Accuracy (%)", "crowding": "Crowding of the class
 
 def _column_label(row, section, varying):
     """The header of one setting's column within a section. ``varying`` maps "classifier" and
-    "queries" to the protocols whose columns differ in that field: only then is it named."""
+    "queries" to the protocols whose columns differ in that field: only then is it named; and
+    "settings" to whether the columns differ in suite, episodes or seed: then they are named."""
     parts = [str(row["axis"])] if pd.notna(row["axis"]) else []
     if section == "accuracy":
         if row["protocol"] == "fewshot":
@@ -82,7 +90,13 @@ def _column_label(row, section, varying):
         parts.append(metric_name(row["metric"]))
     elif section == "universality" and row["metric"] != "sigma":
         parts.append(metric_name(row["metric"]))
-    return parts[0] + ": " + " ".join(parts[1:]) if len(parts) > 1 else " ".join(parts)
+    label = parts[0] + ": " + " ".join(parts[1:]) if len(parts) > 1 else " ".join(parts)
+    if varying["settings"]:
+        how = [f"{row['suite']} suite" if pd.notna(row["suite"]) else None,
+               f"{row['episodes']} episodes" if pd.notna(row["episodes"]) else None,
+               f"seed {row['seed']}" if pd.notna(row["seed"]) else None]
+        label += f" ({', '.join(h for h in how if h)})"
+    return label
 
 
 def _format(value, ci95, metric):
@@ -118,11 +132,13 @@ def wide_tables(df):
             varying = {field: {protocol for protocol, values in columns.groupby("protocol")[field]
                                if values.nunique(dropna=False) > 1}
                        for field in ("classifier", "queries")}
+            varying["settings"] = len(columns[SETTINGS].drop_duplicates()) > 1
             columns["label"] = columns.apply(_column_label, axis=1, args=(section, varying))
             columns["_axis"] = columns["axis"].map(_axis_rank)
             columns["_metric"] = columns["metric"].map(_metric_rank)
             columns = columns.sort_values(["_axis", "protocol", "_metric", "ways", "shots",
-                                           "classifier", "queries"], kind="stable")
+                                           "classifier", "queries", "seed", "suite", "episodes"],
+                                          kind="stable")
             labels = list(dict.fromkeys(columns["label"]))
             rows = rows.merge(columns[SETTING + ["label"]], on=SETTING, how="left")
             rows["cell"] = [_format(v, c, m) for v, c, m in

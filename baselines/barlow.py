@@ -1,12 +1,16 @@
 """Barlow Twins (Zbontar et al., ICML 2021, "Barlow Twins: Self-Supervised Learning via Redundancy
 Reduction"): make the cross-correlation matrix of the two views' projections the identity.
 
-With z¹, z² ([N, D]) standardised over the batch per feature (ẑ = (z − mean) / std)::
+With z¹, z² ([N, D]) standardised over the batch per feature, ẑ = (z − mean) / √(Var + ε) with the
+biased variance and ε = 1e-5::
 
     C = ẑ¹ᵀ ẑ² / N
     L = Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²
 
-(eq. 1–2 of the paper; λ = 0.005 there). The method needs a wide projector: the paper's is 3
+(eq. 1–2 of the paper; λ = 0.005 there). The standardisation is the authors' (facebookresearch/
+barlowtwins ``main.py`` normalises with ``BatchNorm1d(affine=False)``, which puts ε under the square
+root); ε added to the standard deviation instead would part from it near collapse, where a
+feature's variance nears ε. The method needs a wide projector: the paper's is 3
 layers of 8192 (2048 at CIFAR scale in solo-learn); here it is ``barlow_proj_dim`` wide (1024 by
 default) for both layers. On the glyphs (150 steps, batch 128) a 1024-wide projector gave 72.8 %
 5-way 1-shot where the 512 → 128 SimCLR-sized one gave 53.0 %, below a random network (54 %).
@@ -19,12 +23,11 @@ from baselines.simclr import projection_mlp
 
 
 def barlow_twins_loss(z1, z2, off_diagonal_weight=0.005, eps=1e-5):
-    """L of the module docstring over the batch gathered from every process; the batch standard
-    deviation is the biased one, floored by ``eps``."""
+    """L of the module docstring over the batch gathered from every process."""
     z1, z2 = gather(z1), gather(z2)
     n = z1.shape[0]
-    a = (z1 - z1.mean(0)) / (z1.std(0, unbiased=False) + eps)
-    b = (z2 - z2.mean(0)) / (z2.std(0, unbiased=False) + eps)
+    a = (z1 - z1.mean(0)) / (z1.var(0, unbiased=False) + eps).sqrt()
+    b = (z2 - z2.mean(0)) / (z2.var(0, unbiased=False) + eps).sqrt()
     c = a.T @ b / n
     on = (1 - c.diagonal()).square().sum()
     off = c.square().sum() - c.diagonal().square().sum()

@@ -5,12 +5,15 @@ decorrelated.
 For projections Z, Z' ([N, D])::
 
     s(Z, Z') = (1/N) Σ_n ‖z_n − z'_n‖² / D                       (mean squared error)
-    v(Z)     = (1/D) Σ_j max(0, γ − √(Var(z_·j) + ε))             (γ = 1, ε = 1e-4)
+    v(Z)     = (1/D) Σ_j max(0, γ − √(Var(z_·j) + ε))             (γ = 1, ε = 1e-4, Var with 1/(N − 1))
     c(Z)     = (1/D) Σ_{i≠j} Cov(Z)_ij²                           (Cov with 1/(N − 1))
-    L = λ s(Z, Z') + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')]
+    L = λ s(Z, Z') + μ [v(Z) + v(Z')] / 2 + ν [c(Z) + c(Z')]
 
-(eq. 1–6 of the paper; λ = μ = 25, ν = 1 there). The paper's projector is 3 layers of 8192; for the
-28×28 glyphs the default is the SimCLR-sized projector of the config.
+(eq. 1–6 of the paper; λ = μ = 25, ν = 1 there). The variance term is the mean of the two views'
+hinges, as in the authors' code (``main_vicreg.py`` of facebookresearch/vicreg, which the published
+25/25/1 were tuned with); the paper's eq. 6 sums them, which doubles μ. The covariance terms are
+summed, as in both. The paper's projector is 3 layers of 8192; for the 28×28 glyphs the default is
+the SimCLR-sized projector of the config.
 """
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,7 @@ def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
     batch gathered from every process."""
     z1, z2 = gather(z1), gather(z2)
     inv = F.mse_loss(z1, z2)
-    var = _variance(z1) + _variance(z2)
+    var = (_variance(z1) + _variance(z2)) / 2
     cov = _covariance(z1) + _covariance(z2)
     return sim_weight * inv + var_weight * var + cov_weight * cov, inv, var, cov
 

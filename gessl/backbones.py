@@ -8,6 +8,7 @@
 
 Every backbone maps ``[B, C, H, W]`` floats to ``[B, out_dim]`` features and carries ``out_dim``.
 """
+import io
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
 from tasks.errors import UserError
-from tasks.io import atomic_path
+from tasks.io import atomic_write_bytes
 
 
 class Conv4(nn.Sequential):
@@ -66,18 +67,40 @@ def save_backbone(backbone, name, in_channels, image_size, path):
     """Export the encoder alone (no heads, no optimiser state), loadable with ``load_backbone``."""
     payload = {"format": "gessl-backbone/1", "name": name, "in_channels": in_channels,
                "image_size": image_size, "state_dict": backbone.state_dict()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(payload, path)
 
 
 def load_backbone(path, map_location="cpu"):
-    """Load a backbone written by ``save_backbone``; a missing or corrupt file is a ``UserError``."""
+    """Load a backbone written by ``save_backbone``; a missing or corrupt file, or one whose weights
+    are not all finite (a training that diverged), is a ``UserError``."""
     payload = load_torch_file(path, "backbone", map_location)
     if not isinstance(payload, dict) or payload.get("format") != "gessl-backbone/1":
         raise UserError(f"{path} is not a gessl backbone file; export one with `python -m gessl.train`")
+    broken = not_finite(payload["state_dict"])
+    if broken:
+        raise UserError(f"{path} holds weights that are not finite ({', '.join(broken[:3])}): its training "
+                        f"diverged; train it again with a lower --lr")
     net = build_backbone(payload["name"], payload["in_channels"], payload["image_size"])
     net.load_state_dict(payload["state_dict"])
     return net, payload
+
+
+def not_finite(state):
+    """The names of the floating-point tensors of the state dict ``state`` that hold a NaN or an
+    infinity (one host synchronisation)."""
+    names = [k for k, v in state.items() if v.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([state[k].isfinite().all() for k in names]).tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+def save_torch_file(obj, path):
+    """``torch.save`` of ``obj`` to ``path`` atomically; serialised in memory first, so that a full or
+    read-only disk is a ``tasks.io.WriteError`` rather than an error inside torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_torch_file(path, what, map_location="cpu"):

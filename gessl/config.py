@@ -139,8 +139,9 @@ class TrainConfig:
                             "normalised by their own statistics")
         return self
 
-    def to_yaml(self):
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+    def to_yaml(self, omit=()):
+        """The config as YAML, without the options in ``omit``."""
+        return yaml.safe_dump({k: v for k, v in dataclasses.asdict(self).items() if k not in omit}, sort_keys=False)
 
 
 def add_config_flags(parser):

@@ -19,7 +19,9 @@ environment; ``Processes.from_environment()`` reads them (one process when they 
   itself with one all-reduce (``average_gradients``): the step equals one process running all the
   tasks. Buffers (BatchNorm running statistics, queues) follow each process's own tasks;
 - only rank 0 writes (config, metrics, checkpoints, backbone) and shows the progress bar; logged
-  values are averaged over processes; on ``--resume`` every process loads the checkpoint.
+  values are averaged over processes; on ``--resume`` every process loads the checkpoint;
+- a request to stop (torchrun passes Ctrl-C or SIGTERM on to every process) is agreed on after
+  every step (``Processes.any``, on the CPU), so all the processes stop after the same step.
 
 ``torchrun ... -m gessl.evaluate`` shares its embedding and episodes the same way (``shard``, then
 ``gather_shares``); see ``gessl.evaluate``.
@@ -34,6 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from baselines.distributed import world_size
 from tasks.errors import UserError
+
+_CPU_GROUP = {}  # "group": the gloo group of Processes.any under nccl (None: the default group is gloo)
 
 
 def average_gradients(tensors):
@@ -122,10 +126,21 @@ class Processes:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _CPU_GROUP["group"] = dist.new_group(backend="gloo") if device.type == "cuda" else None
         try:
             yield
         finally:
+            _CPU_GROUP.clear()
             dist.destroy_process_group()
+
+    def any(self, flag):
+        """Whether ``flag`` holds on any process: one all-reduce of a CPU number (gloo), so a GPU is
+        not made to wait; alone, ``flag``."""
+        if self.world == 1:
+            return bool(flag)
+        value = torch.tensor([int(bool(flag))])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_CPU_GROUP["group"])
+        return bool(value.item())
 
     def wrap(self, model, device, broadcast_buffers=True):
         """``model`` in DistributedDataParallel when there are several processes, else ``model``;

@@ -13,10 +13,12 @@ says how they share the work); ``--amp``, ``--channels-last`` and ``--compile`` 
 uses a GPU (``gessl.device``).
 """
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,20 +27,23 @@ from torch import nn
 from tqdm import tqdm
 
 from baselines import BASE_METHODS
-from gessl.backbones import BACKBONES, build_backbone, load_torch_file, save_backbone
+from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
 from gessl.config import add_config_flags, read_yaml, resolve_config
 from gessl.device import Placement, resolve_device
 from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
 from gessl.evaluate import evaluate_run, print_table
+from gessl.run_folder import claimed
 from gessl.sync_bn import convert_sync_batchnorm
 from tasks.augment import GlyphAugment
 from tasks.datasets import get_dataset, load_split
 from tasks.episodes import EpisodeSampler
 from tasks.errors import UserError, run_cli
-from tasks.io import append_jsonl, atomic_path, atomic_write_text, read_jsonl
+from tasks.interrupts import DeferredStop
+from tasks.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
 
+EPISODE_OPTIONS = ("episode_ways", "episode_shots", "episode_queries")  # an episodic method's EpisodeSampler
 REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels, proj_dim)
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
 CLOSING_CHECK = {"axes": ("generalization",), "sigma_shots": (), "per_class": None}  # the quick suite, few-shot only
@@ -178,15 +183,16 @@ class Trainer:
     main one (rank 0) writes files and shows progress.
     """
 
-    def __init__(self, cfg, run_dir, resume=False, processes=Processes()):
+    def __init__(self, cfg, run_dir, resume=False, processes=Processes(), omit=()):
         self.cfg, self.run_dir, self.processes = cfg, Path(run_dir), processes
+        self.omit = omit  # the options that do not act on this run, left out of what is saved
         self.device = processes.place(resolve_device(cfg.device))
         self.placement = Placement.from_config(cfg, self.device)
         images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
         self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
         # Episodic methods (protonet, maml) train on one episode a step; --batch-size does not apply and
         # an epoch is as many episodes as hold the training set's number of images.
-        self.episodes = (EpisodeSampler(self.labels, cfg.episode_ways, cfg.episode_shots, cfg.episode_queries)
+        self.episodes = (EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
                          if getattr(BASE_METHODS[cfg.base], "episodic", False) else None)
         self.images_per_step = self.episodes.size if self.episodes else cfg.batch_size
         self.steps_per_epoch = len(self.images) // self.images_per_step
@@ -205,7 +211,7 @@ class Trainer:
         # GeSSL runs the model functionally, out of DDP's sight, and averages its gradients itself.
         self.net = self.model if cfg.meta == "gessl" else processes.wrap(
             self.model, self.device, broadcast_buffers=getattr(self.model.method, "broadcast_buffers", True))
-        self.step = 0
+        self.step = self.saved_step = 0  # saved_step: the step of the checkpoint on disk (0: none)
         if resume:
             self._load_checkpoint()
 
@@ -228,6 +234,9 @@ class Trainer:
         return self.run_dir / "checkpoint.pt"
 
     def _load_checkpoint(self):
+        if not self.checkpoint_path.is_file():
+            raise UserError(f"{self.run_dir} has no checkpoint: the run stopped before its first; start it "
+                            f"again without --resume (its files begin anew)")
         state = load_torch_file(self.checkpoint_path, "checkpoint", self.device)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{self.checkpoint_path} is not a gessl checkpoint; delete it or choose another --out")
@@ -235,7 +244,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
         # Records logged after the checkpoint belong to steps that will be run again.
         metrics = self.run_dir / "metrics.jsonl"
         if self.processes.main and metrics.exists():
@@ -248,11 +257,11 @@ class Trainer:
             return
         state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "step": self.step,
-                 "config": dataclasses.asdict(self.cfg)}
+                 "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self.omit}}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        save_torch_file(state, self.checkpoint_path)
+        self.saved_step = self.step
         save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size,
                       self.run_dir / "backbone.pt")
 
@@ -283,44 +292,72 @@ class Trainer:
         return {"lr": lr, **logs}
 
     def fit(self):
-        """Train until ``total_steps``; on Ctrl-C, checkpoint and say how to resume.
+        """Train until ``total_steps``, checkpointing every ``ckpt_every`` steps and at the end.
 
-        The logs are read (averaged over processes) only on the steps that log or checkpoint, so
-        a GPU is not made to wait every step; a loss that is not finite stops the run there, before
-        a checkpoint could hold it.
+        Ctrl-C or SIGTERM stops the run after the step under way, which finishes (a step cut short
+        would leave BatchNorm statistics or a queue half-updated), with a checkpoint and one line
+        (``UserError``); a second signal stops it at once, keeping the last checkpoint. The logs are
+        read (averaged over processes) only on the steps that log or checkpoint, so a GPU is not made
+        to wait every step; there the run also stops if it diverged (``check_diverged``).
         """
         cfg, main = self.cfg, self.processes.main
         log_path = self.run_dir / "metrics.jsonl"
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{'+'.join(variant(cfg))}/{cfg.backbone}",
                    unit="step", dynamic_ncols=True, disable=not main)
         tick, tick_step = time.time(), self.step
+        stopped = False
         try:
-            while self.step < self.total_steps:
-                logs = self.train_step()
-                bar.update(1)
-                log = self.step % cfg.log_every == 0 or self.step == self.total_steps
-                if not (log or self.step % cfg.ckpt_every == 0):
-                    continue
-                logs = self.processes.average(logs)
-                if not math.isfinite(logs["loss"]):
-                    raise UserError(f"the loss became {logs['loss']} by step {self.step}; lower --lr (now {cfg.lr}) "
-                                    f"and resume from the last checkpoint with --resume")
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-                if log and main:
-                    now = time.time()
-                    rate = (self.step - tick_step) * self.images_per_step / max(now - tick, 1e-9)
-                    append_jsonl(log_path, [{"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
-                                             **logs, "img_per_s": rate, "time": now}])
-                    tick, tick_step = now, self.step
-                if self.step % cfg.ckpt_every == 0:
+            with DeferredStop() as stop:
+                while self.step < self.total_steps and not stopped:
+                    logs = self.train_step()
+                    bar.update(1)
+                    log = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                    if log or self.step % cfg.ckpt_every == 0:
+                        logs = self.processes.average(logs)
+                        self.check_diverged(logs["loss"])
+                        bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                        if log and main:
+                            now = time.time()
+                            rate = (self.step - tick_step) * self.images_per_step / max(now - tick, 1e-9)
+                            append_jsonl(log_path, [{"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
+                                                     **logs, "img_per_s": rate, "time": now}])
+                            tick, tick_step = now, self.step
+                        if self.step % cfg.ckpt_every == 0:
+                            self.save_checkpoint()
+                    stopped = self.processes.any(stop.requested)
+                bar.close()
+                if self.saved_step != self.step:
+                    self.check_diverged()
                     self.save_checkpoint()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # the second signal
             bar.close()
-            self.save_checkpoint()
-            raise UserError(f"interrupted at step {self.step}; continue with "
-                            f"`python -m gessl.train --out {self.run_dir} --resume`") from None
-        bar.close()
-        self.save_checkpoint()
+            raise UserError(f"stopped at once by a second {exc.args[0] if exc.args else 'SIGINT'} during step "
+                            f"{self.step + 1}; {self._kept()}; continue with `python -m gessl.train --out "
+                            f"{self.run_dir} --resume`") from None
+        except WriteError as exc:  # a full or read-only disk
+            bar.close()
+            raise UserError(f"{exc}; {self._kept()}: continue with `python -m gessl.train --out {self.run_dir} "
+                            f"--resume` once it can be written") from None
+        if stopped:
+            raise UserError(f"stopped by {stop.requested or 'a signal to another process'} after step {self.step}, "
+                            f"saved; continue with `python -m gessl.train --out {self.run_dir} --resume`")
+
+    def _kept(self):
+        """What is on disk: the checkpoint of the last saved step, or nothing."""
+        if self.saved_step:
+            return f"the checkpoint of step {self.saved_step} in {self.run_dir} is kept"
+        return "no checkpoint was saved yet"
+
+    def check_diverged(self, loss=None):
+        """Raise ``UserError`` when the loss (the averaged loss of a logged step, if given) or any
+        weight or buffer is not finite: the run stops there, before a checkpoint could hold it."""
+        bad = [] if loss is None or math.isfinite(loss) else [f"the loss became {loss}"]
+        broken = not_finite(self.model.state_dict())
+        if broken:
+            bad.append(f"{len(broken)} weight or buffer tensors are not finite ({', '.join(broken[:3])})")
+        if self.processes.any(bad):
+            raise UserError(f"training diverged by step {self.step}: {'; '.join(bad) or 'on another process'}; "
+                            f"{self._kept()}; train again with a lower --lr (now {self.cfg.lr})")
 
 
 def parse_args(argv):
@@ -337,9 +374,13 @@ def parse_args(argv):
 
 
 def prepare_run(args):
-    """Resolve the config and the run folder from parsed flags, refusing to overwrite a run."""
+    """Resolve the config and the run folder from parsed flags, refusing to overwrite a run.
+
+    Returns ``(cfg, run_dir, resume, given)``, ``given`` the options set by a flag or ``--config``.
+    """
     resume = args.pop("resume")
     file_layer = read_yaml(args.pop("config")) if "config" in args else {}
+    given = (set(file_layer) | set(args)) - {"out"}
     if resume:
         if not args.get("out"):
             raise UserError("--resume needs --out DIR, the run folder to continue")
@@ -355,21 +396,57 @@ def prepare_run(args):
         if (Path(cfg.out) / "checkpoint.pt").exists():
             raise UserError(f"{cfg.out} already holds a run; continue it with --resume or choose another --out")
     check_names(cfg)
-    return cfg, Path(cfg.out), resume
+    return cfg, Path(cfg.out), resume, given
+
+
+def inactive_options(cfg, world=1):
+    """``{option: why}`` for the options that do not act on the run ``cfg`` in ``world`` processes:
+    another base method's, GeSSL's under ``--meta none``, DSA's without ``--reg dsa`` (and its EMA
+    momentum with another prior), ``--batch-size`` for an episodic method, ``--sync-bn`` alone."""
+    method_cls = BASE_METHODS[cfg.base]
+    episodic = getattr(method_cls, "episodic", False)
+    names = {f.name for f in dataclasses.fields(cfg)}
+    method_options = (names - {"backbone"}) & (  # a method's ``backbone`` is the network build_model made
+        {p for m in BASE_METHODS.values() for p in inspect.signature(m).parameters} | set(EPISODE_OPTIONS))
+    acting = set(inspect.signature(method_cls).parameters) | (set(EPISODE_OPTIONS) if episodic else set())
+    out = {name: f"with --base {cfg.base}" for name in method_options - acting}
+    meta_options = {name: {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+                    for name, cls in META_OPTIMISERS.items()}
+    out.update({name: f"with --meta {cfg.meta}" for name in set().union(*meta_options.values()) - meta_options[cfg.meta]})
+    if cfg.reg != "dsa":
+        out.update({name: f"with --reg {cfg.reg}" for name in names if name.startswith("dsa_")})
+    elif cfg.dsa_prior != "ema":
+        out["dsa_ema"] = f"with --dsa-prior {cfg.dsa_prior} (only the ema prior moves)"
+    if episodic:
+        out["batch_size"] = f"with --base {cfg.base} (a step is one episode)"
+    if world == 1:
+        out["sync_bn"] = "in one process (torchrun starts several)"
+    return out
+
+
+def warn_inactive(inactive, given):
+    """One line on stderr naming the ``given`` options that do not act (``inactive``), if any."""
+    ignored = {}
+    for name in sorted(given & set(inactive)):
+        ignored.setdefault(inactive[name], []).append("--" + name.replace("_", "-"))
+    if ignored:
+        print("warning: options that do not act on this run, so not saved in config.yaml: "
+              + "; ".join(f"{', '.join(flags)} ({why})" for why, flags in ignored.items()), file=sys.stderr)
 
 
 def main(argv=None):
-    cfg, run_dir, resume = prepare_run(parse_args(argv))
+    cfg, run_dir, resume, given = prepare_run(parse_args(argv))
     processes = Processes.from_environment()
     check_world(cfg, processes.world, getattr(BASE_METHODS[cfg.base], "episodic", False))
+    inactive = inactive_options(cfg, processes.world)
     with processes.group(processes.place(resolve_device(cfg.device))):
-        if processes.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(cfg, run_dir, resume=resume, processes=processes)
-        if processes.main:
-            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        started = time.time()
-        trainer.fit()
+        with claimed(run_dir, fresh=not resume) if processes.main else contextlib.nullcontext():
+            trainer = Trainer(cfg, run_dir, resume=resume, processes=processes, omit=inactive)
+            if processes.main:
+                warn_inactive(inactive, given)
+                atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(omit=inactive))
+            started = time.time()
+            trainer.fit()
     if not processes.main:
         return
     minutes = (time.time() - started) / 60

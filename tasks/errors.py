@@ -1,9 +1,11 @@
 """The one exception type for mistakes a user can fix (bad flag, missing data, corrupt file).
 
 CLIs catch it, print its message as one line and exit with status 2; everything else is a bug and
-keeps its traceback.
+keeps its traceback. Ctrl-C and SIGTERM (``tasks.interrupts``) end a CLI the same way.
 """
 import sys
+
+from tasks.interrupts import Handlers, interrupt
 
 
 class UserError(Exception):
@@ -11,9 +13,15 @@ class UserError(Exception):
 
 
 def run_cli(main, argv=None):
-    """Run a CLI ``main``; a ``UserError`` becomes one line on stderr and exit status 2."""
+    """Run a CLI ``main``; a ``UserError``, Ctrl-C or SIGTERM becomes one line on stderr and exit status 2."""
     try:
-        main(argv)
+        with Handlers(interrupt):
+            main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as exc:
+        name = exc.args[0] if exc.args else "SIGINT"
+        print(f"error: stopped by {name}; every file written so far is whole (none is left half-written)",
+              file=sys.stderr)
         sys.exit(2)

@@ -54,6 +54,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 import unicodedata
@@ -374,7 +375,11 @@ def _draw_class(job):
 
 
 def _worker_init():
+    """One thread per worker; Ctrl-C is the parent's to handle (a worker ignores it) and SIGTERM, with
+    which the pool ends its workers, ends a worker at once, whatever handlers the parent set."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _map(fn, jobs, progress, desc):

@@ -1,26 +1,99 @@
-"""Atomic file writes: a crash never leaves a half-written file behind."""
+"""File writes that leave nothing half-written, and one-line errors when the disk says no.
+
+- ``atomic_path`` / ``atomic_write_text`` / ``atomic_write_bytes``: write a temporary file beside the
+  target, flush it to the disk (``fsync``), rename it over the target and flush the folder, so that
+  neither a killed process nor a machine that loses power leaves a half-written file under the
+  target's name; the previous file stays whole until the rename. A temporary left by a killed
+  process (``.NAME.*.tmp``) is removed by ``remove_temporaries`` when its writer starts again.
+- ``append_jsonl`` / ``read_jsonl``: JSON lines, each append one ``write`` of whole lines. A killed
+  writer can leave only its last line torn: the reader skips it and the next append removes it;
+  any other bad line is an error naming the file and line. Values are standard JSON: a float that
+  is not finite is written as ``null`` and named, with its value, under ``null_reason``.
+- A full disk, a read-only file system, a missing permission or a file where a folder should be is
+  a ``WriteError`` (a ``UserError``: one line, exit status 2) that names the path and what to do.
+"""
+import errno
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from tasks.errors import UserError
+
+# What the disk (not the program) refuses: full, over quota, read-only, not permitted, too large.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+class WriteError(UserError):
+    """A file or folder could not be written for a reason outside the program (see the module docstring)."""
+
+
+def _write_error(path, exc):
+    reason = exc.strerror or str(exc)
+    return WriteError(f"cannot write {path}: {reason}; free space or choose a writable folder "
+                      f"(the file that was there is unchanged)")
+
+
+def make_folder(path):
+    """Create the folder ``path`` and its parents (nothing when it exists); a ``WriteError`` that
+    says why when it cannot be (a file in the way, a read-only or virtual file system, no right)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"cannot create the folder {path}: a file of that name is in the way; "
+                         f"choose another path") from None
+    except OSError as exc:
+        raise WriteError(f"cannot create the folder {path}: {exc.strerror or exc}; choose a writable "
+                         f"path") from None
+    return path
+
+
+def _fsync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; when the block succeeds, flush it to the disk and
+    rename it over ``path``, else delete it. ``OSError``s of ``DISK_ERRORS`` become ``WriteError``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_folder(path.parent)
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            raise _write_error(path, exc) from None
         raise
+
+
+def remove_temporaries(folder, names):
+    """Delete the temporaries ``atomic_path`` left beside the files ``names`` of ``folder`` (a
+    killed writer's); call it only while no other process writes those files."""
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _umask():
@@ -31,29 +104,94 @@ def _umask():
 
 def atomic_write_text(path, text):
     """Write ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` (bytes or a buffer) to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def standard_json(record):
+    """``record`` with each float that is not finite replaced by None and named, with its value,
+    under ``null_reason`` (JSON has no NaN or Infinity)."""
+    reasons = {k: f"not finite ({v})" for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not reasons:
+        return record
+    return {**{k: None if k in reasons else v for k, v in record.items()}, "null_reason": reasons}
 
 
 def append_jsonl(path, records):
-    """Append JSON objects as lines with one ``write`` of whole lines, so no half line is left."""
-    data = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
-    with open(path, "a") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append JSON objects as lines with one ``write`` of whole lines, flushed to the disk.
+
+    A torn last line (a killed writer's) is cut off first. When the disk refuses the write the
+    file is cut back to its whole lines and a ``WriteError`` is raised.
+    """
+    data = "".join(json.dumps(standard_json(r), allow_nan=False) + "\n" for r in records).encode()
+    try:
+        with open(path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            whole = _whole_lines_length(f, size)
+            f.seek(whole)
+            if whole < size and _parses(f.read()):
+                whole, data = size, b"\n" + data  # a last line without its line end, not torn
+            try:
+                f.truncate(whole)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(whole)
+                raise
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise _write_error(path, exc) from None
+        raise
+
+
+def _whole_lines_length(f, size):
+    """The length of the whole lines (up to the last line end) of the open file ``f`` of ``size`` bytes."""
+    end = size
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        f.seek(start)
+        at = f.read(end - start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def _parses(text):
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_jsonl(path):
-    """Read a JSON-lines file into a list of dicts (a torn last line is skipped)."""
-    out = []
+    """Read a JSON-lines file into a list of dicts.
+
+    A last line that is torn (no line end and not valid JSON: its writer was killed) is skipped;
+    any other line that is not a JSON object is a ``UserError`` naming the file and line.
+    """
     with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+        lines = f.read().split("\n")
+    last = lines.pop()  # "" when the file ends with a line end
+    if last and _parses(last):
+        lines.append(last)
+    return [_record(path, number, line) for number, line in enumerate(lines, 1)]
+
+
+def _record(path, number, line):
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}:{number} is not a JSON object, so the file is damaged; repair or delete "
+                        f"that line")
+    return record

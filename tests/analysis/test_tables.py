@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import yaml
+
 from analysis import report, tables
 from tests.analysis.conftest import (AXES, CROWDING, EPISODES, RUNS, crowding_value,
-                                     episode_accuracies, sigma_value)
+                                     episode_accuracies, record, sigma_value, write_jsonl)
 
 RANDOM = "random init (conv4)"
 MODELS = ["simclr", "simclr-dsa", "simclr-gessl", "vicreg", RANDOM]
@@ -54,13 +56,14 @@ def test_best_is_the_highest_accuracy_and_the_lowest_crowding_per_setting(full_r
     setting = ["dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
                "metric"]
     lower = {"intra_class_variance", "crowding_ratio", "crowded_share", "sigma"}
-    for _, rows in table.groupby(setting, dropna=False):
+    ranked = table[table["model"] != RANDOM]  # a reference is never best
+    for _, rows in ranked.groupby(setting, dropna=False):
         metric = rows["metric"].iloc[0]
         values = dict(zip(rows["model"], rows["value"]))
         target = min(values.values()) if metric in lower else max(values.values())
-        expected = {m for m, v in values.items() if v == target}
+        expected = {m for m, v in values.items() if v == target} if len(values) > 1 else set()
         assert set(rows.loc[rows["best"], "model"]) == expected, metric
-    assert table["best"].sum() >= table.groupby(setting, dropna=False).ngroups
+    assert not table.loc[table["model"] == RANDOM, "best"].any()
 
 
 def test_markdown_groups_variants_of_a_base_and_bolds_the_best(full_report):
@@ -159,3 +162,49 @@ def test_base_of_every_run_is_read_from_its_own_config(full_runs):
     assert variants["vicreg"] == "plain" and variants["simclr-dsa"] == "+DSA"
     # with only two folders the random backbones still scored alike, so they are merged
     assert variants[RANDOM] == "random init" and set(RUNS) >= set(df["model"]) - {RANDOM}
+
+
+def run_folder(path, config, records):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    write_jsonl(path / "results.jsonl", records)
+
+
+def test_runs_of_the_same_folder_name_under_other_paths_stay_apart(tmp_path):
+    for folder, value in (("lr-0.001", 60.0), ("lr-0.01", 70.0)):
+        run_folder(tmp_path / folder / "simclr-conv4-seed0", {"base": "simclr", "backbone": "conv4"},
+                   [record("simclr-conv4-seed0", value, 1.0), record("simclr-conv4-seed0 (random init)", 40.0, 1.0)])
+    df = report.load_results([tmp_path])
+    values = dict(zip(df["model"], df["value"]))
+    assert values == {"lr-0.001/simclr-conv4-seed0": 60.0, "lr-0.01/simclr-conv4-seed0": 70.0,
+                      "random init (conv4)": 40.0}
+    assert report.resolve_model(df, "lr-0.01/simclr-conv4-seed0") == "lr-0.01/simclr-conv4-seed0"
+    with pytest.raises(report.UserError, match="'simclr-conv4-seed0' names 2 models"):
+        report.resolve_model(df, "simclr-conv4-seed0")
+
+
+def test_results_of_other_suites_seeds_or_episode_counts_are_columns_of_their_own(tmp_path):
+    run_folder(tmp_path / "a", {"base": "simclr"}, [record("a", 60.0, 1.0, seed=0, suite="standard", episodes=600)])
+    run_folder(tmp_path / "b", {"base": "vicreg"}, [record("b", 70.0, 1.0, seed=1, suite="standard", episodes=600),
+                                                   record("b", 65.0, 1.0, seed=0, suite="quick", episodes=200)])
+    df = report.load_results([tmp_path])
+    assert len(df) == 3  # b's two evaluations are both kept
+    assert not tables.mark_best(df)["best"].any()  # no two models share a setting
+    (title, cells, best), = tables.wide_tables(df)
+    assert [c for c in cells.columns if ":" in c] == [
+        "generalization: 5-way 1-shot (quick suite, 200 episodes, seed 0)",
+        "generalization: 5-way 1-shot (standard suite, 600 episodes, seed 0)",
+        "generalization: 5-way 1-shot (standard suite, 600 episodes, seed 1)"]
+
+
+def test_a_reference_is_never_bold(tmp_path):
+    runs = {"ssl": ("simclr", 60.0, 0.3), "ssl2": ("vicreg", 55.0, 0.4), "sup": ("supervised", 80.0, 0.2)}
+    for run, (base, accuracy, sigma) in runs.items():
+        run_folder(tmp_path / run, {"base": base, "backbone": "conv4"},
+                   [record(run, accuracy, 1.0), record(f"{run} (random init)", 40.0, 1.0),
+                    record(run, sigma, 0.01, protocol="universality", metric="sigma", classifier=None),
+                    record(f"{run} (random init)", 0.0002, 0.0001, protocol="universality", metric="sigma",
+                           classifier=None)])
+    marked = tables.mark_best(report.load_results([tmp_path]))
+    assert set(zip(marked.loc[marked["best"], "model"], marked.loc[marked["best"], "metric"])) == {
+        ("ssl", "accuracy"), ("ssl", "sigma")}

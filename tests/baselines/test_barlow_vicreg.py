@@ -21,14 +21,16 @@ SMALL_SIZES = {"proj_hidden": 10, "proj_dim": 6, "barlow_proj_dim": 6, "swav_pro
 
 
 def reference_barlow(z1, z2, lam, eps=1e-5):
+    """The authors' convention: each feature normalised as BatchNorm1d(affine=False) does in training,
+    (x − mean) / √(biased variance + ε)."""
     n, d = z1.shape
     def standardise(z):
         cols = []
         for j in range(d):
             col = [float(z[i, j]) for i in range(n)]
             mean = sum(col) / n
-            std = math.sqrt(sum((x - mean) ** 2 for x in col) / n)
-            cols.append([(x - mean) / (std + eps) for x in col])
+            var = sum((x - mean) ** 2 for x in col) / n
+            cols.append([(x - mean) / math.sqrt(var + eps) for x in col])
         return cols  # [d][n]
     a, b = standardise(z1), standardise(z2)
     total = 0.0
@@ -50,7 +52,7 @@ def reference_vicreg(z1, z2, lam, mu, nu):
         c = sum(cov[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d
         return v, c
     (v1, c1), (v2, c2) = var_cov(z1), var_cov(z2)
-    return lam * inv + mu * (v1 + v2) + nu * (c1 + c2)
+    return lam * inv + mu * (v1 + v2) / 2 + nu * (c1 + c2)  # the authors' code: the mean of the two hinges
 
 
 @pytest.mark.parametrize("n, d", [(6, 4), (9, 7)])
@@ -62,14 +64,34 @@ def test_losses_match_the_loop_references(n, d):
     assert got == pytest.approx(reference_vicreg(0.5 * z1, z2, 2.0, 3.0, 0.7), rel=1e-9)
 
 
-def test_collapsed_embeddings_score_worse_than_aligned_spread_ones():
+def test_barlow_twins_near_collapse_follows_the_authors_epsilon():
+    # A feature of standard deviation 1e-3 (variance 1e-6 < ε = 1e-5): √(var + ε) is 3.3e-3, std + ε
+    # would be 1.01e-3, so the two conventions give different losses here.
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(256, 8, generator=g)
-    aligned = (z, z + 0.05 * torch.randn(z.shape, generator=g))
-    collapsed = (torch.ones(256, 8), torch.ones(256, 8))
-    assert barlow_twins_loss(*aligned)[0] < 0.5 < barlow_twins_loss(*collapsed)[0]  # collapse: C = 0, L = D
-    assert barlow_twins_loss(*collapsed)[0].item() == pytest.approx(8.0)
-    assert vicreg_loss(*aligned)[0] < 1.0 < vicreg_loss(*collapsed)[0]  # collapse: variance hinge ≈ 1 per view
+    z1, z2 = torch.randn(32, 4, generator=g, dtype=torch.float64), torch.randn(32, 4, generator=g, dtype=torch.float64)
+    z1[:, 0] = 1e-3 * z2[:, 0]
+    assert barlow_twins_loss(z1, z2, 0.005)[0].item() == pytest.approx(reference_barlow(z1, z2, 0.005), rel=1e-9)
+
+
+def sylvester_hadamard(n):
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while len(h) < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    return h
+
+
+def test_ideal_and_collapsed_embeddings_score_their_exact_values():
+    # Columns 1..8 of a 16 x 16 Hadamard matrix: features of mean 0, biased variance 1, uncorrelated.
+    ideal = sylvester_hadamard(16)[:, 1:9]
+    collapsed = torch.ones(16, 8, dtype=torch.float64)
+    eps = 1e-5
+    # Barlow Twins: identical ideal views give C = I / (1 + ε); collapse gives C = 0, so L = D.
+    assert barlow_twins_loss(ideal, ideal)[0].item() == pytest.approx(8 * (eps / (1 + eps)) ** 2, abs=1e-15)
+    assert barlow_twins_loss(collapsed, collapsed)[0].item() == 8.0
+    # VICReg: the ideal views match, their unbiased variance 16/15 clears the hinge, no covariance: L = 0;
+    # collapse has no variance: each view's hinge is 1 − √1e-4 = 0.99 per feature, and L = μ · 0.99.
+    assert vicreg_loss(ideal, ideal)[0].item() == 0.0
+    assert vicreg_loss(collapsed, collapsed)[0].item() == pytest.approx(25 * 0.99, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, m in BASE_METHODS.items()

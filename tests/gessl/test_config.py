@@ -8,7 +8,7 @@ from tasks.errors import UserError
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("lr: 0.01\nbatch_size: 64\n")
-    cfg, run_dir, resume = prepare_run(parse_args(["--config", str(cfg_file), "--batch-size", "32",
+    cfg, run_dir, resume, _ = prepare_run(parse_args(["--config", str(cfg_file), "--batch-size", "32",
                                                    "--out", str(tmp_path / "run")]))
     assert (cfg.lr, cfg.batch_size, cfg.epochs) == (0.01, 32, TrainConfig().epochs)
     assert run_dir == tmp_path / "run" and not resume

@@ -1,7 +1,7 @@
 """Training on several processes and the GPU-path options, on CPU.
 
-Two gloo processes started by torchrun end where one process on the combined batch ends (plain
-SimCLR with ``--sync-bn``; SimCLR + DSA inside GeSSL), only rank 0 writes, and ``--resume`` works
+Two gloo processes started by torchrun take the step of one process on the combined batch (plain
+SimCLR with ``--sync-bn``: the same gradients; SimCLR + DSA inside GeSSL: the same weights), only rank 0 writes, and ``--resume`` works
 under two processes. ``--amp`` and ``--channels-last`` run on CPU and change the loss only by
 rounding; their defaults on CPU change nothing.
 """
@@ -40,28 +40,33 @@ def parameters(out):
     return {k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k}
 
 
-def relative_distance(a, b):
-    """‖a − b‖ / ‖b‖ over all the tensors of two state dicts."""
-    diff = torch.cat([(a[k] - b[k]).flatten() for k in b])
-    return (diff.norm() / torch.cat([v.flatten() for v in b.values()]).norm()).item()
+def first_moments(out):
+    """Adam's first moment of every parameter after the run's first step, (1 − β₁)·g: the gradient of
+    that step (weight decay included) before Adam turns it into a step of size lr."""
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    return [state[i]["exp_avg"] for i in sorted(state)]
 
 
-def test_two_processes_with_sync_bn_train_like_one_process_on_the_whole_batch_and_resume(glyph_root, tmp_path):
+def test_two_processes_with_sync_bn_take_the_step_of_one_process_on_the_whole_batch_and_resume(glyph_root, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    started = train_two("--meta", "none", "--sync-bn", "--max-steps", "2", "--out", str(two))
-    resumed = train_two("--resume", "--max-steps", "4", "--out", str(two))
-    run_train(one, "--meta", "none", "--max-steps", "4")  # plain BatchNorm over the whole batch
+    started = train_two("--meta", "none", "--sync-bn", "--max-steps", "1", "--out", str(two))
+    run_train(one, "--meta", "none", "--max-steps", "1")  # plain BatchNorm over the whole batch
+    # The first step's gradients agree to float32 rounding of sums taken in another order: 3e-6 of
+    # their norm measured, 2e-5 allowed, and no entry further than 5e-5 of the largest from its
+    # match (the gradients of biases before a BatchNorm are zero in exact arithmetic and rounding
+    # noise of 1e-5 here). Adam's later steps of size lr turn that noise into weights apart, so
+    # only this step is compared; without averaged gradients or without --sync-bn the gradients
+    # are several percent apart.
+    got, want = torch.cat([g.flatten() for g in first_moments(two)]), torch.cat([g.flatten() for g in first_moments(one)])
+    assert ((got - want).norm() / want.norm()).item() < 2e-5
+    assert ((got - want).abs().max() / want.abs().max()).item() < 5e-5
+    assert metrics(two)[0]["loss"] == pytest.approx(metrics(one)[0]["loss"], rel=1e-6)
+    resumed = train_two("--resume", "--max-steps", "3", "--out", str(two))
     for result in (started, resumed):
         assert result.stdout.count("trained") == 1  # rank 0 alone reports, logs and writes
-    assert sorted(p.name for p in two.iterdir()) == ["backbone.pt", "checkpoint.pt", "config.yaml", "metrics.jsonl"]
-    assert [r["step"] for r in metrics(two)] == [1, 2, 3, 4]
-    # Adam turns the rounding noise of gradients that are zero in exact arithmetic (biases before a
-    # BatchNorm) into steps of size lr; one thread against two in one process differs as much
-    # (losses 1e-3, weights 0.15 % apart), and without averaged gradients or without --sync-bn the
-    # losses are 10 % and the weights about 5 % apart.
-    for got, want in zip(metrics(two), metrics(one)):
-        assert got["loss"] == pytest.approx(want["loss"], rel=3e-3)
-    assert relative_distance(parameters(two), parameters(one)) < 0.01
+    assert sorted(p.name for p in two.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
+                                                     "metrics.jsonl"]
+    assert [r["step"] for r in metrics(two)] == [1, 2, 3]
 
 
 def test_two_processes_run_gessl_like_one_process_running_all_their_tasks(glyph_root, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from gessl import train
 from gessl.backbones import load_backbone
 from tasks.errors import UserError
+from tests.disk import read_only_disk, small_disk
 from tests.gessl.interrupt import interrupted_at
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,8 @@ def test_run_folder_holds_config_metrics_checkpoint_and_backbone(glyph_root, tmp
     assert meta["name"] == "conv4"
     trained = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
     assert all(torch.equal(trained[k], v) for k, v in backbone.state_dict().items())
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "checkpoint.pt", "config.yaml", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
+                                                     "metrics.jsonl"]
 
 
 def test_loss_goes_down(glyph_root, tmp_path):
@@ -52,9 +54,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, 
     flags = ["--max-steps", "6", "--ckpt-every", "100", "--meta", meta, "--reg", reg]
     run_train(tmp_path / "straight", *flags)
 
-    with interrupted_at(monkeypatch, 4), pytest.raises(UserError, match="--resume"):
+    with interrupted_at(monkeypatch, 3), pytest.raises(UserError, match="stopped by SIGINT after step 4, saved"):
         run_train(tmp_path / "stopped", *flags)
-    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["step"] == 4  # the step finished
     train.main(["--out", str(tmp_path / "stopped"), "--resume"])
 
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
@@ -85,6 +87,91 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(glyph_root, tmp_path):
 def test_nan_loss_is_a_user_error(glyph_root, tmp_path):
     with pytest.raises(UserError, match="lower --lr"):
         run_train(tmp_path / "run", "--max-steps", "5", "--lr", "1e30", "--warmup-steps", "0")
+
+
+def test_divergence_stops_at_the_step_it_is_seen_keeping_the_last_good_checkpoint(glyph_root, tmp_path):
+    # At lr 1e9 the loss of the logged steps stays finite while BatchNorm's running variances overflow.
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"diverged by step 2: .*running_var.*the checkpoint of step 1 .* is kept"):
+        run_train(out, "--max-steps", "6", "--lr", "1e9", "--warmup-steps", "0", "--ckpt-every", "1")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
+    load_backbone(out / "backbone.pt")  # finite, so it loads
+    assert [r["step"] for r in metrics(out)] == [1]
+
+
+def test_evaluate_refuses_a_backbone_that_is_not_finite(glyph_root, tmp_path):
+    run_train(tmp_path / "run", "--max-steps", "1")
+    payload = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    payload["state_dict"]["features.0.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(payload, tmp_path / "run" / "backbone.pt")
+    result = subprocess.run([sys.executable, "-m", "gessl.evaluate", str(tmp_path / "run"), "--suite", "quick"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds weights that are not finite (features.0.weight)" in result.stderr
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(glyph_root, tmp_path, monkeypatch):
+    # 4000 KiB hold the first checkpoint (2.5 MB) and backbone (0.45 MB), not the second checkpoint's temporary.
+    out = tmp_path / "disk" / "run"
+    flags = TINY + ["--max-steps", "4", "--ckpt-every", "1", "--out", str(out)]
+    with small_disk(tmp_path / "disk", 4000, monkeypatch) as real:
+        if real:
+            result = cli(*flags)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            error = result.stderr.strip().splitlines()[-1]
+        else:
+            with pytest.raises(UserError) as caught:
+                train.main(flags)
+            error = str(caught.value)
+        assert "cannot write" in error and "No space left on device" in error
+        assert "the checkpoint of step 1" in error and "--resume" in error
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
+        load_backbone(out / "backbone.pt")
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
+                                                         "metrics.jsonl"]  # no temporary left
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line_and_exit_2(glyph_root, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    for out, message in [(tmp_path / "file", "a file of that name is in the way"),
+                         (tmp_path / "file" / "run", "Not a directory"),
+                         ("/proc/gessl-run", "cannot create the folder /proc/gessl-run")]:
+        result = cli(*TINY, "--max-steps", "1", "--out", str(out))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr
+    assert (tmp_path / "file").read_text() == "not a folder"
+    with read_only_disk(tmp_path / "ro") as mounted:
+        if mounted:
+            result = cli(*TINY, "--max-steps", "1", "--out", str(tmp_path / "ro" / "run"))
+            assert result.returncode == 2 and "Read-only file system" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_temporaries_of_a_killed_writer_are_removed_when_the_run_starts_again(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    run_train(out, "--max-steps", "1")
+    for name in (".checkpoint.pt.k2j4.tmp", ".backbone.pt.x1.tmp", ".config.yaml.q.tmp"):
+        (out / name).write_bytes(b"half a file")
+    (out / ".notes.txt.a.tmp").write_text("not training's")
+    train.main(["--out", str(out), "--resume", "--max-steps", "2"])
+    assert sorted(p.name for p in out.glob(".*.tmp")) == [".notes.txt.a.tmp"]
+
+
+def test_options_that_do_not_act_are_named_once_and_left_out_of_config_yaml(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    result = cli(*TINY, "--max-steps", "1", "--base", "barlow", "--proj-dim", "64", "--inner-lr", "0.5",
+                 "--sync-bn", "--dsa-ema", "0.5", "--barlow-lambda", "0.01", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    for flag in ("--proj-dim (with --base barlow)", "--inner-lr (with --meta none)", "--dsa-ema (with --reg none)",
+                 "--sync-bn (in one process"):
+        assert flag in warnings[0]
+    assert "--barlow-lambda" not in warnings[0]
+    saved = (out / "config.yaml").read_text()
+    for name in ("proj_dim", "inner_lr", "sync_bn", "dsa_ema", "dsa_prior", "temperature", "moco_queue"):
+        assert f"\n{name}:" not in saved
+    assert "barlow_lambda: 0.01" in saved and "barlow_proj_dim:" in saved and "lr: 0.002" in saved
 
 
 def cli(*args, cwd=REPO):

@@ -44,7 +44,7 @@ def test_episodic_resume_after_interrupt_matches_uninterrupted_run(glyph_root, t
     flags = TINY + ["--base", base, "--meta", meta, "--max-steps", "5", "--ckpt-every", "100"]
     train.main(flags + ["--out", str(tmp_path / "straight")])
 
-    with interrupted_at(monkeypatch, 3), pytest.raises(UserError, match="--resume"):
+    with interrupted_at(monkeypatch, 2), pytest.raises(UserError, match="stopped by SIGINT after step 3, saved"):
         train.main(flags + ["--out", str(tmp_path / "stopped")])
     train.main(["--out", str(tmp_path / "stopped"), "--resume"])
 

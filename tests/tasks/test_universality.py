@@ -5,7 +5,9 @@ import torch
 
 from tasks.fewshot import sample_episodes
 from tasks.linear import fit_logreg
+from tasks.linear import LOGREG_C
 from tasks.universality import _members_by_class, overall_score, sigma_scores
+from tests.tasks.test_linear import reference_logreg, softmax
 
 
 def clustered(classes, per_class, dim, seed, spread=1.0):
@@ -31,6 +33,25 @@ def test_sigma_matches_a_per_episode_reference():
         p_few = torch.softmax(-torch.cdist(q, prototypes) ** 2, 1)
         want = float((p_opt * (p_opt.log() - p_few.log())).sum(1).mean())
         assert got[e] == pytest.approx(want, rel=1e-4, abs=1e-7)
+
+
+def test_sigma_of_the_logreg_classifier_matches_an_independent_solver():
+    # Both posteriors from scipy (tests.tasks.test_linear), not from the solver under test: a
+    # broken solver, a wrong pool for the task-optimal model or a KL of a posterior with itself fails.
+    features, labels = clustered(6, 10, 5, seed=3, spread=1.5)
+    ways, shots, queries, episodes = 3, 2, 3, 4
+    got = sigma_scores(features, labels, ways, shots, queries, episodes, seed=2, classifier="logreg")
+    unit = (features / features.norm(dim=1, keepdim=True)).double().numpy()
+    for e, (support, query) in enumerate(sample_episodes(labels, ways, shots, queries, episodes, seed=2)):
+        classes = [labels[int(i)] for i in support[::shots]]
+        rest = [i for c in classes for i in np.flatnonzero(labels == c) if i not in set(query.tolist())]
+        rest_y = np.array([classes.index(labels[i]) for i in rest])
+        q = unit[query.numpy()]
+        p_opt = softmax(q @ (fit := reference_logreg(unit[rest], rest_y, ways, LOGREG_C))[0].T + fit[1])
+        few = reference_logreg(unit[support.numpy()], np.arange(ways).repeat(shots), ways, LOGREG_C)
+        p_few = softmax(q @ few[0].T + few[1])
+        want = float((p_opt * (np.log(p_opt) - np.log(p_few))).sum(1).mean())
+        assert want > 1e-3 and got[e] == pytest.approx(want, rel=1e-3)
 
 
 def test_sigma_is_zero_when_the_few_shot_classifier_is_the_task_optimal_one():

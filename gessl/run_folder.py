@@ -1,0 +1,47 @@
+"""The run folder of a training, claimed for as long as the training runs.
+
+``claimed(run_dir, fresh)`` creates the folder (one line when it cannot be: a file in the way, a
+read-only or virtual file system) and locks it with ``flock`` on its ``.lock`` file, so a second
+training with the same ``--out`` is refused while the first runs; the kernel drops the lock when
+its process ends, however it ends (even ``kill -9``), so a killed run never leaves it stuck. It
+then removes the temporaries a killed writer left, and on a fresh start the training log of a run
+that was stopped before its first checkpoint, so the new run begins with clean files. When the
+start fails before anything was logged (bad data, Ctrl-C while the data are generated), a folder
+that this start created is removed again.
+"""
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+
+from tasks.errors import UserError
+from tasks.io import make_folder, remove_temporaries
+
+WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "metrics.jsonl")  # what training writes
+LOCK = ".lock"
+
+
+@contextmanager
+def claimed(run_dir, fresh):
+    """Create and lock ``run_dir`` for the block (see the module docstring); ``fresh``: a new run,
+    not a ``--resume``."""
+    created = not run_dir.exists()
+    make_folder(run_dir)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir} is in use by another training (it holds {run_dir / LOCK}); wait "
+                            f"for it to end or choose another --out") from None
+        remove_temporaries(run_dir, WRITTEN)
+        if fresh:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        try:
+            yield
+        except BaseException:
+            if created and not any((run_dir / name).exists() for name in ("checkpoint.pt", "metrics.jsonl")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    finally:
+        os.close(fd)
