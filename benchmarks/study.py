@@ -22,7 +22,7 @@ A cell is (dataset, budget, variant, seed); its run folder is
 stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A
 finished cell is recorded in ``RUNS/cells.jsonl`` (its steps, training seconds, or the one-line
 reason ``gessl.train`` refused it); a rerun skips recorded cells and reruns any other, so a killed
-cell runs again and the grid can grow across sessions. A budget in minutes becomes steps by timing
+cell runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget in minutes becomes steps by timing
 ``--calibration-steps`` steps of the variant on this machine (median after one warm-up); the steps
 chosen are recorded in ``RUNS/calibration.json`` and reused by every rerun.
 
@@ -35,6 +35,7 @@ the 20 runs); across seeds, the mean of the per-seed differences ± t₀.₉₇�
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import tempfile
 import time
@@ -153,8 +154,11 @@ def run_cell(grid, cell, calibration_steps):
     try:
         steps = steps_of(grid, cell, calibration_steps)
         args = [*cell_flags(grid, cell), "--max-steps", str(steps), "--epochs", "1000000", "--out", str(folder)]
+        resume = (folder / "checkpoint.pt").is_file()
+        if folder.exists() and not resume:  # killed before its first checkpoint: its log would be appended to
+            shutil.rmtree(folder)
         started = time.time()
-        train.main(args + (["--resume"] if (folder / "checkpoint.pt").is_file() else []))
+        train.main(args + (["--resume"] if resume else []))
         seconds = time.time() - started
         evaluate.main([str(folder), *shlex.split(grid["evaluate"])])
     except UserError as exc:
