@@ -90,3 +90,12 @@ def test_a_refused_cell_is_recorded_with_its_reason(glyph_root, tmp_path):
 def test_bad_grids_are_user_errors(glyph_root, tmp_path, changes, message):
     with pytest.raises(UserError, match=message):
         study.main([str(write_grid(tmp_path, glyph_root, **changes))])
+
+
+def test_a_budget_in_minutes_becomes_the_calibrated_steps_kept_for_reruns(glyph_root, tmp_path):
+    grid = write_grid(tmp_path, glyph_root, budgets=[{"minutes": 0.02}], variants={"plain": ""})
+    study.main([str(grid), "--calibration-steps", "2"])
+    calibration = json.loads((tmp_path / "runs" / "calibration.json").read_text())["glyphs/0.02min/plain"]
+    assert calibration["steps"] == max(1, int(0.02 * 60 / calibration["seconds_per_step"]))
+    assert records(tmp_path)[0]["steps"] == calibration["steps"]
+    assert (tmp_path / "runs" / "glyphs-0.02min" / "plain-seed0" / "backbone.pt").is_file()
