@@ -4,7 +4,9 @@ GeSSL (Wang et al., "Explicitly Modeling Universality into Self-Supervised Learn
 2405.01053) as reconstructed in this project (``docs/gessl.md``; the paper's method section
 and code are not public, so the options marked [choice] below are ours). One outer step:
 
-1. the batch is cut into M tasks; each task's images into a support set S and a query set Q;
+1. the batch is cut into M contiguous tasks of sizes that differ by at most one, each task's
+   images into a support set S (its first round(t · support_ratio)) and a query set Q
+   (``gessl.shares``: the one rule, which the config checks up front);
 2. inner loop: θ_K = K differentiable SGD steps (step α) from θ on L(θ; S)   (``inner_loop``);
 3. self-motivated target: θ* = λ more steps from θ_K on L(·; S ∪ Q), detached;
 4. σ_T = mean over anchors x in Q of KL( p_θ*(·|x) ‖ p_θK(·|x) ), where p(·|x) is the
@@ -37,6 +39,7 @@ from gessl.config import TrainConfig
 from gessl.device import clock
 from gessl.distributed import average_gradients
 from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
+from gessl.shares import support_size, task_slices
 
 
 def instance_log_posteriors(projections, temperature):
@@ -82,7 +85,7 @@ class GeSSL:
     lookahead: int = TrainConfig.lookahead                  # λ
     inner_lr: float = TrainConfig.inner_lr                  # α, SGD step of the inner loop and the look-ahead
     support_ratio: float = TrainConfig.support_ratio        # share of a task's images in its support set
-    tasks_per_step: int = TrainConfig.tasks_per_step        # M: the batch is cut into M tasks
+    tasks_per_step: int = TrainConfig.tasks_per_step        # M: the batch is cut into M tasks (0: one per process)
     gamma: float = TrainConfig.gamma                        # γ, weight of L(θ_K; Q)
     sigma_weight: float = TrainConfig.sigma_weight          # w_σ
     sigma_temperature: float = TrainConfig.sigma_temperature  # τ_σ of the posteriors
@@ -110,14 +113,13 @@ class GeSSL:
         params = trainable(model)
         adapt = ENGINES[self.inner_backend]
         device = batch["views"][0].device
-        # torch.chunk's pieces of the batch, as slices: no index tensor is copied to the device
-        tasks = [slice(int(index[0]), int(index[-1]) + 1)
-                 for index in torch.arange(batch_size(batch)).chunk(self.tasks_per_step // world_size())]
+        world = world_size()
+        tasks = task_slices(batch_size(batch), (self.tasks_per_step or world) // world)
         logs, sigma_grads = {}, None
         seconds = {"time_inner": 0.0, "time_target": 0.0, "time_outer": 0.0}
         for index in tasks:
             task = take(batch, index)
-            n_support = round((index.stop - index.start) * self.support_ratio)
+            n_support = support_size(index.stop - index.start, self.support_ratio)
             support, query = take(task, slice(0, n_support)), take(task, slice(n_support, None))
             start = clock(device, diagnose)
             fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from gessl.shares import check_tasks
 from tasks.errors import UserError
 
 
@@ -62,7 +63,7 @@ class TrainConfig:
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target"})
     inner_lr: float = dataclasses.field(default=0.01, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead"})
     support_ratio: float = dataclasses.field(default=0.5, metadata={"help": "GeSSL: share of a task's images in its support set"})
-    tasks_per_step: int = dataclasses.field(default=1, metadata={"help": "GeSSL: M, tasks the batch is cut into"})
+    tasks_per_step: int = dataclasses.field(default=0, metadata={"help": "GeSSL: M, tasks the batch is cut into, contiguous, sizes differing by at most one (0: one per process: 1 alone, N under torchrun --nproc_per_node N)"})
     gamma: float = dataclasses.field(default=1.0, metadata={"help": "GeSSL: weight of the base loss on the query after adaptation"})
     sigma_weight: float = dataclasses.field(default=4.0, metadata={"help": "GeSSL: weight of the sigma-measurement in the outer loss"})
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares"})
@@ -92,7 +93,7 @@ class TrainConfig:
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
-                    "log_every", "ckpt_every", "inner_lr", "tasks_per_step", "sigma_temperature", "dsa_eta", "barlow_proj_dim",
+                    "log_every", "ckpt_every", "inner_lr", "sigma_temperature", "dsa_eta", "barlow_proj_dim",
                     "dsa_tau_p", "dsa_tau_w", "swav_prototypes", "swav_epsilon", "swav_iters", "music_hidden",
                     "music_dim", "music_segment", "moco_queue", "byol_pred_hidden", "simsiam_pred_hidden", "episode_ways",
                     "episode_shots", "episode_queries", "maml_inner_lr"]
@@ -100,7 +101,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ["max_steps", "warmup_steps", "weight_decay", "eval_episodes", "inner_steps", "lookahead",
-                     "gamma", "sigma_weight", "dsa_mu", "dsa_lambda1", "dsa_lambda2", "barlow_lambda", "vicreg_sim",
+                     "gamma", "sigma_weight", "tasks_per_step", "dsa_mu", "dsa_lambda1", "dsa_lambda2", "barlow_lambda", "vicreg_sim",
                      "vicreg_var", "vicreg_cov", "swav_queue", "music_ti", "music_dia", "music_off", "maml_inner_steps",
                      "supervised_scale"]:
             if getattr(self, name) < 0:
@@ -109,11 +110,9 @@ class TrainConfig:
             raise UserError("--batch-size must be at least 2: contrastive losses need other images")
         if not 0 < self.support_ratio < 1:
             raise UserError(f"--support-ratio must be between 0 and 1, got {self.support_ratio}")
-        task = self.batch_size // self.tasks_per_step
-        if self.meta == "gessl" and min(round(task * self.support_ratio), task - round(task * self.support_ratio)) < 2:
-            raise UserError(f"GeSSL tasks of {task} images (--batch-size {self.batch_size} / --tasks-per-step "
-                            f"{self.tasks_per_step}) leave fewer than 2 images in the support or query set; "
-                            f"use a larger --batch-size or fewer --tasks-per-step")
+        if self.meta == "gessl":  # alone; gessl.distributed.check_world checks a run of several processes
+            check_tasks(self.batch_size, self.tasks_per_step or 1, self.support_ratio,
+                        f"--batch-size {self.batch_size}")
         if self.base == "music" and (self.music_dim % self.music_segment or self.music_dim < 2 * self.music_segment):
             raise UserError(f"--music-dim {self.music_dim} must be a multiple of --music-segment "
                             f"{self.music_segment}, at least two segments")

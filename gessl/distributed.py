@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from baselines.distributed import world_size
+from gessl.shares import check_tasks, share
 from tasks.errors import UserError
 
 _CPU_GROUP = {}  # "group": the gloo group of Processes.any under nccl (None: the default group is gloo)
@@ -79,9 +80,7 @@ class Processes:
         """This process's contiguous share of ``n`` items, in rank order (a global batch, a split's
         images, episodes): ``n // world`` items, one more for the first ``n % world`` processes, as
         ``torch.tensor_split`` shares them; equal shares when ``world`` divides ``n``."""
-        share, extra = divmod(n, self.world)
-        start = self.rank * share + min(self.rank, extra)
-        return slice(start, start + share + (self.rank < extra))
+        return share(n, self.world, self.rank)
 
     def gather_shares(self, share):
         """The whole of which each process holds ``share`` (a tensor, its rows of the whole; shares may
@@ -177,4 +176,6 @@ def check_world(cfg, world, episodic):
                         f"use a multiple of {world}")
     if cfg.meta == "gessl" and cfg.tasks_per_step % world:
         raise UserError(f"under --meta gessl each of the {world} processes adapts to its own tasks: "
-                        f"--tasks-per-step {cfg.tasks_per_step} must be a multiple of {world}")
+                        f"--tasks-per-step {cfg.tasks_per_step} must be a multiple of {world} (or 0, one per process)")
+    if cfg.meta == "gessl":
+        check_tasks(cfg.batch_size, cfg.tasks_per_step or world, cfg.support_ratio, f"--batch-size {cfg.batch_size}")

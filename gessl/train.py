@@ -35,6 +35,7 @@ from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
 from gessl.evaluate import evaluate_run, print_table
 from gessl.run_folder import claimed
+from gessl.shares import check_tasks
 from gessl.sync_bn import convert_sync_batchnorm
 from tasks.augment import GlyphAugment
 from tasks.datasets import get_dataset, load_split
@@ -108,12 +109,9 @@ def check_episodic(cfg):
                         f"(nested meta-learning); use --meta none")
     if cfg.meta == "gessl" and getattr(method_cls, "episodic", False):
         episode = cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries)
-        tasks = [len(t) for t in torch.arange(episode).chunk(cfg.tasks_per_step)]  # as GeSSL cuts a batch
-        smallest = min(min(round(n * cfg.support_ratio), n - round(n * cfg.support_ratio)) for n in tasks)
-        if smallest < 2 * cfg.episode_ways:
-            raise UserError(f"GeSSL cuts the {episode}-image episodes into support and query sets with fewer "
-                            f"than 2 images of each of the {cfg.episode_ways} classes; use more --episode-shots "
-                            f"and --episode-queries, fewer --episode-ways or fewer --tasks-per-step")
+        check_tasks(episode, cfg.tasks_per_step or 1, cfg.support_ratio,
+                    f"the {episode}-image episodes ({cfg.episode_ways} ways, 2 images of each class per set)",
+                    least=2 * cfg.episode_ways)
 
 
 def variant(cfg):

@@ -30,7 +30,7 @@ def test_saved_config_round_trips(tmp_path):
     (["--meta", "maml"], "unknown --meta 'maml'"),
     (["--support-ratio", "1.5"], "--support-ratio must be between 0 and 1"),
     (["--inner-backend", "jax"], "--inner-backend must be higher or func"),
-    (["--batch-size", "8", "--tasks-per-step", "4"], "fewer than 2 images in the support or query"),
+    (["--batch-size", "8", "--tasks-per-step", "4"], "fewer than 2 images in a support or query set"),
     (["--inner-lr", "0"], "--inner-lr must be positive"),
 ])
 def test_bad_values_are_user_errors(tmp_path, flags, message):

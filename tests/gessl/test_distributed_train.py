@@ -84,9 +84,17 @@ def test_two_processes_run_gessl_like_one_process_running_all_their_tasks(glyph_
         torch.testing.assert_close(two[k], one[k], msg=k)
 
 
+def test_gessl_under_two_processes_runs_with_the_default_tasks_one_per_process(glyph_root, tmp_path):
+    train_two("--max-steps", "2", "--out", str(tmp_path / "two"))  # --meta gessl, --tasks-per-step 0
+    run_train(tmp_path / "one", "--max-steps", "2", "--tasks-per-step", "2")
+    for got, want in zip(metrics(tmp_path / "two"), metrics(tmp_path / "one"), strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
 @pytest.mark.parametrize("environment, flags, message", [
     ({"WORLD_SIZE": "2"}, ["--batch-size", "15"], "cannot be shared equally by 2 processes"),
     ({"WORLD_SIZE": "2"}, ["--meta", "gessl", "--tasks-per-step", "3"], "must be a multiple of 2"),
+    ({"WORLD_SIZE": "2"}, ["--meta", "gessl", "--batch-size", "12", "--tasks-per-step", "4"], "into 4 tasks of 3"),
     ({"WORLD_SIZE": "2"}, ["--base", "protonet", "--meta", "none"], "not shared between processes"),
     ({"WORLD_SIZE": "two"}, [], "must be integers"),
     ({}, ["--meta", "gessl", "--sync-bn"], "--sync-bn needs --meta none"),

@@ -79,7 +79,7 @@ def test_cli_refuses_maml_inside_gessl_with_one_line_and_writes_nothing(tmp_path
 
 
 def test_gessl_sets_too_small_for_an_episode_are_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(UserError, match="fewer than 2 images of each of the 20 classes"):
+    with pytest.raises(UserError, match="the 40-image episodes .* fewer than 40 images"):
         train.main(["--base", "protonet", "--episode-shots", "1", "--episode-queries", "1",
                     "--out", str(tmp_path / "run")])
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,257 @@
+"""A study that outlives a session: one declared grid of training runs, run cell by cell, resumable.
+
+``python benchmarks/study.py GRID.yaml`` runs every cell of the grid the file declares (see
+``benchmarks/grids/*.yaml``)::
+
+    name: diagnosis                       # the study's name
+    runs: runs/study/diagnosis            # where the cells' run folders go (not committed)
+    results: benchmarks/results/diagnosis # where the summaries go (committed)
+    datasets: [glyphs]                    # training sets (--dataset)
+    seeds: [0, 1, 2]                      # training seeds (--seed)
+    budgets: [{steps: 191}, {minutes: 10}]  # per cell: a number of steps, or of minutes of training
+    common: --reg none                    # gessl.train flags of every cell
+    evaluate: --suite quick --episodes 600  # gessl.evaluate flags of every cell
+    reference: simclr                     # the variant every other one is compared with
+    variants:                             # name: gessl.train flags (after common)
+      simclr: --meta none
+      gessl: ""
+
+A cell is (dataset, budget, variant, seed); its run folder is
+``RUNS/DATASET-BUDGET/VARIANT-seedSEED``. Cells run one after another: ``python -m gessl.train``
+(``--max-steps`` the budget's steps, its learning-rate schedule ending there; ``--resume`` when a
+stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A
+finished cell is recorded in ``RUNS/cells.jsonl`` (its steps, training seconds, or the one-line
+reason ``gessl.train`` refused it); a rerun skips recorded cells and reruns any other, so a killed
+cell runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget in minutes becomes steps by timing
+``--calibration-steps`` steps of the variant on this machine (median after one warm-up); the steps
+chosen are recorded in ``RUNS/calibration.json`` and reused by every rerun.
+
+Summaries (``RESULTS/summary.json`` and ``summary.md``) are the paired differences variant −
+reference on identical episodes, from the cells' ``episodes.npz`` (``gessl.evaluate.
+paired_differences``): per seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over
+the 20 runs); across seeds, the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds.
+``--summarise`` rewrites them from the cells recorded so far, training nothing.
+"""
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+import yaml
+
+from gessl import evaluate, train
+from gessl.config import resolve_config
+from tasks.errors import UserError, run_cli
+from tasks.io import append_jsonl, atomic_write_text, read_jsonl
+
+KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "variants"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    budget: str   # "191steps" or "10min"
+    variant: str
+    seed: int
+
+    def folder(self, runs):
+        return Path(runs) / f"{self.dataset}-{self.budget}" / f"{self.variant}-seed{self.seed}"
+
+
+def read_grid(path):
+    """The grid of a YAML file, checked (``UserError`` on a missing file, unknown key or bad budget)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid file {path} does not exist")
+    try:
+        grid = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"grid file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(grid, dict) or not KEYS >= set(grid) or "variants" not in grid:
+        raise UserError(f"grid file {path} must be a mapping with 'variants' and only these keys: {sorted(KEYS)}")
+    grid = {"common": "", "evaluate": "--suite quick", "datasets": ["glyphs"], "seeds": [0],
+            "budgets": [{"steps": 191}], "runs": f"runs/study/{grid.get('name', path.stem)}",
+            "results": f"benchmarks/results/{grid.get('name', path.stem)}", **grid}
+    grid["variants"] = {name: flags or "" for name, flags in grid["variants"].items()}
+    grid.setdefault("reference", next(iter(grid["variants"])))
+    if grid["reference"] not in grid["variants"]:
+        raise UserError(f"grid file {path}: reference {grid['reference']!r} is not one of the variants")
+    for budget in grid["budgets"]:
+        if not (isinstance(budget, dict) and len(budget) == 1 and set(budget) <= {"steps", "minutes"}
+                and budget[next(iter(budget))] > 0):
+            raise UserError(f"grid file {path}: a budget is {{steps: N}} or {{minutes: M}}, positive; got {budget!r}")
+    return grid
+
+
+def budget_label(budget):
+    (kind, amount), = budget.items()
+    return f"{amount:g}{'steps' if kind == 'steps' else 'min'}"
+
+
+def cells(grid):
+    """Every cell of the grid, in run order: dataset, budget, seed, then variant (the reference first)."""
+    names = [grid["reference"]] + [v for v in grid["variants"] if v != grid["reference"]]
+    return [Cell(d, budget_label(b), v, s) for d in grid["datasets"] for b in grid["budgets"]
+            for s in grid["seeds"] for v in names]
+
+
+def cell_flags(grid, cell):
+    """The ``gessl.train`` flags of a cell, without its step count and folder."""
+    return [*shlex.split(grid["common"]), *shlex.split(grid["variants"][cell.variant]),
+            "--dataset", cell.dataset, "--seed", str(cell.seed), "--eval-episodes", "0"]
+
+
+def seconds_per_step(flags, steps):
+    """Median seconds of a training step of ``flags``, over ``steps`` steps after one warm-up."""
+    options = train.parse_args(flags)
+    options.pop("resume")
+    with tempfile.TemporaryDirectory() as scratch:  # train_step writes nothing; the folder is a formality
+        trainer = train.Trainer(resolve_config(options), scratch)
+        trainer.total_steps = steps + 1
+        trainer.train_step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            trainer.train_step()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def steps_of(grid, cell, calibration_steps):
+    """The cell's training steps: the budget's, or its minutes over the calibrated seconds per step
+    (timed once per dataset, budget and variant, kept in ``RUNS/calibration.json``)."""
+    budget = next(b for b in grid["budgets"] if budget_label(b) == cell.budget)
+    if "steps" in budget:
+        return int(budget["steps"])
+    path = Path(grid["runs"]) / "calibration.json"
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    key = f"{cell.dataset}/{cell.budget}/{cell.variant}"
+    if key not in table:
+        seconds = seconds_per_step(cell_flags(grid, cell), calibration_steps)
+        table[key] = {"seconds_per_step": seconds, "steps": max(1, int(budget["minutes"] * 60 / seconds))}
+        atomic_write_text(path, json.dumps(table, indent=2))
+    return table[key]["steps"]
+
+
+def finished(grid):
+    """The cells recorded in ``RUNS/cells.jsonl``: folder → record."""
+    path = Path(grid["runs"]) / "cells.jsonl"
+    return {r["folder"]: r for r in read_jsonl(path)} if path.is_file() else {}
+
+
+def run_cell(grid, cell, calibration_steps):
+    """Train (or resume) and evaluate one cell; its record (``refused`` when gessl.train refuses it)."""
+    folder = cell.folder(grid["runs"])
+    record = {"folder": str(folder), "dataset": cell.dataset, "budget": cell.budget, "variant": cell.variant,
+              "seed": cell.seed}
+    try:
+        steps = steps_of(grid, cell, calibration_steps)
+        args = [*cell_flags(grid, cell), "--max-steps", str(steps), "--epochs", "1000000", "--out", str(folder)]
+        resume = (folder / "checkpoint.pt").is_file()
+        if folder.exists() and not resume:  # killed before its first checkpoint: its log would be appended to
+            shutil.rmtree(folder)
+        started = time.time()
+        train.main(args + (["--resume"] if resume else []))
+        seconds = time.time() - started
+        evaluate.main([str(folder), *shlex.split(grid["evaluate"])])
+    except UserError as exc:
+        return {**record, "refused": str(exc)}
+    return {**record, "steps": steps, "train_seconds": seconds}
+
+
+def interval(values):
+    """Mean and half-width t₀.₉₇₅(n−1) · s / √n of ``values`` (NaN width for one value)."""
+    n = len(values)
+    half = scipy.stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    return float(np.mean(values)), float(half)
+
+
+def summarise(grid, done):
+    """Paired differences variant − reference per setting (see the module docstring); rows for JSON."""
+    rows = []
+    by_folder = {r["folder"]: r for r in done.values() if "refused" not in r}
+    for cell in cells(grid):
+        reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
+        a, b = str(cell.folder(grid["runs"])), str(reference.folder(grid["runs"]))
+        if cell.variant == grid["reference"] or a not in by_folder or b not in by_folder:
+            continue
+        for r in evaluate.paired_differences(a, b):
+            rows.append({"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant,
+                         "train_seed": cell.seed, "steps": by_folder[a]["steps"],
+                         "train_seconds": by_folder[a]["train_seconds"], **r})
+    return rows
+
+
+def across_seeds(rows):
+    """Rows grouped by (training set, budget, variant, setting), with the mean over seeds and intervals."""
+    groups = {}
+    for r in rows:
+        setting = f"{r['axis']} {r['dataset']}: {r['ways']}-way {r['shots']}-shot"
+        groups.setdefault((r["trained_on"], r["budget"], r["variant"], setting), []).append(r)
+    table = []
+    for (dataset, budget, variant, setting), group in groups.items():
+        diff, half = interval([g["difference"] for g in group])
+        table.append({"dataset": dataset, "budget": budget, "variant": variant, "setting": setting,
+                      "seeds": len(group), "mean": float(np.mean([g["mean_a"] for g in group])),
+                      "reference": float(np.mean([g["mean_b"] for g in group])), "difference": diff,
+                      "ci95_seeds": half, "ci95_episodes": group[0]["ci95"] if len(group) == 1 else float("nan")})
+    return table
+
+
+def markdown(grid, table):
+    lines = [f"# Study {grid['name']}: paired differences against {grid['reference']}", "",
+             "Accuracy (%) of the variant and variant − reference on identical episodes "
+             "(± 1.96 s/√n over episodes for one seed, ± t s/√n over seeds for several); "
+             "bold: the interval excludes 0.", "",
+             "| training set | budget | variant | setting | seeds | variant (%) | reference (%) | difference |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in table:
+        half = r["ci95_seeds"] if r["seeds"] > 1 else r["ci95_episodes"]
+        text = f"{r['difference']:+.2f} ± {half:.2f}"
+        if abs(r["difference"]) > half:
+            text = f"**{text}**"
+        lines.append(f"| {r['dataset']} | {r['budget']} | {r['variant']} | {r['setting']} | {r['seeds']} | "
+                     f"{r['mean']:.2f} | {r['reference']:.2f} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summaries(grid, done):
+    rows = summarise(grid, done)
+    table = across_seeds(rows)
+    results = Path(grid["results"])
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results / "summary.json", json.dumps({"grid": grid, "cells": list(done.values()),
+                                                             "per_seed": rows, "table": table}, indent=2))
+    atomic_write_text(results / "summary.md", markdown(grid, table))
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python benchmarks/study.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("grid", metavar="GRID.yaml", help="the grid file")
+    parser.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
+    parser.add_argument("--calibration-steps", type=int, default=8, help="steps timed per variant (budgets in minutes)")
+    args = parser.parse_args(argv)
+    grid = read_grid(args.grid)
+    Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
+    if not args.summarise:
+        for cell in cells(grid):
+            if str(cell.folder(grid["runs"])) in finished(grid):
+                continue
+            print(f"study {grid['name']}: {cell}", flush=True)
+            append_jsonl(Path(grid["runs"]) / "cells.jsonl", [{**run_cell(grid, cell, args.calibration_steps),
+                                                                "time": time.time()}])
+            write_summaries(grid, finished(grid))
+    print(markdown(grid, write_summaries(grid, finished(grid))))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,101 @@
+"""The study runner (benchmarks/study.py): a tiny grid of 2-step cells, trained and evaluated by
+gessl.train and gessl.evaluate, summarised against episodes read back here; a rerun skips finished
+cells and reruns one that was killed."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gessl import evaluate, train
+from tasks.errors import UserError
+
+spec = importlib.util.spec_from_file_location("study", Path(__file__).resolve().parents[2] / "benchmarks" / "study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def write_grid(tmp_path, glyph_root, **changes):
+    grid = {"name": "tiny", "runs": str(tmp_path / "runs"), "results": str(tmp_path / "results"),
+            "seeds": [0], "budgets": [{"steps": 2}], "reference": "plain",
+            "common": f"--meta none --batch-size 16 --log-every 1 --data-root {glyph_root}",
+            "evaluate": "--suite quick --episodes 6 --axes generalization --offline",
+            "variants": {"plain": "", "slower": "--lr 1e-4"}, **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def records(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "runs" / "cells.jsonl").read_text().splitlines()]
+
+
+def accuracies(folder):
+    with np.load(folder / "episodes.npz") as saved:
+        return {name.split("/", 1)[1]: saved[name] for name in saved.files if name.split("/", 1)[0] == folder.name}
+
+
+def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episodes(glyph_root, tmp_path):
+    study.main([str(write_grid(tmp_path, glyph_root))])
+    cells = tmp_path / "runs" / "glyphs-2steps"
+    assert [(r["variant"], r["steps"]) for r in records(tmp_path)] == [("plain", 2), ("slower", 2)]
+    assert json.loads((cells / "slower-seed0" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    a, b = accuracies(cells / "slower-seed0"), accuracies(cells / "plain-seed0")
+    assert len(summary["per_seed"]) == len(a) == 2  # 1 and 5 shots
+    for row in summary["per_seed"]:
+        key = next(k for k in a if k.split("/")[5] == str(row["shots"]))  # dataset/split/axis/classifier/ways/shots/...
+        diff = a[key] - b[key]
+        assert row["difference"] == pytest.approx(diff.mean())
+        assert row["ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))
+    assert "| glyphs | 2steps | slower |" in (tmp_path / "results" / "summary.md").read_text()
+
+
+def test_a_rerun_skips_finished_cells_and_reruns_a_killed_one(glyph_root, tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, glyph_root)
+    real_evaluate = evaluate.main
+
+    def killed(argv):  # the second cell dies after training, before it is recorded
+        if "slower" in argv[0]:
+            raise KeyboardInterrupt
+        real_evaluate(argv)
+
+    monkeypatch.setattr(evaluate, "main", killed)
+    with pytest.raises(KeyboardInterrupt):
+        study.main([str(grid)])
+    assert [r["variant"] for r in records(tmp_path)] == ["plain"]
+    monkeypatch.setattr(evaluate, "main", real_evaluate)
+    calls = []
+    real_train = train.main
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv) or real_train(argv))
+    study.main([str(grid)])
+    assert len(calls) == 1 and "slower-seed0" in calls[0][calls[0].index("--out") + 1] and "--resume" in calls[0]
+    assert [r["variant"] for r in records(tmp_path)] == ["plain", "slower"]
+    study.main([str(grid)])  # everything recorded: nothing trains
+    assert len(calls) == 1
+
+
+def test_a_refused_cell_is_recorded_with_its_reason(glyph_root, tmp_path):
+    study.main([str(write_grid(tmp_path, glyph_root, variants={"plain": "", "bad": "--meta gessl --tasks-per-step 8"}))])
+    assert "fewer than 2 images" in records(tmp_path)[1]["refused"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"budget": [{"steps": 2}]}, "only these keys"),
+    ({"budgets": [{"hours": 1}]}, "a budget is"),
+    ({"reference": "nope"}, "is not one of the variants"),
+])
+def test_bad_grids_are_user_errors(glyph_root, tmp_path, changes, message):
+    with pytest.raises(UserError, match=message):
+        study.main([str(write_grid(tmp_path, glyph_root, **changes))])
+
+
+def test_a_budget_in_minutes_becomes_the_calibrated_steps_kept_for_reruns(glyph_root, tmp_path):
+    grid = write_grid(tmp_path, glyph_root, budgets=[{"minutes": 0.02}], variants={"plain": ""})
+    study.main([str(grid), "--calibration-steps", "2"])
+    calibration = json.loads((tmp_path / "runs" / "calibration.json").read_text())["glyphs/0.02min/plain"]
+    assert calibration["steps"] == max(1, int(0.02 * 60 / calibration["seconds_per_step"]))
+    assert records(tmp_path)[0]["steps"] == calibration["steps"]
+    assert (tmp_path / "runs" / "glyphs-0.02min" / "plain-seed0" / "backbone.pt").is_file()
