@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from analysis.load import RANDOM_VARIANT, model_order
+from analysis.load import REFERENCES, model_order
 from analysis.tables import AXES, metric_name
 from tasks.io import atomic_path
 
@@ -52,9 +52,10 @@ def save(fig, out, name):
 
 
 def model_colors(df):
-    """One colour per model: the colourblind palette in model order, greys for random backbones."""
+    """One colour per model: the colourblind palette in model order, greys for the references
+    (random backbones, the pixel baseline)."""
     models = model_order(df)
-    random = set(df.loc[df["variant"] == RANDOM_VARIANT, "model"])
+    random = set(df.loc[df["variant"].isin(list(REFERENCES)), "model"])
     trained = [m for m in models if m not in random]
     colors = dict(zip(trained, sns.color_palette("colorblind", max(len(trained), 1))))
     greys = np.linspace(0.55, 0.75, max(len(random), 1))

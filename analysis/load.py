@@ -229,9 +229,9 @@ def load_results(paths, notes=None):
 
 
 def model_order(df):
-    """Models grouped by base (random backbones last), variants in `variant_rank` order."""
+    """Models grouped by base (references, random backbones and pixels, last), variants in `variant_rank` order."""
     models = df.drop_duplicates("model")[["model", "base", "variant"]]
-    models = models.assign(_random=models["variant"] == RANDOM_VARIANT,
+    models = models.assign(_random=models["variant"].isin(list(REFERENCES)),
                            _rank=models["variant"].map(variant_rank))
     return models.sort_values(["_random", "base", "_rank", "model"])["model"].tolist()
 
@@ -242,7 +242,7 @@ def load_metrics(df, notes):
     Columns: ``model``, ``step``, ``quantity``, ``value``; one row per logged number.
     """
     frames = []
-    trained = df[df["variant"] != RANDOM_VARIANT].drop_duplicates("model")
+    trained = df[~df["variant"].isin(list(REFERENCES))].drop_duplicates("model")
     for model, folder in zip(trained["model"], trained["folder"]):
         path = Path(folder) / "metrics.jsonl"
         try:

@@ -10,7 +10,7 @@ variation both models share, so its interval is usually much narrower than eithe
 import numpy as np
 import pandas as pd
 
-from analysis.load import RANDOM_VARIANT, SETTINGS, model_order
+from analysis.load import REFERENCES, SETTINGS, model_order
 
 # Whether a higher or a lower value of a metric is better; other metrics are not marked best.
 DIRECTION = {"accuracy": "max", "error": "min", "inter_class_separation": "max", "intra_class_variance": "min",
@@ -42,12 +42,12 @@ def mark_best(df):
 
     A setting is every record field but the model (dataset, split, axis, protocol, classifier,
     ways, shots, queries, metric, suite, episodes, seed); better is higher or lower by
-    ``DIRECTION``; ties are all best. References (the random backbone, ``REFERENCE_BASES``) and
-    values that are not finite are never ranked.
+    ``DIRECTION``; ties are all best. References (the random backbone, the pixel baseline,
+    ``REFERENCE_BASES``) and values that are not finite are never ranked.
     """
     df = df.copy()
     df["best"] = False
-    ranked = df[(df["variant"] != RANDOM_VARIANT) & ~df["base"].isin(REFERENCE_BASES)
+    ranked = df[~df["variant"].isin(list(REFERENCES)) & ~df["base"].isin(REFERENCE_BASES)
                 & np.isfinite(df["value"].astype(float))]
     for _, rows in ranked.groupby(SETTING, dropna=False, sort=False):
         direction = DIRECTION.get(rows["metric"].iloc[0])
@@ -183,7 +183,7 @@ def default_pairs(df, notes):
     models = df.drop_duplicates("model")
     pairs = []
     for row in models.itertuples():
-        if row.variant in ("plain", RANDOM_VARIANT, "?"):
+        if row.variant in ("plain", "?", *REFERENCES):
             continue
         plain = models[(models["base"] == row.base) & (models["backbone"] == row.backbone)
                        & (models["variant"] == "plain")]["model"].tolist()
