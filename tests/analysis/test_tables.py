@@ -208,3 +208,20 @@ def test_a_reference_is_never_bold(tmp_path):
     marked = tables.mark_best(report.load_results([tmp_path]))
     assert set(zip(marked.loc[marked["best"], "model"], marked.loc[marked["best"], "metric"])) == {
         ("ssl", "accuracy"), ("ssl", "sigma")}
+
+
+def test_the_pixel_baseline_on_lakes_runs_is_a_reference(tmp_path):
+    lake = {"dataset": "omniglot-lake", "split": "runs", "axis": "transferability", "protocol": "runs",
+            "classifier": "nearest", "ways": 20, "shots": 1, "queries": 1, "episodes": 20, "metric": "error"}
+    for run, error in (("ssl", 45.0), ("ssl2", 50.0)):
+        run_folder(tmp_path / run, {"base": "simclr", "backbone": "conv4", "meta": "gessl" if run == "ssl2" else "none"},
+                   [record(run, error, 7.0, **lake), record(f"{run} (random init)", 75.5, 4.9, **lake),
+                    record(f"{run} (pixels: modified Hausdorff)", 38.75, 7.6, **lake)])
+    df = report.load_results([tmp_path])
+    models = dict(zip(df["model"], df["variant"]))
+    assert models["pixels: modified Hausdorff"] == "pixels"  # the same in both folders: one model
+    marked = tables.mark_best(df)
+    assert marked.loc[marked["best"], "model"].tolist() == ["ssl"]  # the lowest error among the trained
+    assert set(report.model_order(df)[-2:]) == {"random init (conv4)", "pixels: modified Hausdorff"}  # last
+    (title, cells, best), = tables.wide_tables(df)
+    assert "transferability: Lake's 20-way 1-shot runs error" in cells.columns
