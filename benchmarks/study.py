@@ -20,14 +20,18 @@ A cell is (dataset, budget, variant, seed); its run folder is
 ``RUNS/DATASET-BUDGET/VARIANT-seedSEED``. Cells run one after another: ``python -m gessl.train``
 (``--max-steps`` the budget's steps, its learning-rate schedule ending there; ``--resume`` when a
 stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A
-finished cell is recorded in ``RUNS/cells.jsonl`` (its steps, training seconds, or the one-line
-reason ``gessl.train`` refused it); a rerun skips recorded cells and reruns any other, so a killed
-cell runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget in minutes becomes steps by timing
-``--calibration-steps`` steps of the variant on this machine (median after one warm-up); the steps
-chosen are recorded in ``RUNS/calibration.json`` and reused by every rerun.
+finished cell is recorded in ``RESULTS/cells.jsonl`` (its steps, training seconds, or the one-line
+reason ``gessl.train`` refused it) and its evaluation (``config.yaml``, ``results.jsonl``,
+``episodes.npz``, some 50 KB) is kept under ``RESULTS/cells/DATASET-BUDGET/VARIANT-seedSEED``.
+Both are committed with the summaries, so the study outlives the run folders: a rerun, in this
+checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell runs again
+(from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget
+in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this machine
+(median after one warm-up); the steps chosen are recorded in ``RESULTS/calibration.json`` and
+reused by every rerun.
 
 Summaries (``RESULTS/summary.json`` and ``summary.md``) are the paired differences variant −
-reference on identical episodes, from the cells' ``episodes.npz`` (``gessl.evaluate.
+reference on identical episodes, from the kept cells' ``episodes.npz`` (``gessl.evaluate.
 paired_differences``): per seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over
 the 20 runs); across seeds, the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds.
 ``--summarise`` rewrites them from the cells recorded so far, training nothing.
@@ -126,11 +130,11 @@ def seconds_per_step(flags, steps):
 
 def steps_of(grid, cell, calibration_steps):
     """The cell's training steps: the budget's, or its minutes over the calibrated seconds per step
-    (timed once per dataset, budget and variant, kept in ``RUNS/calibration.json``)."""
+    (timed once per dataset, budget and variant, kept in ``RESULTS/calibration.json``)."""
     budget = next(b for b in grid["budgets"] if budget_label(b) == cell.budget)
     if "steps" in budget:
         return int(budget["steps"])
-    path = Path(grid["runs"]) / "calibration.json"
+    path = Path(grid["results"]) / "calibration.json"
     table = json.loads(path.read_text()) if path.is_file() else {}
     key = f"{cell.dataset}/{cell.budget}/{cell.variant}"
     if key not in table:
@@ -141,9 +145,25 @@ def steps_of(grid, cell, calibration_steps):
 
 
 def finished(grid):
-    """The cells recorded in ``RUNS/cells.jsonl``: folder → record."""
-    path = Path(grid["runs"]) / "cells.jsonl"
+    """The cells recorded in ``RESULTS/cells.jsonl``: run folder → record."""
+    path = Path(grid["results"]) / "cells.jsonl"
     return {r["folder"]: r for r in read_jsonl(path)} if path.is_file() else {}
+
+
+KEPT = ("config.yaml", "results.jsonl", "episodes.npz")  # what a cell's evaluation leaves, kept with the results
+
+
+def kept(grid, cell):
+    """Where the evaluation files of ``cell`` are kept: ``RESULTS/cells/DATASET-BUDGET/VARIANT-seedSEED``."""
+    return Path(grid["results"]) / "cells" / cell.folder(grid["runs"]).relative_to(grid["runs"])
+
+
+def keep(grid, cell):
+    """Copy the evaluation files of a finished cell from its run folder to ``kept``."""
+    target = kept(grid, cell)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        shutil.copyfile(cell.folder(grid["runs"]) / name, target / name)
 
 
 def run_cell(grid, cell, calibration_steps):
@@ -182,7 +202,7 @@ def summarise(grid, done):
         a, b = str(cell.folder(grid["runs"])), str(reference.folder(grid["runs"]))
         if cell.variant == grid["reference"] or a not in by_folder or b not in by_folder:
             continue
-        for r in evaluate.paired_differences(a, b):
+        for r in evaluate.paired_differences(kept(grid, cell), kept(grid, reference)):
             rows.append({"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant,
                          "train_seed": cell.seed, "steps": by_folder[a]["steps"],
                          "train_seconds": by_folder[a]["train_seconds"], **r})
@@ -247,8 +267,11 @@ def main(argv=None):
             if str(cell.folder(grid["runs"])) in finished(grid):
                 continue
             print(f"study {grid['name']}: {cell}", flush=True)
-            append_jsonl(Path(grid["runs"]) / "cells.jsonl", [{**run_cell(grid, cell, args.calibration_steps),
-                                                                "time": time.time()}])
+            record = run_cell(grid, cell, args.calibration_steps)
+            if "refused" not in record:
+                keep(grid, cell)
+            Path(grid["results"]).mkdir(parents=True, exist_ok=True)
+            append_jsonl(Path(grid["results"]) / "cells.jsonl", [{**record, "time": time.time()}])
             write_summaries(grid, finished(grid))
     print(markdown(grid, write_summaries(grid, finished(grid))))
 

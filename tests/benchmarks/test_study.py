@@ -3,6 +3,7 @@ gessl.train and gessl.evaluate, summarised against episodes read back here; a re
 cells and reruns one that was killed."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def write_grid(tmp_path, glyph_root, **changes):
 
 
 def records(tmp_path):
-    return [json.loads(line) for line in (tmp_path / "runs" / "cells.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "results" / "cells.jsonl").read_text().splitlines()]
 
 
 def accuracies(folder):
@@ -95,7 +96,22 @@ def test_bad_grids_are_user_errors(glyph_root, tmp_path, changes, message):
 def test_a_budget_in_minutes_becomes_the_calibrated_steps_kept_for_reruns(glyph_root, tmp_path):
     grid = write_grid(tmp_path, glyph_root, budgets=[{"minutes": 0.02}], variants={"plain": ""})
     study.main([str(grid), "--calibration-steps", "2"])
-    calibration = json.loads((tmp_path / "runs" / "calibration.json").read_text())["glyphs/0.02min/plain"]
+    calibration = json.loads((tmp_path / "results" / "calibration.json").read_text())["glyphs/0.02min/plain"]
     assert calibration["steps"] == max(1, int(0.02 * 60 / calibration["seconds_per_step"]))
     assert records(tmp_path)[0]["steps"] == calibration["steps"]
     assert (tmp_path / "runs" / "glyphs-0.02min" / "plain-seed0" / "backbone.pt").is_file()
+
+
+def test_a_fresh_checkout_without_the_run_folders_resumes_from_the_kept_results(glyph_root, tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, glyph_root)
+    study.main([str(grid)])
+    before = (tmp_path / "results" / "summary.json").read_text()
+    shutil.rmtree(tmp_path / "runs")  # run folders are not committed; the results folder is
+    calls = []
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv))
+    study.main([str(grid)])
+    assert not calls  # every cell is recorded with the results
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["per_seed"] == json.loads(before)["per_seed"] and len(summary["per_seed"]) == 2
+    assert sorted(p.name for p in (tmp_path / "results" / "cells" / "glyphs-2steps" / "slower-seed0").iterdir()) == [
+        "config.yaml", "episodes.npz", "results.jsonl"]
