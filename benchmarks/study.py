@@ -167,7 +167,10 @@ def keep(grid, cell):
 
 
 def run_cell(grid, cell, calibration_steps):
-    """Train (or resume) and evaluate one cell; its record (``refused`` when gessl.train refuses it)."""
+    """Train (or resume) and evaluate one cell; its record (``refused`` when gessl.train refuses it).
+
+    A ``UserError`` after the cell saved a checkpoint (stopped by SIGTERM or Ctrl-C, a full disk) is
+    no refusal: it ends the study unrecorded, and the next run resumes the cell."""
     folder = cell.folder(grid["runs"])
     record = {"folder": str(folder), "dataset": cell.dataset, "budget": cell.budget, "variant": cell.variant,
               "seed": cell.seed}
@@ -182,6 +185,8 @@ def run_cell(grid, cell, calibration_steps):
         seconds = time.time() - started
         evaluate.main([str(folder), *shlex.split(grid["evaluate"])])
     except UserError as exc:
+        if (folder / "checkpoint.pt").is_file():  # stopped (a signal, a full disk) mid-run: not a refusal
+            raise
         return {**record, "refused": str(exc)}
     return {**record, "steps": steps, "train_seconds": seconds}
 

@@ -115,3 +115,17 @@ def test_a_fresh_checkout_without_the_run_folders_resumes_from_the_kept_results(
     assert summary["per_seed"] == json.loads(before)["per_seed"] and len(summary["per_seed"]) == 2
     assert sorted(p.name for p in (tmp_path / "results" / "cells" / "glyphs-2steps" / "slower-seed0").iterdir()) == [
         "config.yaml", "episodes.npz", "results.jsonl"]
+
+
+def test_a_cell_stopped_after_its_first_checkpoint_is_not_recorded_as_refused(glyph_root, tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, glyph_root, variants={"plain": ""})
+
+    def stopped(argv):  # what gessl.train raises when SIGTERM stops it after saving
+        folder = Path(argv[argv.index("--out") + 1])
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").write_bytes(b"saved")
+        raise UserError("stopped by SIGTERM after step 1, saved; continue with --resume")
+    monkeypatch.setattr(train, "main", stopped)
+    with pytest.raises(UserError, match="stopped by SIGTERM"):
+        study.main([str(grid)])
+    assert not (tmp_path / "results" / "cells.jsonl").exists()
