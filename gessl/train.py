@@ -29,7 +29,7 @@ from tqdm import tqdm
 from baselines import BASE_METHODS
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
-from gessl.config import add_config_flags, read_yaml, resolve_config
+from gessl.config import RESUMABLE, add_config_flags, read_yaml, resolve_config
 from gessl.device import Placement, resolve_device
 from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
@@ -240,8 +240,13 @@ class Trainer:
         state = load_torch_file(self.checkpoint_path, "checkpoint", self.device)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{self.checkpoint_path} is not a gessl checkpoint; delete it or choose another --out")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"{self.checkpoint_path} does not fit the run's config.yaml ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); was config.yaml edited? restore it or start a new "
+                            f"run") from None
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = state["step"]
@@ -388,7 +393,15 @@ def prepare_run(args):
         if not saved.is_file():
             raise UserError(f"{saved} does not exist: {args['out']} is not a run folder; "
                             f"start a new run without --resume")
-        cfg = resolve_config(read_yaml(saved), file_layer, args)
+        run = resolve_config(read_yaml(saved))
+        cfg = resolve_config(dataclasses.asdict(run), file_layer, args)
+        ignored = inactive_options(run)
+        changed = [f"--{name.replace('_', '-')} ({getattr(run, name)!r} -> {getattr(cfg, name)!r})"
+                   for name in sorted(given - RESUMABLE - set(ignored)) if getattr(cfg, name) != getattr(run, name)]
+        if changed:
+            raise UserError(f"--resume cannot change {', '.join(changed)}: that defines the run in {args['out']}; "
+                            f"drop the flag, or start a new run with another --out (a resume may change "
+                            f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE - {'out'}))})")
     else:
         cfg = resolve_config(file_layer, args)
         if not cfg.out:
