@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import math
 import sys
 import zipfile
 from importlib.metadata import version
@@ -390,7 +391,8 @@ def print_table(records):
     print(f"{'model':<{width}}  {'axis':<16}  {'dataset':<14}  {'measure':<28}  value")
     for r in records:
         digits = 2 if r["metric"] == "accuracy" else 4 if r["metric"] == "sigma" else 3
-        value = f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}"
+        value = (f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}" if math.isfinite(r["value"] or math.nan)
+                 and math.isfinite(r["ci95"] or math.nan) else "not finite (null in results.jsonl)")
         print(f"{r['run']:<{width}}  {r['axis']:<16}  {r['dataset']:<14}  {_measure_name(r):<28}  {value}")
 
 

@@ -240,3 +240,14 @@ def test_episode_file_keeps_other_entries_and_replaces_the_same_key(tmp_path):
     save_episode_accuracies(path, {"d/1": [7.0]})
     assert sorted(np.load(path).files) == ["d/1", "fields"]
     assert [p.name for p in tmp_path.iterdir()] == ["episodes.npz"]  # no temporary file left
+
+
+def test_values_that_are_not_finite_print_as_such_and_are_null_in_results_jsonl(tmp_path, capsys):
+    records = [{"run": "diverged", "axis": "generalization", "dataset": "glyphs", "protocol": "universality",
+                "ways": 5, "shots": 1, "metric": "sigma", "value": float("inf"), "ci95": float("nan")}]
+    evaluate.print_table(records)
+    printed = capsys.readouterr().out
+    assert "not finite" in printed and "inf" not in printed.replace("not finite", "") and "nan" not in printed
+    evaluate.append_jsonl(tmp_path / "results.jsonl", records)
+    saved = json.loads((tmp_path / "results.jsonl").read_text())
+    assert saved["value"] is None and saved["ci95"] is None and saved["null_reason"]["value"] == "not finite (inf)"
