@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import json
 import math
 import sys
 import zipfile
@@ -300,7 +301,9 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
                 raise
             notes.append(f"{target.axis} on {target.dataset} skipped: {e}")
     targets = [d.target for d in data]
-    common = {"seed": seed, "suite": suite.name, "version": version("gessl")}
+    trained_on = run_dir / "data.json"  # gessl.train's record of the training data
+    common = {"seed": seed, "suite": suite.name, "version": version("gessl"),
+              "train_data": json.loads(trained_on.read_text())["fingerprint"] if trained_on.is_file() else None}
     records, accuracies, samples = [], {}, []
     progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
                     disable=not processes.main)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from tasks.errors import UserError
 from tasks.io import make_folder, remove_temporaries
 
-WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "metrics.jsonl")  # what training writes
+WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "data.json", "metrics.jsonl")  # what training writes
 LOCK = ".lock"
 
 
@@ -42,7 +42,7 @@ def claimed(run_dir, fresh):
         yield
     except BaseException:
         if created and fd is not None and not any((run_dir / n).exists() for n in ("checkpoint.pt", "metrics.jsonl")):
-            for name in (LOCK, "config.yaml"):
+            for name in (LOCK, "config.yaml", "data.json"):
                 (run_dir / name).unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):  # not empty: another start's, or things to keep

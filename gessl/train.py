@@ -15,6 +15,7 @@ uses a GPU (``gessl.device``).
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -37,13 +38,16 @@ from gessl.evaluate import evaluate_run, print_table
 from gessl.run_folder import claimed
 from gessl.sync_bn import convert_sync_batchnorm
 from tasks.augment import GlyphAugment
-from tasks.datasets import get_dataset, load_split
+from tasks.datasets import get_dataset, load_split, noto_dir
 from tasks.episodes import EpisodeSampler
 from tasks.errors import UserError, run_cli
+from tasks.glyphs import data_root, font_files, font_list
 from tasks.interrupts import DeferredStop
 from tasks.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
 
 EPISODE_OPTIONS = ("episode_ways", "episode_shots", "episode_queries")  # an episodic method's EpisodeSampler
+DATA_FILE = "data.json"  # the run folder's record of its training data (``data_record``)
+GLYPH_FONTS = {"glyphs": lambda root: font_files(), "glyphs-noto": lambda root: font_files([noto_dir(data_root(root))])}
 REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels, proj_dim)
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
 CLOSING_CHECK = {"axes": ("generalization",), "sigma_shots": (), "per_class": None}  # the quick suite, few-shot only
@@ -139,6 +143,18 @@ def build_model(cfg, in_channels, num_classes):
     return SSLModel(backbone, method, regulariser)
 
 
+def data_record(cfg, images, labels):
+    """What a run trains on: the data set, a fingerprint of its training images and labels (equal
+    fingerprints: the same data) and, for a glyph set, the font files it was drawn with (checksums)."""
+    digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=8)
+    digest.update(labels.numpy().tobytes())
+    record = {"dataset": cfg.dataset, "fingerprint": digest.hexdigest(), "images": len(labels),
+              "classes": int(labels.max()) + 1}
+    if cfg.dataset in GLYPH_FONTS:
+        record["fonts"] = font_list(GLYPH_FONTS[cfg.dataset](cfg.data_root))
+    return record
+
+
 def lr_at(step, cfg, total_steps):
     """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < cfg.warmup_steps:
@@ -190,6 +206,7 @@ class Trainer:
         self.placement = Placement.from_config(cfg, self.device)
         images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
         self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
+        self.data = data_record(cfg, self.images, self.labels)
         # Episodic methods (protonet, maml) train on one episode a step; --batch-size does not apply and
         # an epoch is as many episodes as hold the training set's number of images.
         self.episodes = (EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
@@ -250,6 +267,11 @@ class Trainer:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = state["step"]
+        trained_on = state.get("data", {}).get("fingerprint")
+        if trained_on not in (None, self.data["fingerprint"]):
+            raise UserError(f"the training data of --dataset {self.cfg.dataset} differ from the run's (fingerprint "
+                            f"{self.data['fingerprint']}, the run's {trained_on}; {DATA_FILE} lists what it was "
+                            f"drawn with): resume on the same data, or start a new run with another --out")
         # Records logged after the checkpoint belong to steps that will be run again.
         metrics = self.run_dir / "metrics.jsonl"
         if self.processes.main and metrics.exists():
@@ -261,7 +283,7 @@ class Trainer:
         if not self.processes.main:
             return
         state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "optimizer": self.optimizer.state_dict(), "step": self.step, "data": self.data,
                  "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self.omit}}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
@@ -458,6 +480,7 @@ def main(argv=None):
             if processes.main:
                 warn_inactive(inactive, given)
                 atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(omit=inactive))
+                atomic_write_text(run_dir / DATA_FILE, json.dumps(trainer.data, indent=1) + "\n")
             started = time.time()
             trainer.fit()
     if not processes.main:

@@ -22,7 +22,7 @@ from tasks.suite import AXES, pick_classes
 from tasks.universality import sigma_scores
 
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
-          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time"}
+          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time", "train_data"}
 EARLIER = {"run": "run", "note": "a record from an earlier evaluation"}
 SUITE = {"episodes": 30, "classes": 40, "probe_train": 300, "sigma_shots": (1, 5)}  # the standard suite, small
 RANDOM = "run (random init)"

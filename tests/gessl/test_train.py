@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ def test_run_folder_holds_config_metrics_checkpoint_and_backbone(glyph_root, tmp
     trained = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
     assert all(torch.equal(trained[k], v) for k, v in backbone.state_dict().items())
     assert sorted(p.name for p in out.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
-                                                     "metrics.jsonl"]
+                                                     "data.json", "metrics.jsonl"]
 
 
 def test_loss_goes_down(glyph_root, tmp_path):
@@ -132,7 +133,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(glyph_roo
         assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
         load_backbone(out / "backbone.pt")
         assert sorted(p.name for p in out.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
-                                                         "metrics.jsonl"]  # no temporary left
+                                                         "data.json", "metrics.jsonl"]  # no temporary left
 
 
 def test_an_out_that_cannot_be_a_folder_is_one_line_and_exit_2(glyph_root, tmp_path):
@@ -320,3 +321,35 @@ def test_a_signal_during_the_closing_check_is_one_line(glyph_root, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
     assert "stopped by SIGINT" in err.strip().splitlines()[-1]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 1  # training is saved
+
+
+def test_the_training_data_are_recorded_and_a_resume_on_other_data_is_refused(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    run_train(out, "--max-steps", "1")
+    record = json.loads((out / "data.json").read_text())
+    assert record == torch.load(out / "checkpoint.pt", weights_only=True)["data"]
+    assert record["dataset"] == "glyphs" and len(record["fingerprint"]) == 16 and record["classes"] == 1228
+    assert {name for name, _ in record["fonts"]} >= {"DejaVuSans.ttf", "STIXGeneral.ttf"}
+    assert all(len(digest) == 64 for _, digest in record["fonts"])
+    # Another data folder whose cached glyph set (same fonts, same name) holds other drawings.
+    other = tmp_path / "other"
+    other.mkdir()
+    for cached in glyph_root.glob("glyphs-*.npz"):
+        with np.load(cached) as z:
+            arrays = dict(z)
+        arrays["images"] = 255 - arrays["images"]
+        np.savez(other / cached.name, **arrays)
+    with pytest.raises(UserError, match=f"differ from the run's .*{record['fingerprint']}"):
+        train.main(["--out", str(out), "--resume", "--max-steps", "2", "--data-root", str(other)])
+
+
+def test_the_default_glyph_fonts_do_not_change_when_other_fonts_are_installed(tmp_path, monkeypatch):
+    from tasks import glyphs
+    source = glyphs._matplotlib_fonts()[0]
+    (tmp_path / "dejavu").mkdir()
+    (tmp_path / "browser").mkdir()
+    (tmp_path / "dejavu" / "DejaVuSansCondensed.ttf").write_bytes(Path(source).read_bytes())
+    (tmp_path / "browser" / "NotoSansSomething.ttf").write_bytes(Path(source).read_bytes())
+    monkeypatch.setattr(glyphs, "_SYSTEM_FONT_DIRS", (str(tmp_path),))
+    names = [Path(f).name for f in glyphs.font_files()]
+    assert "DejaVuSansCondensed.ttf" in names and "NotoSansSomething.ttf" not in names
