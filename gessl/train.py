@@ -1,7 +1,8 @@
 """Train a self-supervised backbone: ``python -m gessl.train --base simclr``.
 
-The run folder (``--out``) holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one
-record per logged step), ``checkpoint.pt`` (the latest state, written atomically),
+The run folder (``--out``, claimed by ``gessl.run_folder``) holds ``config.yaml`` (the resolved
+config, the options that act), ``data.json`` (``data_record``: what it trains on), ``metrics.jsonl``
+(one record per logged step), ``checkpoint.pt`` (the latest state, written atomically),
 ``backbone.pt`` (the encoder alone) and, after the closing few-shot check, ``results.jsonl``.
 
 Every random choice of a step (batch order, augmentation, the episode of an episodic method) is
