@@ -5,6 +5,7 @@ applies only the flags given on the command line.
 """
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class TrainConfig:
 
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
+        for f in fields(self):
+            if f.type is float and not math.isfinite(getattr(self, f.name)):
+                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(self, f.name)}")
         positive = ["epochs", "batch_size", "lr", "temperature", "proj_hidden", "proj_dim", "image_size",
                     "log_every", "ckpt_every", "inner_lr", "sigma_temperature", "dsa_eta", "barlow_proj_dim",
                     "dsa_tau_p", "dsa_tau_w", "swav_prototypes", "swav_epsilon", "swav_iters", "music_hidden",
@@ -143,6 +147,11 @@ class TrainConfig:
         return yaml.safe_dump({k: v for k, v in dataclasses.asdict(self).items() if k not in omit}, sort_keys=False)
 
 
+# The options a --resume may change: how long, how often and where a run trains, not what it is.
+RESUMABLE = {"epochs", "max_steps", "log_every", "ckpt_every", "eval_episodes", "device", "amp", "channels_last",
+             "compile", "sync_bn", "data_root", "out"}
+
+
 def add_config_flags(parser):
     """Add one flag per ``TrainConfig`` field; flags not given are left out of the namespace."""
     for f in fields(TrainConfig):
@@ -167,14 +176,17 @@ def read_yaml(path):
     if unknown:
         raise UserError(f"config file {path} has unknown options {unknown}; see `python -m gessl.train --help`")
     try:
-        return {k: _convert(known[k], v) for k, v in data.items()}
+        return {k: _convert(k, known[k], v) for k, v in data.items()}
     except (TypeError, ValueError) as exc:
         raise UserError(f"config file {path} has a value of the wrong type: {exc}") from None
 
 
-def _convert(kind, value):
+def _convert(name, kind, value):
+    """``value`` as a ``kind``, refusing what would change on the way (4.7 or true for a count)."""
     if kind is bool and not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {value!r}")
+        raise TypeError(f"{name} expects true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
     return kind(value)
 
 

@@ -53,6 +53,8 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import json
+import math
 import os
 import sys
 import zipfile
@@ -344,7 +346,9 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
                 raise
             notes.append(f"{target.axis} on {target.dataset} skipped: {e}")
     targets = [d.target for d in data]
-    common = {"seed": seed, "suite": suite.name, "version": version("gessl")}
+    trained_on = run_dir / "data.json"  # gessl.train's record of the training data
+    common = {"seed": seed, "suite": suite.name, "version": version("gessl"),
+              "train_data": json.loads(trained_on.read_text())["fingerprint"] if trained_on.is_file() else None}
     records, accuracies, samples = [], {}, []
     progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
                     disable=not processes.main)
@@ -448,7 +452,8 @@ def print_table(records):
     print(f"{'model':<{width}}  {'axis':<16}  {'dataset':<{data_width}}  {'measure':<{measure_width}}  value")
     for r, name in zip(records, names):
         digits = 2 if r["metric"] in ("accuracy", "error") else 4 if r["metric"] == "sigma" else 3
-        value = f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}"
+        value = (f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}" if math.isfinite(r["value"] or math.nan)
+                 and math.isfinite(r["ci95"] or math.nan) else "not finite (null in results.jsonl)")
         print(f"{r['run']:<{width}}  {r['axis']:<16}  {r['dataset']:<{data_width}}  {name:<{measure_width}}  {value}")
 
 

@@ -9,15 +9,15 @@ that was stopped before its first checkpoint, so the new run begins with clean f
 start fails before anything was logged (bad data, Ctrl-C while the data are generated), a folder
 that this start created is removed again.
 """
+import contextlib
 import fcntl
 import os
-import shutil
 from contextlib import contextmanager
 
 from tasks.errors import UserError
 from tasks.io import make_folder, remove_temporaries
 
-WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "metrics.jsonl")  # what training writes
+WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "data.json", "metrics.jsonl")  # what training writes
 LOCK = ".lock"
 
 
@@ -25,23 +25,29 @@ LOCK = ".lock"
 def claimed(run_dir, fresh):
     """Create and lock ``run_dir`` for the block (see the module docstring); ``fresh``: a new run,
     not a ``--resume``."""
-    created = not run_dir.exists()
-    make_folder(run_dir)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    created, fd = not run_dir.exists(), None
     try:
+        make_folder(run_dir)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
+            fd = None
             raise UserError(f"{run_dir} is in use by another training (it holds {run_dir / LOCK}); wait "
                             f"for it to end or choose another --out") from None
         remove_temporaries(run_dir, WRITTEN)
         if fresh:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        try:
-            yield
-        except BaseException:
-            if created and not any((run_dir / name).exists() for name in ("checkpoint.pt", "metrics.jsonl")):
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        yield
+    except BaseException:
+        if created and fd is not None and not any((run_dir / n).exists() for n in ("checkpoint.pt", "metrics.jsonl")):
+            for name in (LOCK, "config.yaml", "data.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: another start's, or things to keep
+                run_dir.rmdir()
+        raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)

@@ -1,7 +1,8 @@
 """Train a self-supervised backbone: ``python -m gessl.train --base simclr``.
 
-The run folder (``--out``) holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one
-record per logged step), ``checkpoint.pt`` (the latest state, written atomically),
+The run folder (``--out``, claimed by ``gessl.run_folder``) holds ``config.yaml`` (the resolved
+config, the options that act), ``data.json`` (``data_record``: what it trains on), ``metrics.jsonl``
+(one record per logged step), ``checkpoint.pt`` (the latest state, written atomically),
 ``backbone.pt`` (the encoder alone) and, after the closing few-shot check, ``results.jsonl``.
 
 Every random choice of a step (batch order, augmentation, the episode of an episodic method) is
@@ -15,6 +16,7 @@ uses a GPU (``gessl.device``).
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from baselines import BASE_METHODS
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
-from gessl.config import add_config_flags, read_yaml, resolve_config
+from gessl.config import RESUMABLE, add_config_flags, read_yaml, resolve_config
 from gessl.device import Placement, resolve_device
 from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
@@ -38,13 +40,16 @@ from gessl.run_folder import claimed
 from gessl.shares import check_tasks
 from gessl.sync_bn import convert_sync_batchnorm
 from tasks.augment import GlyphAugment
-from tasks.datasets import get_dataset, load_split
+from tasks.datasets import get_dataset, load_split, noto_dir
 from tasks.episodes import EpisodeSampler
 from tasks.errors import UserError, run_cli
+from tasks.glyphs import data_root, font_files, font_list
 from tasks.interrupts import DeferredStop
 from tasks.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
 
 EPISODE_OPTIONS = ("episode_ways", "episode_shots", "episode_queries")  # an episodic method's EpisodeSampler
+DATA_FILE = "data.json"  # the run folder's record of its training data (``data_record``)
+GLYPH_FONTS = {"glyphs": lambda root: font_files(), "glyphs-noto": lambda root: font_files([noto_dir(data_root(root))])}
 REGULARISERS = {"none": None, "dsa": DSA.from_config}  # name -> from_config(cfg, encoder, in_channels, proj_dim)
 CHECKPOINT_FORMAT = "gessl-checkpoint/1"
 CLOSING_CHECK = {"axes": ("generalization",), "sigma_shots": (), "per_class": None}  # the quick suite, few-shot only
@@ -137,6 +142,18 @@ def build_model(cfg, in_channels, num_classes):
     return SSLModel(backbone, method, regulariser)
 
 
+def data_record(cfg, images, labels):
+    """What a run trains on: the data set, a fingerprint of its training images and labels (equal
+    fingerprints: the same data) and, for a glyph set, the font files it was drawn with (checksums)."""
+    digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=8)
+    digest.update(labels.numpy().tobytes())
+    record = {"dataset": cfg.dataset, "fingerprint": digest.hexdigest(), "images": len(labels),
+              "classes": int(labels.max()) + 1}
+    if cfg.dataset in GLYPH_FONTS:
+        record["fonts"] = font_list(GLYPH_FONTS[cfg.dataset](cfg.data_root))
+    return record
+
+
 def lr_at(step, cfg, total_steps):
     """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < cfg.warmup_steps:
@@ -188,6 +205,7 @@ class Trainer:
         self.placement = Placement.from_config(cfg, self.device)
         images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
         self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
+        self.data = data_record(cfg, self.images, self.labels)
         # Episodic methods (protonet, maml) train on one episode a step; --batch-size does not apply and
         # an epoch is as many episodes as hold the training set's number of images.
         self.episodes = (EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
@@ -238,11 +256,21 @@ class Trainer:
         state = load_torch_file(self.checkpoint_path, "checkpoint", self.device)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{self.checkpoint_path} is not a gessl checkpoint; delete it or choose another --out")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"{self.checkpoint_path} does not fit the run's config.yaml ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); was config.yaml edited? restore it or start a new "
+                            f"run") from None
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = self.saved_step = state["step"]
+        trained_on = state.get("data", {}).get("fingerprint")
+        if trained_on not in (None, self.data["fingerprint"]):
+            raise UserError(f"the training data of --dataset {self.cfg.dataset} differ from the run's (fingerprint "
+                            f"{self.data['fingerprint']}, the run's {trained_on}; {DATA_FILE} lists what it was "
+                            f"drawn with): resume on the same data, or start a new run with another --out")
         # Records logged after the checkpoint belong to steps that will be run again.
         metrics = self.run_dir / "metrics.jsonl"
         if self.processes.main and metrics.exists():
@@ -254,7 +282,7 @@ class Trainer:
         if not self.processes.main:
             return
         state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "optimizer": self.optimizer.state_dict(), "step": self.step, "data": self.data,
                  "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self.omit}}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
@@ -386,7 +414,15 @@ def prepare_run(args):
         if not saved.is_file():
             raise UserError(f"{saved} does not exist: {args['out']} is not a run folder; "
                             f"start a new run without --resume")
-        cfg = resolve_config(read_yaml(saved), file_layer, args)
+        run = resolve_config(read_yaml(saved))
+        cfg = resolve_config(dataclasses.asdict(run), file_layer, args)
+        ignored = inactive_options(run)
+        changed = [f"--{name.replace('_', '-')} ({getattr(run, name)!r} -> {getattr(cfg, name)!r})"
+                   for name in sorted(given - RESUMABLE - set(ignored)) if getattr(cfg, name) != getattr(run, name)]
+        if changed:
+            raise UserError(f"--resume cannot change {', '.join(changed)}: that defines the run in {args['out']}; "
+                            f"drop the flag, or start a new run with another --out (a resume may change "
+                            f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE - {'out'}))})")
     else:
         cfg = resolve_config(file_layer, args)
         if not cfg.out:
@@ -443,6 +479,7 @@ def main(argv=None):
             if processes.main:
                 warn_inactive(inactive, given)
                 atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(omit=inactive))
+                atomic_write_text(run_dir / DATA_FILE, json.dumps(trainer.data, indent=1) + "\n")
             started = time.time()
             trainer.fit()
     if not processes.main:

@@ -112,8 +112,7 @@ def _noto_fonts(root):
 
 def _noto_install(root):
     return (f"run `python -m tasks.data fetch noto` (it unpacks the Debian package {NOTO_PACKAGE} into "
-            f"{noto_dir(root)}/), or `apt-get install {NOTO_PACKAGE}` (note: fonts installed under "
-            f"{_SYSTEM_FONT_DIRS[0]} also change the default glyphs set)")
+            f"{noto_dir(root)}/; fonts installed under {_SYSTEM_FONT_DIRS[0]} are not used)")
 
 
 def _glyphs_noto(split, root, image_size):

@@ -74,11 +74,15 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, ImageStat
 from tqdm import tqdm
 
 from tasks.errors import UserError
+from tasks.fetch import sha256
 from tasks.io import atomic_path
 
 VERSION = 1
 
 _SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
+# The system fonts of the default set: DejaVu (Debian's fonts-dejavu-core and fonts-dejavu-extra,
+# 2.37 on the project's machines), beside matplotlib's own; a run records their checksums.
+_SYSTEM_FONTS = re.compile(r"DejaVu")
 _SKIPPED_FONTS = re.compile(r"LastResort|^cm\w+10\.ttf$|^STIXNonUni|^STIXSiz", re.IGNORECASE)
 _CATEGORIES = {"Lu", "Ll", "Lt", "Lo", "Nd", "Nl", "No", "Sm", "So", "Sc"}
 _SYMBOL_BLOCKS = {
@@ -207,11 +211,19 @@ def _matplotlib_fonts():
 
 
 def font_files(font_dirs=()):
-    """The font files glyphs draws with: matplotlib's, the system's, then those under ``font_dirs``."""
+    """The font files glyphs draws with: matplotlib's, the system's DejaVu fonts (``_SYSTEM_FONTS``),
+    then every font under ``font_dirs``. Other system fonts are left out, so installing a package
+    that brings fonts (a browser) does not change the default set."""
     system, extra = (sorted(f for d in dirs for ext in ("ttf", "otf")
                             for f in glob.glob(os.path.join(str(d), "**", f"*.{ext}"), recursive=True))
                      for dirs in (_SYSTEM_FONT_DIRS, font_dirs))
+    system = [f for f in system if _SYSTEM_FONTS.match(Path(f).name)]
     return [f for f in _matplotlib_fonts() + system + extra if not _SKIPPED_FONTS.search(Path(f).name)]
+
+
+def font_list(fonts):
+    """``[[file name, sha256], ...]`` of ``fonts``: what a glyph set was drawn with, for the record."""
+    return [[Path(f).name, sha256(f)] for f in fonts]
 
 
 def _script_of(ch):

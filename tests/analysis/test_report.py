@@ -232,3 +232,10 @@ def test_cli_runs_as_a_module(runs, tmp_path):
     assert "index.html" in done.stdout and "note: figure 3" in done.stderr
     assert "Traceback" not in done.stderr
     assert (tmp_path / "out" / "fig1_fewshot_accuracy.pdf").is_file()
+
+
+def test_an_out_that_is_a_file_is_one_line_and_exit_2(runs, tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    code, err = run_main([runs, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "a file of that name is in the way" in err
+    assert (tmp_path / "out").read_text() == "a file"

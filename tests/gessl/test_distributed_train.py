@@ -65,7 +65,7 @@ def test_two_processes_with_sync_bn_take_the_step_of_one_process_on_the_whole_ba
     for result in (started, resumed):
         assert result.stdout.count("trained") == 1  # rank 0 alone reports, logs and writes
     assert sorted(p.name for p in two.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
-                                                     "metrics.jsonl"]
+                                                     "data.json", "metrics.jsonl"]
     assert [r["step"] for r in metrics(two)] == [1, 2, 3]
 
 

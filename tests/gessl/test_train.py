@@ -1,9 +1,14 @@
 """Training: the run folder, loss going down, exact resume, and clean failures on bad input."""
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,7 +44,7 @@ def test_run_folder_holds_config_metrics_checkpoint_and_backbone(glyph_root, tmp
     trained = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
     assert all(torch.equal(trained[k], v) for k, v in backbone.state_dict().items())
     assert sorted(p.name for p in out.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
-                                                     "metrics.jsonl"]
+                                                     "data.json", "metrics.jsonl"]
 
 
 def test_loss_goes_down(glyph_root, tmp_path):
@@ -128,7 +133,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(glyph_roo
         assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
         load_backbone(out / "backbone.pt")
         assert sorted(p.name for p in out.iterdir()) == [".lock", "backbone.pt", "checkpoint.pt", "config.yaml",
-                                                         "metrics.jsonl"]  # no temporary left
+                                                         "data.json", "metrics.jsonl"]  # no temporary left
 
 
 def test_an_out_that_cannot_be_a_folder_is_one_line_and_exit_2(glyph_root, tmp_path):
@@ -203,3 +208,148 @@ def test_cli_refuses_to_overwrite_and_reports_corrupt_checkpoint(glyph_root, tmp
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     result = cli("--out", str(out), "--resume")
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_training_in_a_running_runs_folder_is_refused_and_a_killed_one_leaves_no_lock(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "gessl.train", *TINY, "--max-steps", "100000", "--out", str(out)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (out / "metrics.jsonl").exists():  # it holds the folder and trains
+            assert first.poll() is None
+            time.sleep(0.05)
+        second = cli(*TINY, "--max-steps", "2", "--out", str(out))
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert "is in use by another training" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    run_train(out, "--max-steps", "2")  # the kernel dropped the dead process's lock; no checkpoint, so a fresh start
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+
+
+@pytest.mark.parametrize("flags, named", [(["--meta", "gessl"], "--meta ('none' -> 'gessl')"),
+                                          (["--base", "moco"], "--base ('simclr' -> 'moco')"),
+                                          (["--backbone", "resnet18"], "--backbone ('conv4' -> 'resnet18')"),
+                                          (["--lr", "0.1", "--seed", "3"], "--lr (0.002 -> 0.1), --seed (0 -> 3)")])
+def test_resume_refuses_flags_that_change_what_defines_the_run(glyph_root, tmp_path, flags, named):
+    out = tmp_path / "run"
+    run_train(out, "--max-steps", "1")
+    saved = {name: (out / name).read_bytes() for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl")}
+    with pytest.raises(UserError, match=re.escape(f"--resume cannot change {named}: that defines the run")):
+        train.main(["--out", str(out), "--resume", "--max-steps", "2", *flags])
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+
+
+def test_resume_may_change_how_long_and_how_often_and_ignores_what_does_not_act(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    run_train(out, "--max-steps", "1")
+    train.main(["--out", str(out), "--resume", "--max-steps", "4", "--log-every", "2", "--ckpt-every", "3",
+                "--inner-lr", "0.5", "--meta", "none"])  # --inner-lr does not act under --meta none
+    assert [r["step"] for r in metrics(out)] == [1, 2, 4]
+    assert "max_steps: 4" in (out / "config.yaml").read_text()
+
+
+def test_a_fresh_start_after_a_kill_before_the_first_checkpoint_begins_clean_files(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    run_train(out, "--max-steps", "2")
+    (out / "checkpoint.pt").unlink()  # what a kill before the first checkpoint leaves: config and log only
+    (out / "backbone.pt").unlink()
+    with pytest.raises(UserError, match="has no checkpoint: the run stopped before its first; start it again"):
+        train.main(["--out", str(out), "--resume"])
+    run_train(out, "--max-steps", "3")
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+
+
+def test_a_start_that_fails_leaves_no_folder_behind(glyph_root, tmp_path):
+    with pytest.raises(UserError, match="larger than the .* training images"):
+        run_train(tmp_path / "run", "--max-steps", "1", "--batch-size", "1000000")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, message", [("max_steps: 4.7\n", "max_steps must be a whole number, got 4.7"),
+                                           ("lr: .inf\n", "--lr must be a finite number, got inf"),
+                                           ("batch_size: true\n", "batch_size must be a whole number, got True")])
+def test_config_values_that_would_be_changed_silently_are_refused(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    result = cli("--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--inner-lr=inf", "--temperature=-inf", "--gamma=nan"])
+def test_flags_that_are_not_finite_are_refused(tmp_path, flag):
+    result = cli(flag, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "must be a finite number" in result.stderr, result.stderr
+
+
+def wait_for(proc, text, timeout=300):
+    """Read ``proc``'s stderr until ``text`` appears in it; what was read."""
+    seen, deadline = "", time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        chunk = os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_glyph_generation_is_one_line(tmp_path, sig):
+    # An empty data folder: the glyphs are drawn by a pool of forked workers when the signal comes.
+    proc = subprocess.Popen([sys.executable, "-m", "gessl.train", *TINY, "--max-steps", "1", "--out",
+                             str(tmp_path / "run"), "--data-root", str(tmp_path / "data")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = wait_for(proc, "glyphs: fonts")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    err = seen + err.decode()
+    lines = [line for line in re.split(r"[\r\n]|(?=error:)", err) if line.strip() and not line.startswith("glyphs:")]
+    assert proc.returncode == 2 and "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert f"stopped by {sig.name}" in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_a_signal_during_the_closing_check_is_one_line(glyph_root, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gessl.train", *TINY, "--eval-episodes", "100000",
+                             "--max-steps", "1", "--out", str(tmp_path / "run")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = wait_for(proc, "evaluate (quick)")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = (seen + err.decode()).replace("\r", "\n")
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert "stopped by SIGINT" in err.strip().splitlines()[-1]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 1  # training is saved
+
+
+def test_the_training_data_are_recorded_and_a_resume_on_other_data_is_refused(glyph_root, tmp_path):
+    out = tmp_path / "run"
+    run_train(out, "--max-steps", "1")
+    record = json.loads((out / "data.json").read_text())
+    assert record == torch.load(out / "checkpoint.pt", weights_only=True)["data"]
+    assert record["dataset"] == "glyphs" and len(record["fingerprint"]) == 16 and record["classes"] == 1228
+    assert {name for name, _ in record["fonts"]} >= {"DejaVuSans.ttf", "STIXGeneral.ttf"}
+    assert all(len(digest) == 64 for _, digest in record["fonts"])
+    # Another data folder whose cached glyph set (same fonts, same name) holds other drawings.
+    other = tmp_path / "other"
+    other.mkdir()
+    for cached in glyph_root.glob("glyphs-*.npz"):
+        with np.load(cached) as z:
+            arrays = dict(z)
+        arrays["images"] = 255 - arrays["images"]
+        np.savez(other / cached.name, **arrays)
+    with pytest.raises(UserError, match=f"differ from the run's .*{record['fingerprint']}"):
+        train.main(["--out", str(out), "--resume", "--max-steps", "2", "--data-root", str(other)])
+
+
+def test_the_default_glyph_fonts_do_not_change_when_other_fonts_are_installed(tmp_path, monkeypatch):
+    from tasks import glyphs
+    source = glyphs._matplotlib_fonts()[0]
+    (tmp_path / "dejavu").mkdir()
+    (tmp_path / "browser").mkdir()
+    (tmp_path / "dejavu" / "DejaVuSansCondensed.ttf").write_bytes(Path(source).read_bytes())
+    (tmp_path / "browser" / "NotoSansSomething.ttf").write_bytes(Path(source).read_bytes())
+    monkeypatch.setattr(glyphs, "_SYSTEM_FONT_DIRS", (str(tmp_path),))
+    names = [Path(f).name for f in glyphs.font_files()]
+    assert "DejaVuSansCondensed.ttf" in names and "NotoSansSomething.ttf" not in names
