@@ -1,5 +1,6 @@
 """Omniglot's files as Lake ships them (tiny fakes in the real format, and the real files in
 ``../shared/data/omniglot`` when present) and Lake's one-shot runs with their two classifiers."""
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from tasks import omniglot
@@ -33,7 +35,7 @@ def drawing(seed):
 
 
 def png(image):
-    out = __import__("io").BytesIO()
+    out = io.BytesIO()
     Image.fromarray(image).convert("1").save(out, format="PNG")  # Omniglot's PNGs are 1-bit
     return out.getvalue()
 
@@ -173,7 +175,6 @@ def test_modified_hausdorff_is_the_larger_mean_nearest_distance():
     a, b = rng.normal(size=(30, 2)), rng.normal(size=(45, 2)) + 0.5
     d = cdist(a, b)
     expected = max(d.min(1).mean(), d.min(0).mean())  # Dubuisson & Jain 1994
-    from scipy.spatial import cKDTree
     assert modified_hausdorff((a, cKDTree(a)), (b, cKDTree(b))) == pytest.approx(expected, rel=1e-12)
     ink = np.zeros((5, 5), bool)
     ink[1, 1] = ink[3, 3] = True
@@ -209,8 +210,7 @@ def test_real_files_counts_characters_drawers_and_runs():
     assert len(set(omniglot.drawings(REAL, ("small2",), []).characters)) == 156
     images, labels = load_split("omniglot-lake", "runs", REAL)
     assert images.shape == (800, 28, 28) and len(set(labels.tolist())) == 400
-    first = (REAL / "all_runs.zip")
-    with zipfile.ZipFile(first) as z:
+    with zipfile.ZipFile(REAL / "all_runs.zip") as z:
         line = z.read("run01/class_labels.txt").decode().split()
     # run01's first test item is paired with the training image the file names
     assert labels[20] == int(line[1].split("class")[1][:2]) - 1
