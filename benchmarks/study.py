@@ -30,6 +30,13 @@ in minutes becomes steps by timing ``--calibration-steps`` steps of the variant 
 (median after one warm-up); the steps chosen are recorded in ``RESULTS/calibration.json`` and
 reused by every rerun.
 
+Several runners may work on one grid at once (``python benchmarks/study.py GRID.yaml`` started once
+per free core, each with ``OMP_NUM_THREADS=1``): a runner claims a cell with a lock file beside its
+run folder (``RUNS/DATASET-BUDGET/VARIANT-seedSEED.lock``) and passes over cells another runner
+holds; records, summaries and calibrations are written under the lock ``RESULTS/.lock``. The locks
+are ``flock``s, which the kernel drops when their runner ends, so a killed runner leaves its cell to
+the next.
+
 Summaries (``RESULTS/summary.json`` and ``summary.md``) are the paired differences variant −
 reference on identical episodes, from the kept cells' ``episodes.npz`` (``gessl.evaluate.
 paired_differences``): per seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over
@@ -38,6 +45,7 @@ the 20 runs); across seeds, the mean of the per-seed differences ± t₀.₉₇�
 """
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -53,7 +61,7 @@ import yaml
 from gessl import evaluate, train
 from gessl.config import resolve_config
 from tasks.errors import UserError, run_cli
-from tasks.io import append_jsonl, atomic_write_text, read_jsonl
+from tasks.io import append_jsonl, atomic_write_text, locked, read_jsonl, try_lock
 
 KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "variants"}
 
@@ -135,13 +143,21 @@ def steps_of(grid, cell, calibration_steps):
     if "steps" in budget:
         return int(budget["steps"])
     path = Path(grid["results"]) / "calibration.json"
-    table = json.loads(path.read_text()) if path.is_file() else {}
     key = f"{cell.dataset}/{cell.budget}/{cell.variant}"
-    if key not in table:
+    with locked(results_lock(grid)):
+        table = json.loads(path.read_text()) if path.is_file() else {}
+        if key in table:
+            return table[key]["steps"]
         seconds = seconds_per_step(cell_flags(grid, cell), calibration_steps)
         table[key] = {"seconds_per_step": seconds, "steps": max(1, int(budget["minutes"] * 60 / seconds))}
         atomic_write_text(path, json.dumps(table, indent=2))
-    return table[key]["steps"]
+        return table[key]["steps"]
+
+
+def results_lock(grid):
+    """The lock file that guards the grid's records, summaries and calibrations (``RESULTS/.lock``)."""
+    Path(grid["results"]).mkdir(parents=True, exist_ok=True)
+    return Path(grid["results"]) / ".lock"
 
 
 def finished(grid):
@@ -269,16 +285,26 @@ def main(argv=None):
     Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
     if not args.summarise:
         for cell in cells(grid):
-            if str(cell.folder(grid["runs"])) in finished(grid):
+            folder = cell.folder(grid["runs"])
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            claim = try_lock(folder.parent / f"{folder.name}.lock")
+            if claim is None:  # another runner is on it
                 continue
-            print(f"study {grid['name']}: {cell}", flush=True)
-            record = run_cell(grid, cell, args.calibration_steps)
-            if "refused" not in record:
-                keep(grid, cell)
-            Path(grid["results"]).mkdir(parents=True, exist_ok=True)
-            append_jsonl(Path(grid["results"]) / "cells.jsonl", [{**record, "time": time.time()}])
-            write_summaries(grid, finished(grid))
-    print(markdown(grid, write_summaries(grid, finished(grid))))
+            try:
+                if str(folder) in finished(grid):
+                    continue
+                print(f"study {grid['name']}: {cell}", flush=True)
+                record = run_cell(grid, cell, args.calibration_steps)
+                if "refused" not in record:
+                    keep(grid, cell)
+                with locked(results_lock(grid)):
+                    append_jsonl(Path(grid["results"]) / "cells.jsonl", [{**record, "time": time.time()}])
+                    write_summaries(grid, finished(grid))
+            finally:
+                os.close(claim)
+    with locked(results_lock(grid)):
+        table = write_summaries(grid, finished(grid))
+    print(markdown(grid, table))
 
 
 if __name__ == "__main__":

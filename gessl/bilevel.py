@@ -9,15 +9,19 @@ and code are not public, so the options marked [choice] below are ours). One out
    (``gessl.shares``: the one rule, which the config checks up front);
 2. inner loop: θ_K = K differentiable SGD steps (step α) from θ on L(θ; S)   (``inner_loop``);
 3. self-motivated target: θ* = λ more steps from θ_K on L(·; S ∪ Q), detached;
-4. σ_T = mean over anchors x in Q of KL( p_θ*(·|x) ‖ p_θK(·|x) ), where p(·|x) is the
-   instance-discrimination posterior: the softmax over the other view of every image in Q of
+4. σ_T = mean over anchors x in O of KL( p_θ*(·|x) ‖ p_θK(·|x) ), where p(·|x) is the
+   instance-discrimination posterior: the softmax over the other view of every image in O of
    cosine similarity / τ_σ between projector outputs (``instance_log_posteriors``);
-5. outer loss = mean over tasks of  w_σ · σ_T + γ · L(θ_K; Q), back-propagated to θ through the
+5. outer loss = mean over tasks of  w_σ · σ_T + γ · L(θ_K; O), back-propagated to θ through the
    inner steps (second order) or with dθ_K/dθ = identity (``first_order``).
+
+O, the outer set [choice], is the query Q (``outer_set="query"``, the meta-learning convention) or
+the whole task S ∪ Q (``"task"``): a contrastive base loss on Q alone sees half the negatives, which
+on its own costs SimCLR 3.6 points on Omniglot (``docs/gessl.md``, the diagnosis).
 
 BatchNorm uses batch statistics everywhere; the inner loop and the target run on scratch copies of
 its running statistics (and of any other buffer, such as a queue), so only the outer forward pass
-on Q updates them. Parameters without ``requires_grad`` (EMA copies) are never adapted.
+on O updates them. Parameters without ``requires_grad`` (EMA copies) are never adapted.
 
 Under several processes (``gessl.distributed``) each process runs its own M / processes tasks of
 its share of the batch, with losses that do not gather across processes, and the outer gradients
@@ -90,6 +94,7 @@ class GeSSL:
     sigma_weight: float = TrainConfig.sigma_weight          # w_σ
     sigma_temperature: float = TrainConfig.sigma_temperature  # τ_σ of the posteriors
     first_order: bool = TrainConfig.first_order
+    outer_set: str = TrainConfig.outer_set                  # O: "query" (Q) or "task" (S ∪ Q)
     inner_backend: str = TrainConfig.inner_backend
 
     @classmethod
@@ -100,8 +105,8 @@ class GeSSL:
         """Back-propagate the outer loss into θ's ``.grad``, averaged over processes; return the logs
         (of this process's tasks).
 
-        Logs (detached tensors): ``loss`` (the outer loss), ``sigma``, ``query_loss`` (L(θ_K; Q)),
-        ``inner_loss_k`` (the support loss before inner step k), the query's named base terms, and the
+        Logs (detached tensors): ``loss`` (the outer loss), ``sigma``, ``query_loss`` (L(θ_K; O)),
+        ``inner_loss_k`` (the support loss before inner step k), the outer set's named base terms, and the
         seconds spent in the inner loop, the target and the outer forward and backward (measured on
         ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
         query-loss term, and σ's share of their sum.
@@ -120,16 +125,17 @@ class GeSSL:
         for index in tasks:
             task = take(batch, index)
             n_support = support_size(index.stop - index.start, self.support_ratio)
-            support, query = take(task, slice(0, n_support)), take(task, slice(n_support, None))
+            support = take(task, slice(0, n_support))
+            outer = take(task, slice(n_support, None)) if self.outer_set == "query" else task
             start = clock(device, diagnose)
             fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)
             adapted = clock(device, diagnose)
             target = lookahead(model, fast, task, self.lookahead, self.inner_lr)
             with torch.no_grad():
-                target_out = functional_call(model, (target, scratch_buffers(model)), (query,))
+                target_out = functional_call(model, (target, scratch_buffers(model)), (outer,))
                 target_log_p = instance_log_posteriors(target_out.projections, self.sigma_temperature)
             targeted = clock(device, diagnose)
-            out = functional_call(model, fast, (query,))
+            out = functional_call(model, fast, (outer,))
             sigma = sigma_kl(target_log_p, instance_log_posteriors(out.projections, self.sigma_temperature))
             sigma_term = self.sigma_weight * sigma / len(tasks)
             loss = sigma_term + self.gamma * out.loss / len(tasks)

@@ -69,6 +69,7 @@ class TrainConfig:
     sigma_weight: float = dataclasses.field(default=4.0, metadata={"help": "GeSSL: weight of the sigma-measurement in the outer loss"})
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares"})
     first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
+    outer_set: str = dataclasses.field(default="query", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: query (the images the inner loop did not see) or task (all of them: twice the negatives of a contrastive base)"})
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func"})
     dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})
     dsa_eta: int = dataclasses.field(default=20, metadata={"help": "DSA: eta, nearest neighbours of the outlier score"})
@@ -123,6 +124,8 @@ class TrainConfig:
         for name in ["dsa_ema", "moco_momentum", "byol_momentum"]:
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.outer_set not in ("query", "task"):
+            raise UserError(f"--outer-set must be query or task, got {self.outer_set!r}")
         if self.inner_backend not in ("higher", "func"):
             raise UserError(f"--inner-backend must be higher or func, got {self.inner_backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):

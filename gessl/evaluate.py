@@ -350,24 +350,23 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     common = {"seed": seed, "suite": suite.name, "version": version("gessl"),
               "train_data": json.loads(trained_on.read_text())["fingerprint"] if trained_on.is_file() else None}
     records, accuracies, samples = [], {}, []
-    progress = tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
-                    disable=not processes.main)
-    for name, net in models.items():
-        net, sigmas = net.to(dev), {}
-        for d in data:
-            progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
-            found, episodes, per_shots, features = measure(net, d, suite, seed, dev, {**common, "run": name},
-                                                           processes)
-            records += found
-            accuracies.update(episodes)
-            for k, values in per_shots.items():
-                sigmas.setdefault((d.target.axis, k), []).append(values)
-            progress.update()
-            if d.target.axis == "generalization" and d.target.protocol == "episodes":
-                sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
-                samples.append((d, sample, features[sample].numpy().astype(np.float32)))
-        records += sigma_records(sigmas, targets, suite, {**common, "run": name}, suite.classifiers[0])
-    progress.close()
+    with tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
+              disable=not processes.main) as progress:  # closed before a stop's one-line message
+        for name, net in models.items():
+            net, sigmas = net.to(dev), {}
+            for d in data:
+                progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
+                found, episodes, per_shots, features = measure(net, d, suite, seed, dev, {**common, "run": name},
+                                                               processes)
+                records += found
+                accuracies.update(episodes)
+                for k, values in per_shots.items():
+                    sigmas.setdefault((d.target.axis, k), []).append(values)
+                progress.update()
+                if d.target.axis == "generalization" and d.target.protocol == "episodes":
+                    sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
+                    samples.append((d, sample, features[sample].numpy().astype(np.float32)))
+            records += sigma_records(sigmas, targets, suite, {**common, "run": name}, suite.classifiers[0])
     for d in data:
         if d.target.protocol == "runs":
             where = {**common, "run": run_dir.name + PIXELS_SUFFIX, "dataset": d.target.dataset,

@@ -10,12 +10,11 @@ start fails before anything was logged (bad data, Ctrl-C while the data are gene
 that this start created is removed again.
 """
 import contextlib
-import fcntl
 import os
 from contextlib import contextmanager
 
 from tasks.errors import UserError
-from tasks.io import make_folder, remove_temporaries
+from tasks.io import make_folder, remove_temporaries, try_lock
 
 WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "data.json", "metrics.jsonl")  # what training writes
 LOCK = ".lock"
@@ -28,14 +27,10 @@ def claimed(run_dir, fresh):
     created, fd = not run_dir.exists(), None
     try:
         make_folder(run_dir)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            fd = None
+        fd = try_lock(run_dir / LOCK)
+        if fd is None:
             raise UserError(f"{run_dir} is in use by another training (it holds {run_dir / LOCK}); wait "
-                            f"for it to end or choose another --out") from None
+                            f"for it to end or choose another --out")
         remove_temporaries(run_dir, WRITTEN)
         if fresh:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)

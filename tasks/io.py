@@ -9,10 +9,13 @@
   writer can leave only its last line torn: the reader skips it and the next append removes it;
   any other bad line is an error naming the file and line. Values are standard JSON: a float that
   is not finite is written as ``null`` and named, with its value, under ``null_reason``.
+- ``try_lock`` / ``locked``: an exclusive ``flock`` on a lock file, which the kernel drops when its
+  process ends however it ends (even ``kill -9``), so a killed holder never leaves it stuck.
 - A full disk, a read-only file system, a missing permission or a file where a folder should be is
   a ``WriteError`` (a ``UserError``: one line, exit status 2) that names the path and what to do.
 """
 import errno
+import fcntl
 import json
 import math
 import os
@@ -28,6 +31,29 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 
 class WriteError(UserError):
     """A file or folder could not be written for a reason outside the program (see the module docstring)."""
+
+
+def try_lock(path):
+    """Take an exclusive ``flock`` on ``path`` (created when missing) without waiting: its open file
+    descriptor (close it to release the lock), or ``None`` when another process holds the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def locked(path):
+    """Hold an exclusive ``flock`` on ``path`` (created when missing) for the block, waiting for it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_error(path, exc):

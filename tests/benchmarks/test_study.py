@@ -3,7 +3,10 @@ gessl.train and gessl.evaluate, summarised against episodes read back here; a re
 cells and reruns one that was killed."""
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +132,20 @@ def test_a_cell_stopped_after_its_first_checkpoint_is_not_recorded_as_refused(gl
     with pytest.raises(UserError, match="stopped by SIGTERM"):
         study.main([str(grid)])
     assert not (tmp_path / "results" / "cells.jsonl").exists()
+
+
+def test_two_runners_on_one_grid_share_its_cells_each_trained_once(glyph_root, tmp_path):
+    grid = write_grid(tmp_path, glyph_root)
+    script = Path(study.__file__)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runners = [subprocess.Popen([sys.executable, str(script), str(grid)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [r.communicate(timeout=300)[0] for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], outputs
+    started = [line.split(": ", 1)[1] for out in outputs for line in out.splitlines() if line.startswith("study tiny: ")]
+    assert len(started) == len(set(started)) == 2  # every cell started by exactly one runner
+    assert sorted(r["variant"] for r in records(tmp_path)) == ["plain", "slower"]
+    for folder in (tmp_path / "runs" / "glyphs-2steps").glob("*-seed?"):
+        steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2]
+    assert len(json.loads((tmp_path / "results" / "summary.json").read_text())["per_seed"]) == 2

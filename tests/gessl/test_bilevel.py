@@ -65,23 +65,29 @@ def reference_log_posteriors(z1, z2, tau):
     return torch.stack(rows)
 
 
-def reference_outer(model, theta, target_log_p, batch, steps, sigma_weight=1.0, gamma=1.0, second_order=True):
-    """w_σ KL(p* ‖ p_θK) + γ L(θ_K; Q), θ_K from plain SGD on the support, buffers held fixed."""
-    support, query = halves(batch)
+def outer_images(batch, outer_set):
+    """The set O the outer loss is measured on: the second half (query) or the whole batch (task)."""
+    return halves(batch)[1] if outer_set == "query" else batch
+
+
+def reference_outer(model, theta, target_log_p, batch, steps, sigma_weight=1.0, gamma=1.0, second_order=True,
+                    outer_set="query"):
+    """w_σ KL(p* ‖ p_θK) + γ L(θ_K; O), θ_K from plain SGD on the support, buffers held fixed."""
+    support, _ = halves(batch)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     fast = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in theta.items()}
     for _ in range(steps):
         loss = functional_call(model, (fast, buffers), (support,)).loss
         grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order, allow_unused=True)
         fast = {n: p if g is None else p - ALPHA * g for (n, p), g in zip(fast.items(), grads)}
-    out = functional_call(model, (fast, buffers), (query,))
+    out = functional_call(model, (fast, buffers), (outer_images(batch, outer_set),))
     log_p = reference_log_posteriors(*out.projections, TAU)
     sigma = (target_log_p.exp() * (target_log_p - log_p)).sum(1).mean()
     return sigma_weight * sigma + gamma * out.loss, sigma, fast
 
 
-def reference_target(model, theta, batch, steps, look):
-    """p* on the query: the posteriors after `look` further plain SGD steps on the whole task."""
+def reference_target(model, theta, batch, steps, look, outer_set="query"):
+    """p* on O: the posteriors after `look` further plain SGD steps on the whole task."""
     _, _, fast = reference_outer(model, theta, torch.zeros(8, 4, dtype=torch.float64), batch, steps)
     target = {n: p.detach().requires_grad_() for n, p in fast.items()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
@@ -89,9 +95,9 @@ def reference_target(model, theta, batch, steps, look):
         loss = functional_call(model, (target, buffers), (batch,)).loss
         grads = torch.autograd.grad(loss, list(target.values()), allow_unused=True)
         target = {n: (p if g is None else p - ALPHA * g).detach().requires_grad_() for (n, p), g in zip(target.items(), grads)}
-    _, query = halves(batch)
     with torch.no_grad():
-        return reference_log_posteriors(*functional_call(model, (target, buffers), (query,)).projections, TAU)
+        out = functional_call(model, (target, buffers), (outer_images(batch, outer_set),))
+        return reference_log_posteriors(*out.projections, TAU)
 
 
 def gessl_grads(model, batch, **options):
@@ -101,23 +107,24 @@ def gessl_grads(model, batch, **options):
     return logs, {n: p.grad.clone() for n, p in trainable(model).items()}
 
 
-@pytest.mark.parametrize("engine", ["higher", "func"])
-@pytest.mark.parametrize("steps, look", [(1, 1), (2, 2)])
-def test_meta_gradient_matches_finite_differences_with_the_target_held_fixed(engine, steps, look):
+@pytest.mark.parametrize("engine, steps, look, outer_set", [
+    ("higher", 1, 1, "query"), ("higher", 2, 2, "query"), ("func", 1, 1, "query"), ("func", 2, 2, "query"),
+    ("higher", 1, 1, "task"), ("func", 2, 2, "task")])
+def test_meta_gradient_matches_finite_differences_with_the_target_held_fixed(engine, steps, look, outer_set):
     model, batch = toy_model(), toy_batch()
     logs, grads = gessl_grads(copy.deepcopy(model), batch, inner_steps=steps, lookahead=look, inner_backend=engine,
-                              sigma_weight=2.0)
+                              sigma_weight=2.0, outer_set=outer_set)
     theta = {n: p.detach() for n, p in trainable(model).items()}
-    target_log_p = reference_target(model, theta, batch, steps, look)
-    loss, sigma, _ = reference_outer(model, theta, target_log_p, batch, steps, sigma_weight=2.0)
+    target_log_p = reference_target(model, theta, batch, steps, look, outer_set)
+    loss, sigma, _ = reference_outer(model, theta, target_log_p, batch, steps, sigma_weight=2.0, outer_set=outer_set)
     assert logs["loss"] == pytest.approx(loss.item(), rel=1e-9)
     assert logs["sigma"] == pytest.approx(sigma.item(), rel=1e-7)
     g = torch.Generator().manual_seed(2)
     for _ in range(3):
         v = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in theta.items()}
         eps = 1e-6
-        plus = reference_outer(model, {n: theta[n] + eps * v[n] for n in theta}, target_log_p, batch, steps, 2.0)[0]
-        minus = reference_outer(model, {n: theta[n] - eps * v[n] for n in theta}, target_log_p, batch, steps, 2.0)[0]
+        plus, minus = (reference_outer(model, {n: theta[n] + sign * eps * v[n] for n in theta}, target_log_p, batch,
+                                       steps, 2.0, outer_set=outer_set)[0] for sign in (1, -1))
         numeric = (plus - minus).item() / (2 * eps)
         analytic = sum((grads[n] * v[n]).sum() for n in theta).item()
         assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)

@@ -30,6 +30,7 @@ def test_saved_config_round_trips(tmp_path):
     (["--meta", "maml"], "unknown --meta 'maml'"),
     (["--support-ratio", "1.5"], "--support-ratio must be between 0 and 1"),
     (["--inner-backend", "jax"], "--inner-backend must be higher or func"),
+    (["--outer-set", "all"], "--outer-set must be query or task"),
     (["--batch-size", "8", "--tasks-per-step", "4"], "fewer than 2 images in a support or query set"),
     (["--inner-lr", "0"], "--inner-lr must be positive"),
 ])
