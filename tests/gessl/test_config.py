@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from gessl.config import TrainConfig, read_yaml, resolve_config
@@ -57,3 +59,22 @@ def test_boolean_flags_and_yaml_booleans(tmp_path):
         read_yaml(tmp_path / "c.yaml")
     (tmp_path / "d.yaml").write_text("first_order: true\n")
     assert read_yaml(tmp_path / "d.yaml") == {"first_order": True}
+
+
+def test_every_number_and_choice_carries_its_bounds():
+    # A new option without a "check" would be accepted at any value: bounds live with the fields.
+    names = {"base", "reg", "meta", "dataset", "backbone", "dsa_prior"}  # checked by their registries
+    free = {"data_root", "out"}  # any path
+    for f in dataclasses.fields(TrainConfig):
+        if f.type in (int, float) or (f.type is str and f.name not in names | free):
+            assert callable(f.metadata.get("check")), f.name
+            assert f.metadata["check"](f.default) is None, f.name  # the default passes its own check
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed must be zero or positive, got -1"),
+    (["--lookahead", "-2"], "--lookahead must be zero or positive, got -2"),
+])
+def test_bounds_name_the_flag_and_the_value(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        prepare_run(parse_args(flags + ["--out", str(tmp_path / "run")]))
