@@ -43,7 +43,8 @@ from tasks.augment import GlyphAugment
 from tasks.datasets import get_dataset, load_split, noto_dir
 from tasks.episodes import EpisodeSampler
 from tasks.errors import UserError, run_cli
-from tasks.glyphs import data_root, font_files, font_list
+from tasks.fonts import font_files, font_list
+from tasks.glyphs import data_root
 from tasks.interrupts import DeferredStop
 from tasks.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
 

@@ -31,7 +31,8 @@ from tasks import cifar, folders, imagenet, kanjivg, mnist, omniglot
 from tasks.errors import UserError
 from tasks.fetch import apt_download, copy_into, deb_extract
 from tasks.formats import to_channels
-from tasks.glyphs import _SYSTEM_FONT_DIRS, cache_path, data_root, data_roots, font_files, load_glyphs
+from tasks.fonts import INSTALL_HINT, SYSTEM_FONT_DIRS, extra_fonts, font_files
+from tasks.glyphs import cache_path, data_root, data_roots, load_glyphs
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
 HELDOUT_DRAW_SEED = 1  # the drawings of the glyph sets' held-out images of the background classes
@@ -107,12 +108,12 @@ def noto_dir(root):
 
 
 def _noto_fonts(root):
-    return [f for f in font_files([noto_dir(root)]) if Path(f).name.startswith("Noto")]
+    return [f for f in extra_fonts([noto_dir(root)]) if Path(f).name.startswith("Noto")]
 
 
 def _noto_install(root):
     return (f"run `python -m tasks.data fetch noto` (it unpacks the Debian package {NOTO_PACKAGE} into "
-            f"{noto_dir(root)}/; fonts installed under {_SYSTEM_FONT_DIRS[0]} are not used)")
+            f"{noto_dir(root)}/; fonts installed under {SYSTEM_FONT_DIRS[0]} are not used)")
 
 
 def _glyphs_noto(split, root, image_size):
@@ -131,14 +132,15 @@ def _if_cached(path, read):
 
 def _entries():
     def always(_root):
-        return "generated from the installed fonts"
+        return "generated from the pinned fonts"
 
     entries = [
         Dataset("glyphs", _glyphs, GLYPH_SPLITS, "glyphs", 28, 1, always,
-                lambda root: "nothing to install (matplotlib's fonts)",
+                lambda root: INSTALL_HINT,
                 heldout_split="heldout", count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
                 note="generated and cached on first use (about 12 s on 2 cores)",
-                description="characters of ~15 scripts rendered from matplotlib's (and system) fonts"),
+                description="characters of 20 scripts rendered from 40 fonts pinned by checksum (matplotlib's DejaVu and STIX, "
+                            "Debian's DejaVu, tasks/glyph_fonts.json)"),
         Dataset("glyphs-noto", _glyphs_noto, GLYPH_SPLITS, "glyphs", 28, 1,
                 lambda root: (str(Path(_noto_fonts(root)[0]).parent) if _noto_fonts(root) else None),
                 _noto_install, fetch=lambda root, source=None: fetch_noto(root, source), heldout_split="heldout",

@@ -45,11 +45,12 @@ def pip_download(spec, dest, offline_hint):
     return wheels[-1]
 
 
-def apt_download(package, dest, offline_hint):
-    """Download the ``.deb`` of ``package`` into ``dest``; its path."""
+def apt_download(package, dest, offline_hint, version=None):
+    """Download the ``.deb`` of ``package`` (its ``version``, default apt's candidate) into ``dest``; its path."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    _run(["apt-get", "download", package], dest, f"`apt-get download {package}`", offline_hint)
+    spec = f"{package}={version}" if version else package
+    _run(["apt-get", "download", spec], dest, f"`apt-get download {spec}`", offline_hint)
     debs = sorted(dest.glob(f"{package}_*.deb"))
     if not debs:
         raise UserError(f"`apt-get download {package}` left no .deb in {dest}; {offline_hint}")

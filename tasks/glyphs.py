@@ -1,10 +1,13 @@
-"""Glyphs: an Omniglot-like few-shot dataset rendered offline from the fonts already installed.
+"""Glyphs: an Omniglot-like few-shot dataset rendered offline from fonts.
 
-Writers are font designs: the TrueType fonts matplotlib ships (``mpl-data/fonts/ttf``) plus any
-system fonts under ``/usr/share/fonts`` and ``/usr/local/share/fonts`` (``fonts-noto-core`` adds
-about 30 scripts); a design found twice (same full font name) counts once. Skipped: LastResort
-(placeholder glyphs only), matplotlib's BaKoMa ``cm*10`` fonts (their cmaps map ASCII code points to
-TeX glyphs, so they lie about the characters), and STIX's private-use and size-variant fonts.
+Writers are font designs. The default set draws with 40 fonts pinned by SHA-256 in
+``tasks/glyph_fonts.json``: matplotlib 3.11.2's DejaVu and STIX fonts and Debian's
+``fonts-dejavu-core`` and ``fonts-dejavu-extra`` 2.37-6. They are found by content
+(``tasks.fonts``: the project's font folder, matplotlib's, the system's), so no other font installed
+on the machine changes the set, and a pinned file that is missing or differs is an error that says
+to run ``python -m tasks.fonts install`` (``make install`` runs it). ``font_dirs`` adds more fonts
+after them (``glyphs-noto``: Debian's ``fonts-noto-core``, about 30 scripts more). A design found
+twice (same full font name) counts once.
 
 A class is a (script, character) pair:
 
@@ -48,12 +51,10 @@ info`` prints the classes and scripts per split, the cache file and the generati
 """
 import argparse
 import functools
-import glob
 import hashlib
 import math
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import time
@@ -64,7 +65,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -74,16 +74,11 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, ImageStat
 from tqdm import tqdm
 
 from tasks.errors import UserError
-from tasks.fetch import sha256
+from tasks.fonts import font_files, matplotlib_fonts
 from tasks.io import atomic_path
 
 VERSION = 1
 
-_SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
-# The system fonts of the default set: DejaVu (Debian's fonts-dejavu-core and fonts-dejavu-extra,
-# 2.37 on the project's machines), beside matplotlib's own; a run records their checksums.
-_SYSTEM_FONTS = re.compile(r"DejaVu")
-_SKIPPED_FONTS = re.compile(r"LastResort|^cm\w+10\.ttf$|^STIXNonUni|^STIXSiz", re.IGNORECASE)
 _CATEGORIES = {"Lu", "Ll", "Lt", "Lo", "Nd", "Nl", "No", "Sm", "So", "Sc"}
 _SYMBOL_BLOCKS = {
     "Basic Latin", "Latin-1 Supplement", "Currency Symbols", "Letterlike Symbols",
@@ -129,9 +124,9 @@ def load_glyphs(root=None, size=28, samples_per_class=20, seed=0, progress=True,
                 font_dirs=(), draw_seed=None, _fonts=None):
     """Read the glyph set from the cache under ``root``, generating and caching it if missing.
 
-    ``font_dirs``: more folders of fonts to use besides the installed ones (``glyphs-noto`` adds
+    ``font_dirs``: more folders of fonts to use after the pinned default ones (``glyphs-noto`` adds
     the Noto fonts ``python -m tasks.data fetch noto`` unpacked into the data folder).
-    ``_fonts`` (a list of font files) replaces the installed fonts; tests use it to stay small.
+    ``_fonts`` (a list of font files) replaces all fonts; tests use it to stay small.
     """
     for name, value, low in (("size", size, 8), ("samples_per_class", samples_per_class, 1),
                              ("seed", seed, 0), ("min_writers", min_writers, 1),
@@ -155,7 +150,7 @@ def load_glyphs(root=None, size=28, samples_per_class=20, seed=0, progress=True,
 
 
 def cache_path(root=None, size=28, samples_per_class=20, seed=0, min_writers=2, fonts=None, draw_seed=None):
-    """The cache file of a glyph set drawn with ``fonts`` (default: the installed fonts)."""
+    """The cache file of a glyph set drawn with ``fonts`` (default: the pinned default fonts)."""
     fonts = font_files() if fonts is None else fonts
     digest = hashlib.blake2b(repr((min_writers, [(Path(f).name, os.path.getsize(f)) for f in fonts]))
                              .encode(), digest_size=4).hexdigest()
@@ -170,7 +165,7 @@ def preview(glyphs, out_path, n_classes=20, n_per_class=10, seed=0):
     chosen = np.sort(rng.choice(len(glyphs.classes), n_classes, replace=False))
     size = glyphs.images.shape[1]
     cell = size * max(1, 56 // size)
-    label_font = ImageFont.truetype(_matplotlib_fonts()[0], 13)
+    label_font = ImageFont.truetype(matplotlib_fonts()[0], 13)
     label_w = 290
     sheet = Image.new("L", (label_w + n_per_class * (cell + 2), n_classes * (cell + 2)), 40)
     draw = ImageDraw.Draw(sheet)
@@ -204,26 +199,6 @@ def data_roots(root=None):
 def data_root(root=None):
     """The first data folder (``data_roots``): where generated sets are cached and fetched sets put."""
     return data_roots(root)[0]
-
-
-def _matplotlib_fonts():
-    return sorted(glob.glob(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "*.ttf")))
-
-
-def font_files(font_dirs=()):
-    """The font files glyphs draws with: matplotlib's, the system's DejaVu fonts (``_SYSTEM_FONTS``),
-    then every font under ``font_dirs``. Other system fonts are left out, so installing a package
-    that brings fonts (a browser) does not change the default set."""
-    system, extra = (sorted(f for d in dirs for ext in ("ttf", "otf")
-                            for f in glob.glob(os.path.join(str(d), "**", f"*.{ext}"), recursive=True))
-                     for dirs in (_SYSTEM_FONT_DIRS, font_dirs))
-    system = [f for f in system if _SYSTEM_FONTS.match(Path(f).name)]
-    return [f for f in _matplotlib_fonts() + system + extra if not _SKIPPED_FONTS.search(Path(f).name)]
-
-
-def font_list(fonts):
-    """``[[file name, sha256], ...]`` of ``fonts``: what a glyph set was drawn with, for the record."""
-    return [[Path(f).name, sha256(f)] for f in fonts]
 
 
 def _script_of(ch):

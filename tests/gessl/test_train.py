@@ -342,14 +342,3 @@ def test_the_training_data_are_recorded_and_a_resume_on_other_data_is_refused(gl
     with pytest.raises(UserError, match=f"differ from the run's .*{record['fingerprint']}"):
         train.main(["--out", str(out), "--resume", "--max-steps", "2", "--data-root", str(other)])
 
-
-def test_the_default_glyph_fonts_do_not_change_when_other_fonts_are_installed(tmp_path, monkeypatch):
-    from tasks import glyphs
-    source = glyphs._matplotlib_fonts()[0]
-    (tmp_path / "dejavu").mkdir()
-    (tmp_path / "browser").mkdir()
-    (tmp_path / "dejavu" / "DejaVuSansCondensed.ttf").write_bytes(Path(source).read_bytes())
-    (tmp_path / "browser" / "NotoSansSomething.ttf").write_bytes(Path(source).read_bytes())
-    monkeypatch.setattr(glyphs, "_SYSTEM_FONT_DIRS", (str(tmp_path),))
-    names = [Path(f).name for f in glyphs.font_files()]
-    assert "DejaVuSansCondensed.ttf" in names and "NotoSansSomething.ttf" not in names

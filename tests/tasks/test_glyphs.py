@@ -11,9 +11,10 @@ from PIL import Image
 
 from tasks import glyphs
 from tasks.errors import UserError
+from tasks.fonts import matplotlib_fonts
 
 REPO = Path(__file__).resolve().parents[2]
-TWO_FONTS = [f for f in glyphs._matplotlib_fonts() if Path(f).name in ("DejaVuSans.ttf", "DejaVuSerif.ttf")]
+TWO_FONTS = [f for f in matplotlib_fonts() if Path(f).name in ("DejaVuSans.ttf", "DejaVuSerif.ttf")]
 SMALL = {"size": 16, "samples_per_class": 3, "progress": False, "_fonts": TWO_FONTS}
 
 
