@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import REFERENCES, SETTINGS, model_order
+from tasks.fewshot import paired
 
 # Whether a higher or a lower value of a metric is better; other metrics are not marked best.
 DIRECTION = {"accuracy": "max", "error": "min", "inter_class_separation": "max", "intra_class_variance": "min",
@@ -205,22 +206,14 @@ def paired_differences(episodes, pairs, notes):
     for a, b in pairs:
         settings_a = {s: acc for (model, s), acc in episodes.items() if model == a}
         settings_b = {s: acc for (model, s), acc in episodes.items() if model == b}
-        shared = [s for s in settings_a if s in settings_b and len(settings_a[s]) == len(settings_b[s])]
-        if not shared:
+        found = paired(settings_a, settings_b)
+        if not found:
             notes.add(f"{a} vs {b}: no episodes scored on both (each needs an episodes.npz from "
                       f"`python -m gessl.evaluate` with the same seed and settings); no paired "
                       f"difference")
-            continue
-        for setting in shared:
-            diff = settings_a[setting] - settings_b[setting]
-            n = len(diff)
-            ci95 = 1.96 * diff.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        for setting, stats in found:
             fields = dict(setting)
-            rows.append({"model_a": a, "model_b": b,
-                         **{f: fields.get(f) for f in EPISODE_SETTING},
-                         "n": n, "mean_a": settings_a[setting].mean(),
-                         "mean_b": settings_b[setting].mean(), "difference": diff.mean(),
-                         "ci95": ci95})
+            rows.append({"model_a": a, "model_b": b, **{f: fields.get(f) for f in EPISODE_SETTING}, **stats})
     table = pd.DataFrame(rows, columns=["model_a", "model_b", *EPISODE_SETTING, "n", "mean_a",
                                         "mean_b", "difference", "ci95"])
     for column in ("ways", "shots", "queries", "episodes", "seed"):

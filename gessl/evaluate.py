@@ -73,8 +73,8 @@ from tasks.crowding import crowding_metrics
 from tasks.datasets import fetch_missing, get_dataset, load_split
 from tasks.omniglot import WAYS as LAKE_WAYS
 from tasks.errors import UserError, run_cli
-from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95
-from tasks.io import append_jsonl, atomic_path
+from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95, paired
+from tasks.io import append_jsonl, write_npz
 from tasks.lake import hausdorff_errors, nearest_errors
 from tasks.linear import knn_accuracy, linear_probe
 from tasks.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
@@ -99,12 +99,6 @@ def episode_key(**fields):
     return "/".join(str(fields[name]) for name in EPISODE_FIELDS)
 
 
-def _savez(path, arrays):
-    """``np.savez`` of ``arrays`` into ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def save_episode_accuracies(path, accuracies):
     """Merge ``{episode_key: accuracies}`` into the ``episodes.npz`` at ``path`` (written atomically).
 
@@ -118,7 +112,7 @@ def save_episode_accuracies(path, accuracies):
         except (OSError, ValueError, zipfile.BadZipFile):
             arrays = {}
     arrays.update({key: np.asarray(values, dtype=np.float64) for key, values in accuracies.items()})
-    _savez(path, {"fields": np.array(EPISODE_FIELDS), **arrays})
+    write_npz(path, {"fields": np.array(EPISODE_FIELDS), **arrays})
 
 
 def feature_sample_index(labels, seed, classes=SAMPLE_CLASSES, per_class=SAMPLE_PER_CLASS):
@@ -382,7 +376,7 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     save_episode_accuracies(run_dir / "episodes.npz", accuracies)
     if samples:
         d, sample, _ = samples[0]
-        _savez(run_dir / "feature_sample.npz", {
+        write_npz(run_dir / "feature_sample.npz", {
             "features": np.stack([f for _, _, f in samples]), "models": np.array(list(models)),
             "labels": d.labels[d.rows][sample], "index": d.split_rows[d.rows][sample], "dataset": np.array(d.target.dataset),
             "split": np.array(d.target.split)})
@@ -406,18 +400,11 @@ def paired_differences(run_a, run_b):
                              if name.split("/", 1)[0] == run_dir.name})
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise UserError(f"cannot read {path} ({e}); evaluate {run_dir} again") from None
-    shared = [key for key in runs[0] if key in runs[1] and len(runs[0][key]) == len(runs[1][key])]
-    if not shared:
+    rows = paired(*runs)
+    if not rows:
         raise UserError(f"{run_a} and {run_b} share no episodes: evaluate both with the same --suite, --seed "
                         "and episode settings")
-    rows = []
-    for key in shared:
-        a, b = runs[0][key], runs[1][key]
-        fields = dict(zip(EPISODE_FIELDS[1:], key.split("/")))
-        difference, ci95 = mean_ci95(a - b)
-        rows.append({**fields, "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": difference,
-                     "ci95": ci95, "n": len(a)})
-    return rows
+    return [{**dict(zip(EPISODE_FIELDS[1:], key.split("/"))), **stats} for key, stats in rows]
 
 
 def print_comparison(run_a, run_b, rows):

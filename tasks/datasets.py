@@ -29,7 +29,7 @@ from typing import Callable
 
 from tasks import cifar, folders, imagenet, kanjivg, mnist, omniglot
 from tasks.errors import UserError
-from tasks.fetch import apt_download, copy_into, deb_extract
+from tasks.fetch import copy_into, unpacked_deb
 from tasks.formats import to_channels
 from tasks.fonts import INSTALL_HINT, SYSTEM_FONT_DIRS, extra_fonts, font_files
 from tasks.glyphs import cache_path, data_root, data_roots, load_glyphs
@@ -271,12 +271,9 @@ def fetch_noto(root, source=None):
                f"`python -m tasks.data fetch noto --from {NOTO_PACKAGE}_*.deb`; or "
                f"`sudo apt-get install {NOTO_PACKAGE}`")
     with tempfile.TemporaryDirectory() as tmp:
-        deb = Path(source) if source else apt_download(NOTO_PACKAGE, tmp, offline)
-        if not deb.is_file():
-            raise UserError(f"no file {deb}; {offline}")
-        unpacked = deb_extract(deb, Path(tmp) / "files", offline)
+        unpacked = unpacked_deb(NOTO_PACKAGE, source, tmp, offline)
         fonts = sorted(p for ext in ("ttf", "otf") for p in unpacked.rglob(f"Noto*.{ext}"))
         if not fonts:
-            raise UserError(f"{deb} holds no Noto font files; {offline}")
+            raise UserError(f"{source or NOTO_PACKAGE} holds no Noto font files; {offline}")
         copy_into(fonts, noto_dir(root))
     return f"Noto fonts: {len(fonts)} files in {noto_dir(root)} (from {NOTO_PACKAGE}); use --dataset glyphs-noto"

@@ -16,6 +16,12 @@ episode's support set.
 learn2learn draws from Python's ``random``; it is seeded from ``(seed, step)`` for each episode and
 the caller's state restored, so an episode depends on nothing but ``(labels, ways, shots, queries,
 seed, step)``: ``--resume`` replays the same episodes.
+
+The evaluation's episodes (``tasks.fewshot.sample_episodes``) come from the same kind of sampler
+over the same ``IndexDataset``, with another layout and RNG use: all of a run's episodes are drawn at
+once from one seed with the fused one-step sampler, class by class, for batched scoring. Training
+keeps its own, one episode per step seeded by the step, so that a resumed run replays its episodes
+and the training runs recorded so far stay reproducible.
 """
 import random
 
@@ -25,7 +31,7 @@ from learn2learn.data import MetaDataset, Taskset
 from learn2learn.data.transforms import KShots, LoadData, NWays, RemapLabels
 
 from tasks.errors import UserError
-from tasks.fewshot import _IndexDataset
+from tasks.fewshot import IndexDataset
 
 
 class EpisodeSampler:
@@ -49,7 +55,7 @@ class EpisodeSampler:
                             f"{counts[present].min()}; use fewer shots or queries")
         self.ways, self.shots, self.queries = ways, shots, queries
         by_class = {int(c): np.flatnonzero(codes == c).tolist() for c in present}
-        dataset = MetaDataset(_IndexDataset(codes), labels_to_indices=by_class)
+        dataset = MetaDataset(IndexDataset(codes), labels_to_indices=by_class)
         transforms = [NWays(dataset, ways), KShots(dataset, per_class), LoadData(dataset), RemapLabels(dataset)]
         self.taskset = Taskset(dataset, transforms, num_tasks=-1)
 

@@ -63,6 +63,15 @@ def deb_extract(deb, dest, offline_hint):
     return Path(dest)
 
 
+def unpacked_deb(package, source, scratch, offline_hint):
+    """The files of ``package``'s ``.deb`` unpacked under ``scratch/files``: the ``.deb`` given as
+    ``source`` (offline), else downloaded into ``scratch``."""
+    deb = Path(source) if source else apt_download(package, scratch, offline_hint)
+    if not deb.is_file():
+        raise UserError(f"no file {deb}; {offline_hint}")
+    return deb_extract(deb, Path(scratch) / "files", offline_hint)
+
+
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:

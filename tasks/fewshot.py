@@ -99,7 +99,7 @@ def _check_codes(classes, codes, ways, shots, queries, episodes):
             f"{counts[worst]}); use --shots and --queries that add up to {counts.min()} or less")
 
 
-class _IndexDataset(Dataset):
+class IndexDataset(Dataset):
     """Sample ``i`` is ``(i, codes[i])``: learn2learn draws indices, features are gathered after."""
 
     def __init__(self, codes):
@@ -145,7 +145,7 @@ def _draw_episodes(labels, ways, shots, queries, episodes, seed):
     classes, codes = class_codes(labels)
     _check_codes(classes, codes, ways, shots, queries, episodes)
     by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
-    dataset = MetaDataset(_IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
+    dataset = MetaDataset(IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
     taskset = Taskset(dataset, [FusedNWaysKShots(dataset, n=ways, k=shots + queries)], num_tasks=episodes)
     code_of = codes.tolist()
     state = random.getstate()
@@ -203,6 +203,21 @@ def mean_ci95(values):
         raise ValueError("mean_ci95 needs at least one value")
     ci95 = 1.96 * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
     return float(values.mean()), float(ci95)
+
+
+def paired(accuracies_a, accuracies_b):
+    """Paired differences A − B over the settings both mappings (setting → per-episode accuracies)
+    hold with as many episodes: ``[(setting, {mean_a, mean_b, difference, ci95, n})]``, in A's
+    order, ``difference, ci95 = mean_ci95(a − b)``. Equal settings must mean identical episodes
+    (same seed, sizes and labels), which is what makes the difference paired."""
+    rows = []
+    for setting, a in accuracies_a.items():
+        b = accuracies_b.get(setting)
+        if b is not None and len(a) == len(b):
+            difference, ci95 = mean_ci95(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+            rows.append((setting, {"mean_a": float(np.mean(a)), "mean_b": float(np.mean(b)),
+                                   "difference": difference, "ci95": ci95, "n": len(a)}))
+    return rows
 
 
 def evaluate_fewshot(features, labels, ways=5, shots=1, queries=15, episodes=600, seed=0, classifier="proto"):

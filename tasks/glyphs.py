@@ -75,7 +75,7 @@ from tqdm import tqdm
 
 from tasks.errors import UserError
 from tasks.fonts import font_files, matplotlib_fonts
-from tasks.io import atomic_path
+from tasks.io import atomic_path, read_npz, write_npz
 
 VERSION = 1
 
@@ -400,20 +400,15 @@ def _generate(fonts, size, samples, seed, min_writers, progress, draw_seed):
 
 def _write(glyphs, path):
     scripts, chars = zip(*glyphs.classes)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, images=glyphs.images, labels=glyphs.labels, scripts=np.array(scripts),
-                            chars=np.array(chars), background=glyphs.splits["background"],
-                            evaluation=glyphs.splits["evaluation"],
-                            seconds=np.float64(glyphs.seconds), version=np.int64(VERSION))
+    write_npz(path, {"images": glyphs.images, "labels": glyphs.labels, "scripts": np.array(scripts),
+                     "chars": np.array(chars), "background": glyphs.splits["background"],
+                     "evaluation": glyphs.splits["evaluation"], "seconds": np.float64(glyphs.seconds),
+                     "version": np.int64(VERSION)}, compressed=True)
 
 
 def _read(path, size):
     """The cached GlyphSet; ValueError, KeyError or a zip/zlib error when the file is damaged."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = sorted(set(_KEYS) - set(z.files))
-        if missing:
-            raise KeyError(f"missing {missing}")
-        d = {k: z[k] for k in _KEYS}
+    d = read_npz(path, _KEYS)
     images, labels, n = d["images"], d["labels"], len(d["chars"])
     splits = {k: d[k].astype(np.int64) for k in ("background", "evaluation")}
     if (int(d["version"]) != VERSION or images.dtype != np.uint8 or images.shape[1:] != (size, size)

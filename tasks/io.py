@@ -9,6 +9,8 @@
   writer can leave only its last line torn: the reader skips it and the next append removes it;
   any other bad line is an error naming the file and line. Values are standard JSON: a float that
   is not finite is written as ``null`` and named, with its value, under ``null_reason``.
+- ``write_npz`` / ``read_npz``: NumPy archives written atomically; read back with every expected
+  array present (no pickles).
 - ``try_lock`` / ``locked``: an exclusive ``flock`` on a lock file, which the kernel drops when its
   process ends however it ends (even ``kill -9``), so a killed holder never leaves it stuck.
 - A full disk, a read-only file system, a missing permission or a file where a folder should be is
@@ -22,6 +24,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from tasks.errors import UserError
 
@@ -138,6 +142,22 @@ def atomic_write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def write_npz(path, arrays, compressed=False):
+    """``np.savez`` (or ``savez_compressed``) of the dict ``arrays`` into ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+def read_npz(path, keys):
+    """``{key: array}`` of ``keys`` from the ``.npz`` at ``path``, pickles refused; a ``KeyError``
+    naming the missing ones, or NumPy's ``ValueError`` / zip error for a damaged file."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = sorted(set(keys) - set(z.files))
+        if missing:
+            raise KeyError(f"missing {missing}")
+        return {k: z[k] for k in keys}
 
 
 def standard_json(record):

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from tasks.errors import UserError
 from tasks.fetch import copy_into, pip_download
 from tasks.formats import fail
-from tasks.io import atomic_path
+from tasks.io import read_npz, write_npz
 
 VERSION = 1
 WHEEL = "kanjivg==20260714"
@@ -273,18 +273,13 @@ def draw_samples(strokes, size, samples, rng):
 
 
 def _write(kanji, path):
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, images=kanji.images, labels=kanji.labels, chars=np.array(kanji.chars),
-                            background=kanji.splits["background"], evaluation=kanji.splits["evaluation"],
-                            seconds=np.float64(kanji.seconds), version=np.int64(VERSION))
+    write_npz(path, {"images": kanji.images, "labels": kanji.labels, "chars": np.array(kanji.chars),
+                     "background": kanji.splits["background"], "evaluation": kanji.splits["evaluation"],
+                     "seconds": np.float64(kanji.seconds), "version": np.int64(VERSION)}, compressed=True)
 
 
 def _read(path, size):
-    with np.load(path, allow_pickle=False) as z:
-        missing = sorted(set(_KEYS) - set(z.files))
-        if missing:
-            raise KeyError(f"missing {missing}")
-        d = {k: z[k] for k in _KEYS}
+    d = read_npz(path, _KEYS)
     images, labels, n = d["images"], d["labels"], len(d["chars"])
     splits = {k: d[k].astype(np.int64) for k in SPLITS}
     if (int(d["version"]) != VERSION or images.dtype != np.uint8 or images.shape[1:] != (size, size)

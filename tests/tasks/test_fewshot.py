@@ -9,7 +9,7 @@ from learn2learn.data import MetaDataset, Taskset
 from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
 
 from tasks.errors import UserError
-from tasks.fewshot import _IndexDataset, embed, evaluate_fewshot, mean_ci95, prototype_logits, sample_episodes
+from tasks.fewshot import IndexDataset, embed, evaluate_fewshot, mean_ci95, paired, prototype_logits, sample_episodes
 
 
 def labels_of(classes=12, per_class=10):
@@ -47,7 +47,7 @@ def test_episodes_are_those_of_the_full_learn2learn_pipeline():
     full Taskset draws from the same seed, with its classes in the same label order and the same
     support and query images per class (RemapLabels' shuffle draws random numbers too)."""
     labels = labels_of(classes=9, per_class=7)
-    dataset = MetaDataset(_IndexDataset(labels))
+    dataset = MetaDataset(IndexDataset(labels))
     taskset = Taskset(dataset, [FusedNWaysKShots(dataset, n=4, k=5), LoadData(dataset), RemapLabels(dataset)],
                       num_tasks=30)
     random.seed(3)
@@ -175,3 +175,13 @@ def test_embed_scales_adds_channel_batches_in_order_and_leaves_the_module_as_it_
         embed(net, images.float())
     with pytest.raises(UserError, match="empty"):
         embed(net, images[:0])
+
+
+def test_paired_differences_use_only_settings_both_hold_with_as_many_episodes():
+    a = {"x": [50.0, 60.0, 70.0], "y": [10.0, 20.0], "only-a": [1.0]}
+    b = {"x": [40.0, 60.0, 65.0], "y": [10.0], "only-b": [2.0]}
+    (setting, stats), = paired(a, b)
+    diff = np.array([10.0, 0.0, 5.0])
+    assert setting == "x" and stats["n"] == 3
+    assert stats["difference"] == pytest.approx(5.0) and stats["mean_a"] == 60 and stats["mean_b"] == 55
+    assert stats["ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(3))
