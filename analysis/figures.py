@@ -363,7 +363,7 @@ def fig_training(df, metrics, notes):
     margin = 0.04 * (steps[1] - steps[0]) or 0.5
     for i, (ax, quantity) in enumerate(zip(axes, quantities)):
         panel = metrics[metrics["quantity"] == quantity]
-        name = {"lr": "learning rate", "sigma": "σ"}.get(quantity, quantity.replace("_", " "))
+        name = {"lr": "learning rate", "sigma_kl": "σ (KL to the target)", "sigma": "σ (KL to the target)"}.get(quantity, quantity.replace("_", " "))
         largest = panel["value"].abs().max()
         power = int(np.floor(np.log10(largest))) if largest > 0 else 0
         scale = 10.0 ** power if power < -1 or power > 3 else 1.0  # shown in the title

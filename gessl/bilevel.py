@@ -105,7 +105,7 @@ class GeSSL:
         """Back-propagate the outer loss into θ's ``.grad``, averaged over processes; return the logs
         (of this process's tasks).
 
-        Logs (detached tensors): ``loss`` (the outer loss), ``sigma``, ``query_loss`` (L(θ_K; O)),
+        Logs (detached tensors): ``loss`` (the outer loss), ``sigma_kl`` (σ, the KL gap to the target), ``query_loss`` (L(θ_K; O)),
         ``inner_loss_k`` (the support loss before inner step k), the outer set's named base terms, and the
         seconds spent in the inner loop, the target and the outer forward and backward (measured on
         ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
@@ -149,7 +149,7 @@ class GeSSL:
             seconds["time_target"] += targeted - adapted
             seconds["time_outer"] += clock(device, diagnose) - targeted
             # in float64, so that the sums over tasks are those of Python floats
-            task_logs = {"loss": loss.detach().double(), "sigma": sigma.detach().double() / len(tasks),
+            task_logs = {"loss": loss.detach().double(), "sigma_kl": sigma.detach().double() / len(tasks),
                          "query_loss": out.loss.detach().double() / len(tasks),
                          **{k: v.detach().double() / len(tasks) for k, v in out.terms.items()},
                          **{f"inner_loss_{k}": v.double() / len(tasks) for k, v in enumerate(inner_losses)}}
@@ -166,8 +166,8 @@ def _grad_norms(sigma_grads, total_grads):
     """Norms of the σ term's gradient and of the rest (total − σ), and σ's share of their sum."""
     sigma = torch.sqrt(sum(g.square().sum() for g in sigma_grads)).item()
     rest = torch.sqrt(sum((t - g).square().sum() for t, g in zip(total_grads, sigma_grads) if t is not None)).item()
-    return {"grad_norm_sigma": sigma, "grad_norm_query_loss": rest,
-            "sigma_grad_share": sigma / max(sigma + rest, 1e-12)}
+    return {"grad_norm_sigma_kl": sigma, "grad_norm_query_loss": rest,
+            "sigma_kl_grad_share": sigma / max(sigma + rest, 1e-12)}
 
 
 META_OPTIMISERS = {"none": PlainStep, "gessl": GeSSL}

@@ -96,8 +96,8 @@ def build_run(root, run):
             entry["dsa_loss"] = 0.2 - step / 1000
             entry["loss"] += entry["dsa_loss"]
         if meta == "gessl":
-            entry.update(sigma=0.5 - step / 200, grad_norm_sigma=3.0, time_inner=0.1)
-            entry["loss"] += 4 * entry["sigma"]
+            entry.update(sigma_kl=0.5 - step / 200, grad_norm_sigma_kl=3.0, time_inner=0.1)
+            entry["loss"] += 4 * entry["sigma_kl"]
         log.append(entry)
     write_jsonl(folder / "metrics.jsonl", log)
     rng = np.random.default_rng(len(run))

@@ -108,14 +108,14 @@ def test_feature_maps_default_to_the_variants_of_a_base_and_a_random_backbone(fu
 def test_training_curves_show_losses_sigma_and_lr_not_timings(full_runs, monkeypatch):
     df = report.load_results([full_runs])
     metrics = report.load_metrics(df, report.Notes())
-    assert figures._curve_quantities(metrics) == ["loss", "dsa_loss", "nt_xent", "sigma", "lr"]
+    assert figures._curve_quantities(metrics) == ["loss", "dsa_loss", "nt_xent", "sigma_kl", "lr"]
     plain = metrics[metrics["model"] == "simclr"]
     assert figures._curve_quantities(plain) == ["loss", "lr"]  # nt_xent is the whole loss there
     made = recording(monkeypatch)
     figures.fig_training(df, metrics, report.Notes())
-    sigma_ax = next(ax for ax in made[0].axes if ax.get_title() == "σ")
+    sigma_ax = next(ax for ax in made[0].axes if ax.get_title() == "σ (KL to the target)")
     line, = sigma_ax.lines
-    log = metrics[(metrics["model"] == "simclr-gessl") & (metrics["quantity"] == "sigma")]
+    log = metrics[(metrics["model"] == "simclr-gessl") & (metrics["quantity"] == "sigma_kl")]
     assert list(line.get_xdata()) == list(log["step"]) and list(line.get_ydata()) == list(log["value"])
     lr_ax = next(ax for ax in made[0].axes if ax.get_title().startswith("learning rate"))
     assert lr_ax.get_title() == "learning rate (×1e-3)"

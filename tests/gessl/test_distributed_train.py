@@ -76,7 +76,7 @@ def test_two_processes_run_gessl_like_one_process_running_all_their_tasks(glyph_
     train_two(*flags, "--out", str(tmp_path / "two"))
     run_train(tmp_path / "one", *flags)
     for got, want in zip(metrics(tmp_path / "two"), metrics(tmp_path / "one"), strict=True):
-        for key in ["loss", "sigma", "query_loss", "inner_loss_0", "dsa_loss", "grad_norm_sigma"]:
+        for key in ["loss", "sigma_kl", "query_loss", "inner_loss_0", "dsa_loss", "grad_norm_sigma_kl"]:
             assert got[key] == pytest.approx(want[key], rel=1e-5), key
     two, one = parameters(tmp_path / "two"), parameters(tmp_path / "one")
     assert any(k.startswith("regulariser.adjuster.") for k in one)

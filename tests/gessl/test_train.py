@@ -71,9 +71,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(glyph_root, tmp_path, 
     assert [r["step"] for r in metrics(tmp_path / "stopped")] == list(range(1, 7))
     assert [r["loss"] for r in metrics(tmp_path / "stopped")] == [r["loss"] for r in metrics(tmp_path / "straight")]
     if meta == "gessl":
-        logged = {"sigma", "query_loss", "inner_loss_0", "time_inner", "time_target", "time_outer",
-                  "grad_norm_sigma", "sigma_grad_share"}
-        assert all(logged <= r.keys() and r["sigma"] >= 0 for r in metrics(tmp_path / "straight"))
+        logged = {"sigma_kl", "query_loss", "inner_loss_0", "time_inner", "time_target", "time_outer",
+                  "grad_norm_sigma_kl", "sigma_kl_grad_share"}
+        assert all(logged <= r.keys() and r["sigma_kl"] >= 0 for r in metrics(tmp_path / "straight"))
     if reg == "dsa":
         assert all({"dsa_loss", "dsa_prior", "dsa_outlier_share"} <= r.keys() for r in metrics(tmp_path / "straight"))
         assert any(k.startswith("regulariser.prior.") for k in a["model"])  # the EMA prior resumes too

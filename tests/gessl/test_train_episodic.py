@@ -56,7 +56,7 @@ def test_episodic_resume_after_interrupt_matches_uninterrupted_run(glyph_root, t
 
 
 @pytest.mark.parametrize("base, meta, term", [("supervised", "none", "cross_entropy"),
-                                              ("supervised", "gessl", "sigma"),
+                                              ("supervised", "gessl", "sigma_kl"),
                                               ("protonet", "gessl", "proto_accuracy"),
                                               ("maml", "none", "maml_query_loss")])
 def test_every_reference_runs_with_dsa(glyph_root, tmp_path, base, meta, term):
