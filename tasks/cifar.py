@@ -18,6 +18,7 @@ and blue planes of each 32 x 32 image) and ``labels`` (CIFAR-10) or ``fine_label
   1, 2, 3, 4, 5, 6, 9, 10, 15, 17, 18, 19 (60 classes), validation 8, 11, 13, 16 (20), evaluation
   0, 7, 12, 14 (20).
 Classes are numbered within a split in the order of their CIFAR label.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
 """
 from pathlib import Path
 

@@ -12,6 +12,7 @@
   train, val(id)/validation, test, background or evaluation. One wrapping folder (EuroSAT's
   ``2750/``) is looked through. Classes are the sorted class folder names of each split.
 Colour sets are decoded as RGB, the shorter side scaled to the size asked and the centre cropped.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
 """
 from pathlib import Path
 

@@ -14,6 +14,7 @@
   ``{train,test}_y.bin`` (uint8 labels 1..10); 5,000 train and 8,000 test images. The unlabelled
   images are not read.
 Few-shot splits map train / validation / test to ``background`` / ``validation`` / ``evaluation``.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
 """
 from pathlib import Path
 

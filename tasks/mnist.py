@@ -11,6 +11,7 @@ Fashion-MNIST (Xiao et al. 2017, MIT licence): the four IDX files (gzip or not; 
 ``dataset-fashion-mnist``). ``fetch_fashion_mnist`` takes them out of that package's ``.deb`` into
 ``ROOT/fashion-mnist/`` without installing it (no root needed); torchvision's ``download=True`` is
 never used (its checksums do not match these files).
+Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
 """
 import tempfile
 import zipfile

@@ -34,6 +34,7 @@ every 7th image), a character's ink box spans 0.50-0.89 of the side (5th-95th pe
 0.68) on the minimal sets against 0.43-0.75 (median 0.57) on the glyphs' evaluation split, and the
 mean pixel is 8 % of full ink against 10 %: Omniglot's characters are drawn a little larger and
 thinner than the glyphs, in the same format.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
 """
 import io
 import re
