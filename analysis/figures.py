@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.load import REFERENCES, model_order
 from analysis.tables import AXES, metric_name
-from tasks.io import atomic_path
+from tasks.common.io import atomic_path
 
 WIDTH = 7.0  # inches: a full text width
 THEME = {"context": "paper", "style": "whitegrid", "palette": "colorblind", "font_scale": 1.05,

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.errors import UserError
-from tasks.io import read_jsonl
+from tasks.common.errors import UserError
+from tasks.common.io import read_jsonl
 
 KEY = ["run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
        "metric"]

@@ -35,8 +35,8 @@ from analysis.load import (RANDOM_VARIANT, Notes, load_episodes, load_feature_sa
                            load_metrics, load_results, model_order)
 from analysis.tables import (AXES, default_pairs, grouped_rows, mark_best, paired_differences,
                              paired_markdown, to_markdown, wide_tables)
-from tasks.errors import UserError
-from tasks.io import atomic_path, atomic_write_text
+from tasks.common.errors import UserError
+from tasks.common.io import atomic_path, atomic_write_text
 
 __all__ = ["load_results", "write_report", "main"]
 FIGURES = ["fig1_fewshot_accuracy", "fig2_accuracy_vs_shots", "fig3_sigma_universality",

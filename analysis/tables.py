@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import REFERENCES, SETTINGS, model_order
-from tasks.fewshot import paired
+from tasks.evaluation.fewshot import paired
 
 # Whether a higher or a lower value of a metric is better; other metrics are not marked best.
 DIRECTION = {"accuracy": "max", "error": "min", "inter_class_separation": "max", "intra_class_variance": "min",

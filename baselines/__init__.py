@@ -15,7 +15,7 @@ a method whose buffers must stay per process (SwAV's queue) sets ``broadcast_buf
 
 Label-using references: ``supervised`` (cross-entropy over the training classes; takes
 ``num_classes``) and the episodic ``protonet`` and ``maml`` (class attribute ``episodic = True``:
-``gessl.train`` feeds them few-shot episodes of ``tasks.episodes`` instead of ``--batch-size``
+``gessl.train`` feeds them few-shot episodes of ``tasks.training.episodes`` instead of ``--batch-size``
 batches; ``meta_learner = True`` marks MAML, which cannot run inside ``--meta gessl``). They read
 ``batch["labels"]``. ``baselines.maml`` is the one module that imports more than torch: learn2learn's
 MAML wrapper (its docstring says why)."""

@@ -10,7 +10,7 @@ backbone)::
 
 Support and query within a labelled batch (``support_mask``): per class, in batch order, the first
 share s = shots / (shots + queries) of the class's n images (round(s·n), at least 1 and at most
-n − 1) are support, the rest queries. On a training episode (``tasks.episodes``) that is exactly its
+n − 1) are support, the rest queries. On a training episode (``tasks.training.episodes``) that is exactly its
 support set; on a part of it (a GeSSL task's support or query set) every class keeps the same
 share. A class with a single image in the batch cannot be both: that is an error. Each image
 counts with both augmented views (both views of a support image go into the prototype, both views

@@ -6,10 +6,10 @@ evaluation split:
 - per-episode pipeline (what most few-shot code does): learn2learn's ``Taskset`` over the *images*
   (``FusedNWaysKShots``, ``LoadData``, ``RemapLabels``), the backbone run on each episode's
   images, then the classifier;
-- the same with our fast forward pass (``tasks.frozen.frozen_features`` on a channels-last copy),
+- the same with our fast forward pass (``tasks.evaluation.frozen.frozen_features`` on a channels-last copy),
   to separate what caching gains from what the forward pass gains;
 - ours, cold: embed the split once, then draw every episode as indices and classify them all in
-  batched tensor work (``tasks.fewshot.evaluate_fewshot``);
+  batched tensor work (``tasks.evaluation.fewshot.evaluate_fewshot``);
 - ours, warm: the same with the features already embedded (a second shot setting, classifier or
   σ on the same model, or a cached embedding).
 
@@ -29,11 +29,11 @@ from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
 from torch.utils.data import Dataset
 
 from gessl.backbones import build_backbone
-from tasks import fewshot
-from tasks.datasets import load_split
-from tasks.fewshot import class_codes, embed, evaluate_fewshot, prototype_logits
-from tasks.frozen import frozen_features
-from tasks.io import atomic_write_text
+from tasks.common.io import atomic_write_text
+from tasks.data.registry import load_split
+from tasks.evaluation import fewshot
+from tasks.evaluation.fewshot import class_codes, embed, evaluate_fewshot, prototype_logits
+from tasks.evaluation.frozen import frozen_features
 
 
 class ImageDataset(Dataset):

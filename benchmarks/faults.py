@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.io import atomic_write_text
+from tasks.common.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 TEST = "tests/gessl/test_faults.py::test_random_kills_and_interrupts_then_resume_end_bit_identical_to_an_uninterrupted_run"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.io import atomic_write_text
+from tasks.common.io import atomic_write_text
 
 VARIANTS = {"simclr": ["--meta", "none"], "simclr + DSA": ["--meta", "none", "--reg", "dsa"],
             "simclr + GeSSL": ["--meta", "gessl", "--tasks-per-step", "2"]}

@@ -51,7 +51,7 @@ from gessl import train
 from gessl.config import resolve_config
 from gessl.device import clock, resolve_amp, resolve_device
 from gessl.inner_loop import take
-from tasks.io import atomic_write_text
+from tasks.common.io import atomic_write_text
 
 SSL_BASES = ["simclr", "moco", "byol", "simsiam", "barlow", "vicreg", "swav", "music", "supervised"]
 GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)

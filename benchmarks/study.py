@@ -60,8 +60,8 @@ import yaml
 
 from gessl import evaluate, train
 from gessl.config import resolve_config
-from tasks.errors import UserError, run_cli
-from tasks.io import append_jsonl, atomic_write_text, locked, read_jsonl, try_lock
+from tasks.common.errors import UserError, run_cli
+from tasks.common.io import append_jsonl, atomic_write_text, locked, read_jsonl, try_lock
 
 KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "variants"}
 

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
-from tasks.errors import UserError
-from tasks.io import atomic_write_bytes
+from tasks.common.errors import UserError
+from tasks.common.io import atomic_write_bytes
 
 
 class Conv4(nn.Sequential):
     """Four conv blocks of ``width`` channels, then a flatten; the output dimension depends on the
-    input size. A ``Sequential`` (``features``, ``flatten``), so `tasks.frozen.eval_forward` folds it."""
+    input size. A ``Sequential`` (``features``, ``flatten``), so `tasks.evaluation.frozen.eval_forward` folds it."""
 
     def __init__(self, in_channels=1, width=64, image_size=28):
         blocks, c = [], in_channels
@@ -97,7 +97,7 @@ def not_finite(state):
 
 def save_torch_file(obj, path):
     """``torch.save`` of ``obj`` to ``path`` atomically; serialised in memory first, so that a full or
-    read-only disk is a ``tasks.io.WriteError`` rather than an error inside torch's zip writer."""
+    read-only disk is a ``tasks.common.io.WriteError`` rather than an error inside torch's zip writer."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getbuffer())

@@ -1,7 +1,7 @@
 """BatchNorm running statistics re-estimated for the parameters a backbone has now.
 
 In training, BatchNorm normalises with the batch's own statistics; in eval mode it uses its running
-averages μ, σ² (``tasks.frozen`` folds them into the convolutions, so every evaluation depends on
+averages μ, σ² (``tasks.evaluation.frozen`` folds them into the convolutions, so every evaluation depends on
 them). Training keeps them as μ ← (1 − m) μ + m μ_B (m = 0.1) over the batches the model saw, of
 the activations of whichever parameters ran those forward passes: under GeSSL the outer forward
 pass runs the adapted θ_K, while the saved parameters are θ.
@@ -27,9 +27,9 @@ from gessl.config import read_yaml, resolve_config
 from gessl.device import Placement
 from gessl.evaluate import check_run_dir
 from gessl.train import step_batch
-from tasks.augment import GlyphAugment
-from tasks.datasets import load_split
-from tasks.errors import UserError, run_cli
+from tasks.common.errors import UserError, run_cli
+from tasks.data.registry import load_split
+from tasks.training.augment import GlyphAugment
 
 
 def reestimate(net, batches):

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from gessl.shares import check_tasks
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 # The bounds of the options, kept with their fields (metadata "check"): a check returns what is wrong

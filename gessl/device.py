@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 

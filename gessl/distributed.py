@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from baselines.distributed import world_size
 from gessl.shares import check_tasks, share
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 _CPU_GROUP = {}  # "group": the gloo group of Processes.any under nccl (None: the default group is gloo)
 

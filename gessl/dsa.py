@@ -41,8 +41,8 @@ from torch import nn
 from baselines.base import SSLOutput
 from baselines.momentum import follow_by_ema
 from gessl.backbones import load_backbone, load_torch_file
-from tasks.errors import UserError
-from tasks.frozen import frozen_features
+from tasks.common.errors import UserError
+from tasks.evaluation.frozen import frozen_features
 
 VIEW_PAIRS = ((0, 0), (1, 1), (0, 1), (1, 0))  # (a, b) of the four relation matrices, 0-based views
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
@@ -200,8 +200,8 @@ class FrozenPrior(nn.Module):
       w' = w·γ/√(σ² + ε), b' = (b − μ)·γ/√(σ² + ε) + β, and ReLU after max-pool. The fold is redone
       for every chunk from the current parameters (0.2 ms for conv4's four layers), so it never
       lags behind ``follow`` or a resumed checkpoint and needs no state of its own;
-    - chunks of ``tasks.frozen.CPU_CHUNK_IMAGES`` images, whose activations stay in the CPU's
-      cache (``tasks.frozen.frozen_features`` runs the last two on channels-last input).
+    - chunks of ``tasks.evaluation.frozen.CPU_CHUNK_IMAGES`` images, whose activations stay in the CPU's
+      cache (``tasks.evaluation.frozen.frozen_features`` runs the last two on channels-last input).
     """
 
     def __init__(self, net, prepare=None):

@@ -1,6 +1,6 @@
 """Evaluate trained runs: ``python -m gessl.evaluate RUN_DIR... [--suite quick|standard|full]``.
 
-How universal is the run's backbone? The suite (``tasks.suite``) embeds the data of each axis once
+How universal is the run's backbone? The suite (``tasks.evaluation.suite``) embeds the data of each axis once
 with the frozen backbone and measures on the cached features:
 
 - discriminability: held-out images of the training classes;
@@ -13,9 +13,9 @@ with the frozen backbone and measures on the cached features:
 On each it runs seeded few-shot episodes (learn2learn task samplers; prototype and, in ``full``,
 logistic-regression classifiers), the σ universality score (docs/gessl.md: KL from the
 task-optimal to the few-shot posterior; per axis and overall, lower is more universal) and the
-crowding metrics (``tasks.crowding``); where the dataset has labelled training images of the same
+crowding metrics (``tasks.evaluation.crowding``); where the dataset has labelled training images of the same
 classes, a linear probe (L2 strength chosen on a validation split) and weighted kNN (k = 20, 200).
-On Lake's runs it scores the paper's 20-way 1-shot error by nearest neighbour (``tasks.lake``), and
+On Lake's runs it scores the paper's 20-way 1-shot error by nearest neighbour (``tasks.evaluation.lake``), and
 beside the models the pixel baseline of Lake's demo (modified Hausdorff distance).
 A randomly initialised backbone of the same kind is evaluated alike, so the gain of training is
 visible. Records are appended to ``RUN_DIR/results.jsonl``; each names its run, dataset, split,
@@ -69,16 +69,16 @@ from gessl.backbones import build_backbone, load_backbone
 from gessl.config import read_yaml, resolve_config
 from gessl.device import resolve_device
 from gessl.distributed import Processes
-from tasks.crowding import crowding_metrics
-from tasks.datasets import fetch_missing, get_dataset, load_split
-from tasks.omniglot import WAYS as LAKE_WAYS
-from tasks.errors import UserError, run_cli
-from tasks.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95, paired
-from tasks.io import append_jsonl, write_npz
-from tasks.lake import hausdorff_errors, nearest_errors
-from tasks.linear import knn_accuracy, linear_probe
-from tasks.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
-from tasks.universality import overall_score, sigma_scores
+from tasks.common.errors import UserError, run_cli
+from tasks.common.io import append_jsonl, write_npz
+from tasks.data.omniglot import WAYS as LAKE_WAYS
+from tasks.data.registry import fetch_missing, get_dataset, load_split
+from tasks.evaluation.crowding import crowding_metrics
+from tasks.evaluation.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95, paired
+from tasks.evaluation.lake import hausdorff_errors, nearest_errors
+from tasks.evaluation.linear import knn_accuracy, linear_probe
+from tasks.evaluation.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
+from tasks.evaluation.universality import overall_score, sigma_scores
 
 EPISODE_FIELDS = ("run", "dataset", "split", "axis", "classifier", "ways", "shots", "queries", "episodes",
                   "seed", "labels")
@@ -129,7 +129,7 @@ def feature_sample_index(labels, seed, classes=SAMPLE_CLASSES, per_class=SAMPLE_
 
 
 def get_suite(name="standard", **changes):
-    """The named suite with ``changes`` (fields of ``tasks.suite.Suite``; None: keep) applied and checked."""
+    """The named suite with ``changes`` (fields of ``tasks.evaluation.suite.Suite``; None: keep) applied and checked."""
     if name not in SUITES:
         raise UserError(f"unknown suite {name!r}; choose one of: {', '.join(SUITES)}")
     suite = dataclasses.replace(SUITES[name], **{k: tuple(v) if isinstance(v, list) else v
@@ -303,8 +303,8 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     ``run_dir/results.jsonl`` and return them.
 
     ``changes`` override fields of the named suite (``episodes``, ``shots``, ``ways``, ``queries``,
-    ``classifiers``, ``axes``, ...; see ``tasks.suite.Suite``). ``data_root``: the data folders to read
-    (``tasks.glyphs.data_roots``; None: the run's). Unless ``offline`` (None: ``$GESSL_OFFLINE`` set
+    ``classifiers``, ``axes``, ...; see ``tasks.evaluation.suite.Suite``). ``data_root``: the data folders to read
+    (``tasks.data.glyphs.data_roots``; None: the run's). Unless ``offline`` (None: ``$GESSL_OFFLINE`` set
     to 1), the transferability axis first fetches the registry sets ``TRANSFER_SETS`` that no data
     folder holds. Every split is read and every episode setting checked before the first model is
     embedded. Notes on axes without data are printed. On Lake's one-shot runs the pixel baseline

@@ -13,8 +13,8 @@ import contextlib
 import os
 from contextlib import contextmanager
 
-from tasks.errors import UserError
-from tasks.io import make_folder, remove_temporaries, try_lock
+from tasks.common.errors import UserError
+from tasks.common.io import make_folder, remove_temporaries, try_lock
 
 WRITTEN = ("checkpoint.pt", "backbone.pt", "config.yaml", "data.json", "metrics.jsonl")  # what training writes
 LOCK = ".lock"
@@ -36,6 +36,8 @@ def claimed(run_dir, fresh):
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         yield
     except BaseException:
+        if created and fd is None and (run_dir / LOCK).exists():
+            fd = try_lock(run_dir / LOCK)  # a signal came while this start locked: clean up unless another holds it
         if created and fd is not None and not any((run_dir / n).exists() for n in ("checkpoint.pt", "metrics.jsonl")):
             for name in (LOCK, "config.yaml", "data.json"):
                 (run_dir / name).unlink(missing_ok=True)

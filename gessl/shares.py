@@ -10,7 +10,7 @@ A task of t images: its first ``support_size(t, r) = round(t · r)`` images are 
 the rest the query set (``gessl.bilevel``). ``check_tasks`` refuses, up front, a cut that leaves
 fewer than ``least`` images in some support or query set.
 """
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 def share(n, parts, index):

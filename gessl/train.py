@@ -39,14 +39,14 @@ from gessl.evaluate import evaluate_run, print_table
 from gessl.run_folder import claimed
 from gessl.shares import check_tasks
 from gessl.sync_bn import convert_sync_batchnorm
-from tasks.augment import GlyphAugment
-from tasks.datasets import get_dataset, load_split, noto_dir
-from tasks.episodes import EpisodeSampler
-from tasks.errors import UserError, run_cli
-from tasks.fonts import font_files, font_list
-from tasks.glyphs import data_root
-from tasks.interrupts import DeferredStop
-from tasks.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
+from tasks.common.errors import UserError, run_cli
+from tasks.common.interrupts import DeferredStop
+from tasks.common.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
+from tasks.data.fonts import font_files, font_list
+from tasks.data.glyphs import data_root
+from tasks.data.registry import get_dataset, load_split, noto_dir
+from tasks.training.augment import GlyphAugment
+from tasks.training.episodes import EpisodeSampler
 
 EPISODE_OPTIONS = ("episode_ways", "episode_shots", "episode_queries")  # an episodic method's EpisodeSampler
 DATA_FILE = "data.json"  # the run folder's record of its training data (``data_record``)
@@ -174,7 +174,7 @@ def step_batch(images, labels, cfg, step, steps_per_epoch, augment, placement, s
 
 
 def episode_batch(images, episodes, cfg, step, augment, placement):
-    """``step_batch`` for episodic methods: the images of step ``step``'s episode (``tasks.episodes``),
+    """``step_batch`` for episodic methods: the images of step ``step``'s episode (``tasks.training.episodes``),
     their views and their episode labels 0..ways−1, in the episode's layout."""
     idx, labels = episodes.sample(cfg.seed, step)
     return views_batch(images[idx], labels, cfg, step, augment, placement)

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from tasks.glyphs import load_glyphs
+from tasks.data.glyphs import load_glyphs
 
 torch.set_num_threads(1)
 os.environ["GESSL_OFFLINE"] = "1"  # no test fetches from the package registries (`gessl.evaluate --offline`)

@@ -134,8 +134,7 @@ def test_explicit_pairs_accept_run_names_of_a_merged_random_backbone(full_runs):
     assert any("vicreg vs simclr: no episodes scored on both" in n for n in notes)
 
 
-def test_only_identical_episodes_are_paired(full_runs):
-    df = report.load_results([full_runs])
+def test_only_identical_episodes_are_paired():
     same = {("a", (("labels", "x"), ("shots", "1"))): np.array([50.0, 60.0]),
             ("b", (("labels", "x"), ("shots", "1"))): np.array([40.0, 70.0])}
     assert tables.paired_differences(same, [("a", "b")], report.Notes())["n"].tolist() == [2]

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from baselines.maml import MAML
-from tasks.episodes import EpisodeSampler
+from tasks.training.episodes import EpisodeSampler
 
 
 def episode_batch(ways=3, shots=2, queries=1, dim=4, seed=0):
-    """Two views of ``ways`` classes in rounds (support rounds first), as ``tasks.episodes`` lays them out."""
+    """Two views of ``ways`` classes in rounds (support rounds first), as ``tasks.training.episodes`` lays them out."""
     g = torch.Generator().manual_seed(seed)
     n = ways * (shots + queries)
     views = [torch.randn(n, dim, generator=g, dtype=torch.float64) for _ in range(2)]

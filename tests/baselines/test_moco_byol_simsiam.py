@@ -17,7 +17,7 @@ from gessl.bilevel import GeSSL
 from gessl.config import TrainConfig
 from gessl.inner_loop import trainable
 from gessl.train import SSLModel, build_model
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 def small_backbone(seed=0):

@@ -11,7 +11,7 @@ from torch import nn
 import baselines.music
 from baselines.music import MUSIC, music_loss
 from gessl.config import TrainConfig
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 from tests.baselines.emulated_world import run_as_ranks
 
 CLAMP_TOLERANCE = 1e-4  # one-hot attributes are 1e-8 off their ideal values (the clamp); it moves L by ~1e-6

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gessl import evaluate, train
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 spec = importlib.util.spec_from_file_location("study", Path(__file__).resolve().parents[2] / "benchmarks" / "study.py")
 study = importlib.util.module_from_spec(spec)

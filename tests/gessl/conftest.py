@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gessl import train
-from tasks.datasets import load_split
+from tasks.data.registry import load_split
 
 
 def fake_mnist(root, sizes=(300, 10, 201)):

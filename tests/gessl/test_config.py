@@ -4,7 +4,7 @@ import pytest
 
 from gessl.config import TrainConfig, read_yaml, resolve_config
 from gessl.train import parse_args, prepare_run
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):

@@ -4,7 +4,6 @@ Each process embeds its share of every split (unequal for the 201 images of the 
 split) and scores its share of the 31 episodes; the gathered features and per-episode values give
 the records and files of one process, written once, by rank 0.
 """
-import json
 import shutil
 import time
 
@@ -12,14 +11,15 @@ import numpy as np
 import pytest
 
 from gessl import evaluate
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tests.helpers import jsonl
 from tests.gessl.torchrun import torchrun
 
 FLAGS = ["--suite", "quick", "--episodes", "31", "--classes", "20", "--seed", "3"]
 
 
 def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return jsonl(run_dir / "results.jsonl")
 
 
 def test_two_processes_evaluate_like_one_and_rank_0_alone_writes(trained_run, tmp_path, capsys):

@@ -5,7 +5,6 @@ SimCLR with ``--sync-bn``: the same gradients; SimCLR + DSA inside GeSSL: the sa
 under two processes. ``--amp`` and ``--channels-last`` run on CPU and change the loss only by
 rounding; their defaults on CPU change nothing.
 """
-import json
 
 import pytest
 import torch
@@ -16,7 +15,8 @@ from gessl.config import resolve_config
 from gessl.device import Placement
 from gessl.distributed import Processes
 from gessl.sync_bn import SyncBatchNorm, convert_sync_batchnorm
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tests.helpers import metrics
 from tests.gessl.torchrun import torchrun
 
 TINY = ["--batch-size", "16", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2"]
@@ -29,10 +29,6 @@ def train_two(*flags):
 
 def run_train(out, *flags):
     train.main(TINY + ["--out", str(out), *flags])
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def parameters(out):

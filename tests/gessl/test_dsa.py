@@ -10,9 +10,8 @@ from gessl import dsa
 from gessl.backbones import build_backbone, save_backbone
 from gessl.bilevel import GeSSL
 from gessl.inner_loop import trainable
-from gessl.train import SSLModel
-from tasks import frozen
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.evaluation import frozen
 from tests.gessl.test_bilevel import toy_model
 
 

@@ -15,13 +15,13 @@ from gessl import evaluate, train
 from gessl.backbones import load_backbone
 from gessl.evaluate import (EPISODE_FIELDS, SAMPLE_CLASSES, SAMPLE_PER_CLASS, evaluate_run, feature_sample_index,
                             get_suite, labels_digest, paired_differences, save_episode_accuracies)
-from tasks.crowding import METRICS as CROWDING_METRICS, crowding_metrics
-from tasks.datasets import DATASETS, load_split
-from tasks.errors import UserError
-from tasks.fewshot import embed, evaluate_fewshot, mean_ci95
-from tasks.linear import knn_accuracy, linear_probe
-from tasks.suite import AXES, pick_classes, plan
-from tasks.universality import sigma_scores
+from tasks.common.errors import UserError
+from tasks.data.registry import DATASETS, load_split
+from tasks.evaluation.crowding import METRICS as CROWDING_METRICS, crowding_metrics
+from tasks.evaluation.fewshot import embed, evaluate_fewshot, mean_ci95
+from tasks.evaluation.linear import knn_accuracy, linear_probe
+from tasks.evaluation.suite import AXES, pick_classes, plan
+from tasks.evaluation.universality import sigma_scores
 from tests.gessl.conftest import fake_mnist
 from tests.tasks.test_omniglot import fake_runs, fake_small
 

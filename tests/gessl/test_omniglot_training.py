@@ -5,7 +5,7 @@ import numpy as np
 
 from gessl import train
 from gessl.evaluate import evaluate_run
-from tasks.fewshot import mean_ci95
+from tasks.evaluation.fewshot import mean_ci95
 from tests.tasks.test_omniglot import REAL, real_files
 
 

@@ -7,7 +7,7 @@ import pytest
 from gessl import train
 from gessl.distributed import Processes
 from gessl.shares import check_tasks, smallest_set, support_size, task_slices
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 
 @pytest.mark.parametrize("n, tasks, sizes", [

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +13,16 @@ import torch
 
 from gessl import train
 from gessl.backbones import load_backbone
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 from tests.disk import read_only_disk, small_disk
 from tests.gessl.interrupt import interrupted_at
+from tests.helpers import REPO, metrics, train_cli
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = ["--batch-size", "32", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2", "--meta", "none"]
 
 
 def run_train(out, *flags):
     train.main(TINY + ["--out", str(out), *flags])
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_run_folder_holds_config_metrics_checkpoint_and_backbone(glyph_root, tmp_path):
@@ -121,7 +116,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(glyph_roo
     flags = TINY + ["--max-steps", "4", "--ckpt-every", "1", "--out", str(out)]
     with small_disk(tmp_path / "disk", 4000, monkeypatch) as real:
         if real:
-            result = cli(*flags)
+            result = train_cli(*flags)
             assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
             error = result.stderr.strip().splitlines()[-1]
         else:
@@ -141,13 +136,13 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_and_exit_2(glyph_root, tmp_p
     for out, message in [(tmp_path / "file", "a file of that name is in the way"),
                          (tmp_path / "file" / "run", "Not a directory"),
                          ("/proc/gessl-run", "cannot create the folder /proc/gessl-run")]:
-        result = cli(*TINY, "--max-steps", "1", "--out", str(out))
+        result = train_cli(*TINY, "--max-steps", "1", "--out", str(out))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert message in result.stderr
     assert (tmp_path / "file").read_text() == "not a folder"
     with read_only_disk(tmp_path / "ro") as mounted:
         if mounted:
-            result = cli(*TINY, "--max-steps", "1", "--out", str(tmp_path / "ro" / "run"))
+            result = train_cli(*TINY, "--max-steps", "1", "--out", str(tmp_path / "ro" / "run"))
             assert result.returncode == 2 and "Read-only file system" in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -164,7 +159,7 @@ def test_temporaries_of_a_killed_writer_are_removed_when_the_run_starts_again(gl
 
 def test_options_that_do_not_act_are_named_once_and_left_out_of_config_yaml(glyph_root, tmp_path):
     out = tmp_path / "run"
-    result = cli(*TINY, "--max-steps", "1", "--base", "barlow", "--proj-dim", "64", "--inner-lr", "0.5",
+    result = train_cli(*TINY, "--max-steps", "1", "--base", "barlow", "--proj-dim", "64", "--inner-lr", "0.5",
                  "--sync-bn", "--dsa-ema", "0.5", "--barlow-lambda", "0.01", "--out", str(out))
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -179,10 +174,6 @@ def test_options_that_do_not_act_are_named_once_and_left_out_of_config_yaml(glyp
     assert "barlow_lambda: 0.01" in saved and "barlow_proj_dim:" in saved and "lr: 0.002" in saved
 
 
-def cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "gessl.train", *args], cwd=cwd, capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--base", "nope", "--out", "run"], "unknown --base 'nope'"),
     (["--epochs", "0", "--out", "run"], "--epochs must be positive"),
@@ -192,7 +183,7 @@ def cli(*args, cwd=REPO):
     (["--dsa-ema", "1", "--out", "run"], "--dsa-ema must be in [0, 1)"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, flags, message):
-    result = cli(*flags, cwd=tmp_path)
+    result = train_cli(*flags, cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert list(tmp_path.iterdir()) == []
@@ -202,11 +193,11 @@ def test_cli_refuses_to_overwrite_and_reports_corrupt_checkpoint(glyph_root, tmp
     out = tmp_path / "run"
     run_train(out, "--max-steps", "1")
     before = (out / "metrics.jsonl").read_bytes()
-    result = cli("--out", str(out), "--max-steps", "1")
+    result = train_cli("--out", str(out), "--max-steps", "1")
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert (out / "metrics.jsonl").read_bytes() == before
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    result = cli("--out", str(out), "--resume")
+    result = train_cli("--out", str(out), "--resume")
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -218,7 +209,7 @@ def test_a_second_training_in_a_running_runs_folder_is_refused_and_a_killed_one_
         while not (out / "metrics.jsonl").exists():  # it holds the folder and trains
             assert first.poll() is None
             time.sleep(0.05)
-        second = cli(*TINY, "--max-steps", "2", "--out", str(out))
+        second = train_cli(*TINY, "--max-steps", "2", "--out", str(out))
         assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
         assert "is in use by another training" in second.stderr
     finally:
@@ -273,14 +264,14 @@ def test_a_start_that_fails_leaves_no_folder_behind(glyph_root, tmp_path):
                                            ("batch_size: true\n", "batch_size must be a whole number, got True")])
 def test_config_values_that_would_be_changed_silently_are_refused(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
-    result = cli("--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"))
+    result = train_cli("--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--inner-lr=inf", "--temperature=-inf", "--gamma=nan"])
 def test_flags_that_are_not_finite_are_refused(tmp_path, flag):
-    result = cli(flag, "--out", str(tmp_path / "run"))
+    result = train_cli(flag, "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "must be a finite number" in result.stderr, result.stderr
 
 

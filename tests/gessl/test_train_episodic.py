@@ -1,22 +1,16 @@
 """Training the label-using references: episodes in place of batches, exact resume of episodic runs,
 every reference with DSA, and the early refusal of MAML inside GeSSL."""
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from gessl import train
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 from tests.gessl.interrupt import interrupted_at
+from tests.helpers import metrics, train_cli
 
 TINY = ["--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2", "--episode-ways", "4",
         "--episode-shots", "2", "--episode-queries", "2", "--maml-inner-steps", "2"]
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_an_episodic_method_trains_on_episodes_whatever_the_batch_size(glyph_root, tmp_path, monkeypatch):
@@ -65,12 +59,8 @@ def test_every_reference_runs_with_dsa(glyph_root, tmp_path, base, meta, term):
     assert all({term, "dsa_loss"} <= r.keys() for r in metrics(tmp_path / "run"))
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "gessl.train", *args], cwd=cwd, capture_output=True, text=True)
-
-
 def test_cli_refuses_maml_inside_gessl_with_one_line_and_writes_nothing(tmp_path):
-    result = cli("--base", "maml", "--meta", "gessl", "--out", "run", cwd=tmp_path)
+    result = train_cli("--base", "maml", "--meta", "gessl", "--out", "run", cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--base maml is itself a meta-learner and cannot run inside --meta gessl" in result.stderr

@@ -1,6 +1,6 @@
 import torch
 
-from tasks.augment import GlyphAugment
+from tasks.training.augment import GlyphAugment
 
 
 def glyph_batch():

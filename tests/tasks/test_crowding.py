@@ -4,8 +4,8 @@ import itertools
 import pytest
 import torch
 
-from tasks.crowding import crowding_metrics
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.evaluation.crowding import crowding_metrics
 
 
 def reference(features, labels):

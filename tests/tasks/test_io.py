@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from tasks.errors import UserError
-from tasks.io import WriteError, append_jsonl, atomic_path, atomic_write_text, make_folder, read_jsonl
+from tasks.common.errors import UserError
+from tasks.common.io import WriteError, append_jsonl, atomic_path, atomic_write_text, make_folder, read_jsonl
 from tests.disk import read_only_disk, small_disk
 
 

@@ -5,9 +5,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from tasks import kanjivg
-from tasks.datasets import load_split
-from tasks.errors import UserError
+from tasks.common.errors import UserError
+from tasks.data import kanjivg
+from tasks.data.registry import load_split
 
 HEADER = """<?xml version="1.0" encoding="UTF-8"?>
 <!--

@@ -4,8 +4,8 @@ import pytest
 import scipy.optimize
 import torch
 
-from tasks.fewshot import evaluate_fewshot
-from tasks.linear import fit_logreg, knn_accuracy, linear_probe, logreg_logits
+from tasks.evaluation.fewshot import evaluate_fewshot
+from tasks.evaluation.linear import fit_logreg, knn_accuracy, linear_probe, logreg_logits
 
 
 def reference_logreg(x, y, classes, c_reg, weights=None):

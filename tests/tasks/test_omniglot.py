@@ -12,9 +12,9 @@ from PIL import Image
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from tasks import omniglot
-from tasks.datasets import DATASETS, load_split
-from tasks.lake import hausdorff_errors, modified_hausdorff, ink_points, nearest_errors
+from tasks.data import omniglot
+from tasks.data.registry import DATASETS, load_split
+from tasks.evaluation.lake import hausdorff_errors, modified_hausdorff, ink_points, nearest_errors
 from tests.tasks.test_data_readers import HTML, raises_one_line
 
 REAL = Path(os.environ.get("GESSL_TEST_OMNIGLOT", Path(__file__).resolve().parents[3] / "shared/data/omniglot"))

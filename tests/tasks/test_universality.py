@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.fewshot import sample_episodes
-from tasks.linear import fit_logreg
-from tasks.linear import LOGREG_C
-from tasks.universality import _members_by_class, overall_score, sigma_scores
+from tasks.evaluation.fewshot import sample_episodes
+from tasks.evaluation.linear import fit_logreg
+from tasks.evaluation.linear import LOGREG_C
+from tasks.evaluation.universality import _members_by_class, overall_score, sigma_scores
 from tests.tasks.test_linear import reference_logreg, softmax
 
 

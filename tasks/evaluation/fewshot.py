@@ -22,9 +22,9 @@ from learn2learn.data.transforms import FusedNWaysKShots
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tasks.errors import UserError
-from tasks.frozen import frozen_features
-from tasks.linear import logreg_logits
+from tasks.common.errors import UserError
+from tasks.evaluation.frozen import frozen_features
+from tasks.evaluation.linear import logreg_logits
 
 _EPISODE_CACHE = {}  # (labels digest, ways, shots, queries, episodes, seed) -> (support, query)
 _EPISODE_CACHE_SIZE = 32
@@ -37,7 +37,7 @@ def embed(extractor, images, batch_size=1024, device="cpu", progress=True):
 
     Each batch of ``batch_size`` images is scaled to [0, 1] (x/255), given a channel dim if it has
     none and put in the channels-last layout. A Module extractor runs as an eval-mode channels-last
-    copy through `tasks.frozen.frozen_features` (BatchNorm folded, cache-sized chunks on the CPU:
+    copy through `tasks.evaluation.frozen.frozen_features` (BatchNorm folded, cache-sized chunks on the CPU:
     4.5x faster for conv4), so the caller's module is left as it was; the features equal
     ``extractor.eval()(x)`` up to float rounding. Outputs with more than two dims are flattened to
     [B, D]. ``progress``: show a progress bar.

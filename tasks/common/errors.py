@@ -1,11 +1,11 @@
 """The one exception type for mistakes a user can fix (bad flag, missing data, corrupt file).
 
 CLIs catch it, print its message as one line and exit with status 2; everything else is a bug and
-keeps its traceback. Ctrl-C and SIGTERM (``tasks.interrupts``) end a CLI the same way.
+keeps its traceback. Ctrl-C and SIGTERM (``tasks.common.interrupts``) end a CLI the same way.
 """
 import sys
 
-from tasks.interrupts import Handlers, interrupt
+from tasks.common.interrupts import Handlers, interrupt
 
 
 class UserError(Exception):

@@ -1,6 +1,6 @@
 """The eval-mode forward pass of a frozen network, with less work than ``net(x)``.
 
-Used wherever a network only extracts features (`frozen_features`): `tasks.fewshot.embed` and
+Used wherever a network only extracts features (`frozen_features`): `tasks.evaluation.fewshot.embed` and
 DSA's frozen prior.
 """
 import torch

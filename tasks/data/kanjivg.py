@@ -18,7 +18,7 @@ N(0, 1.5), the character by an affine map (rotation U(-8, 8) degrees, shear U(-0
 exp(U(-0.1, 0.1)) per axis, shift U(-5, 5) units), and the pen width is U(4, 7) units (KanjiVG's
 own is 3). Strokes are drawn in order as round-capped polylines (16 points per Bezier segment) on
 a ``size * ceil(64 / size)`` pixel canvas, box-averaged down to ``size`` x ``size``, white ink on
-black, each image scaled so its brightest pixel is 255 (the conventions of ``tasks.glyphs``).
+black, each image scaled so its brightest pixel is 255 (the conventions of ``tasks.data.glyphs``).
 
 Cached as ``kanjivg-v{version}-s{size}-n{samples}-c{classes}-seed{seed}-{hash}.npz`` (the hash
 covers the source's name and size) in the data folder. The default set (400 classes x 20 samples,
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.errors import UserError
-from tasks.fetch import copy_into, pip_download
-from tasks.formats import fail
-from tasks.io import read_npz, write_npz
+from tasks.common.errors import UserError
+from tasks.common.io import read_npz, write_npz
+from tasks.data.fetch import copy_into, pip_download
+from tasks.data.formats import fail
 
 VERSION = 1
 WHEEL = "kanjivg==20260714"

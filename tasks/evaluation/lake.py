@@ -1,6 +1,6 @@
 """Lake et al. (2015)'s one-shot benchmark: 20 runs of 20-way 1-shot classification on Omniglot.
 
-Each run of ``all_runs`` (a zip or folder, found like the other Omniglot files: ``tasks.omniglot``)
+Each run of ``all_runs`` (a zip or folder, found like the other Omniglot files: ``tasks.data.omniglot``)
 holds 20 training images (``runNN/training/class01..20.png``), one per character of one evaluation
 alphabet, and 20 test images of the same characters by other drawers (``runNN/test/item01..20.png``);
 ``runNN/class_labels.txt`` pairs every test item with its training image, one
@@ -18,7 +18,7 @@ training image k and row ``40 r + 20 + m`` test item m of run r; the label of tr
 Two classifiers score the runs:
 
 - ``nearest_errors``: nearest neighbour on frozen features by cosine similarity (the suite's 1-shot
-  prototype classifier, ``tasks.fewshot.prototype_logits``, with one example per class);
+  prototype classifier, ``tasks.evaluation.fewshot.prototype_logits``, with one example per class);
 - ``hausdorff_errors``: the pixel baseline of Lake's demo: each image is the set of its ink pixel
   coordinates at 105 x 105, centred on their mean, and two images are as far apart as the modified
   Hausdorff distance of their sets (Dubuisson & Jain 1994, ICPR: MHD(A, B) = max(mean over a in A of
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from tasks.errors import UserError
-from tasks.fewshot import prototype_logits
-from tasks.omniglot import WAYS, read_ink, run_files, runs_version
+from tasks.common.errors import UserError
+from tasks.data.omniglot import WAYS, read_ink, run_files, runs_version
+from tasks.evaluation.fewshot import prototype_logits
 
 def _per_run(labels):
     """Labels [runs, 2, WAYS] (training then test of each run), checked against the layout."""

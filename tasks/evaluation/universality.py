@@ -6,7 +6,7 @@ K shots, Q queries per class) over frozen features:
 
 - p_few(·|x): the posterior (softmax of the logits) of the few-shot classifier built from the K
   shots — the classifier the suite reports accuracy for;
-- p_opt(·|x): the posterior of the task-optimal model, a logistic regression (``tasks.linear``)
+- p_opt(·|x): the posterior of the task-optimal model, a logistic regression (``tasks.evaluation.linear``)
   fit on every labelled example of the episode's N classes except its queries [choice];
 - σ_task = mean over the queries x of KL(p_opt(·|x) ‖ p_few(·|x)).
 
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.fewshot import CLASSIFIERS, cached_episodes, class_codes, mean_ci95
-from tasks.linear import LOGREG_C, fit_logreg
+from tasks.evaluation.fewshot import CLASSIFIERS, cached_episodes, class_codes
+from tasks.evaluation.linear import LOGREG_C, fit_logreg
 
 
 def sigma_scores(features, labels, ways=5, shots=1, queries=15, episodes=600, seed=0, classifier="proto",
@@ -27,7 +27,7 @@ def sigma_scores(features, labels, ways=5, shots=1, queries=15, episodes=600, se
     of the ``share`` of them alone (a slice of range(episodes)) when given.
 
     The task-optimal models of ``chunk`` episodes are fitted in one L-BFGS run, so a σ depends on
-    the episodes fitted with it within the solver's tolerance (``tasks.linear.fit_logreg``).
+    the episodes fitted with it within the solver's tolerance (``tasks.evaluation.linear.fit_logreg``).
     """
     support_idx, query_idx = (t[share] for t in cached_episodes(labels, ways, shots, queries, episodes, seed))
     _, codes = class_codes(labels)

@@ -9,21 +9,21 @@ Files, as Lake's repository ships them under ``python/`` (each a zip or the fold
 | ``images_evaluation`` | the full evaluation set: 659 characters of 20 other alphabets |
 | ``images_background_small1`` | the "minimal" background split 1: 5 alphabets, 136 characters |
 | ``images_background_small2`` | the "minimal" background split 2: 5 alphabets, 156 characters |
-| ``all_runs`` | the 20 runs of 20-way one-shot classification (``tasks.lake``) |
+| ``all_runs`` | the 20 runs of 20-way one-shot classification (``tasks.evaluation.lake``) |
 
 Each of ``ALPHABET/characterNN/CCCC_DD.png`` is one drawing: 105 x 105, black ink on white, ``CCCC``
 the character's number in the whole set and ``DD`` its drawer (1-20). Every data folder D is searched
 in ``D/omniglot-py`` (torchvision's layout), ``D/omniglot`` and ``D`` itself, so a folder holding
 the zips as shipped is a data folder as it is.
 
-Registry data sets (``tasks.datasets``):
+Registry data sets (``tasks.data.registry``):
 
 - ``omniglot``: the full background and evaluation sets (when a user has them);
 - ``omniglot-small``: the union of both minimal splits, the background data of the Omniglot
   challenge's "minimal" setting. Greek and Latin are in both splits with the same drawings, so a
   character (alphabet and character folder) found in both is counted once: 242 characters of 8
   alphabets, 4,840 images;
-- ``omniglot-lake``: the one-shot runs (``tasks.lake``).
+- ``omniglot-lake``: the one-shot runs (``tasks.evaluation.lake``).
 
 Images become the convention of ``glyphs``, ``mnist`` and ``kanjivg``: inverted to bright ink on a
 black (0) background, area-averaged to ``size`` x ``size`` (PIL's box filter: each output pixel is
@@ -34,7 +34,7 @@ every 7th image), a character's ink box spans 0.50-0.89 of the side (5th-95th pe
 0.68) on the minimal sets against 0.43-0.75 (median 0.57) on the glyphs' evaluation split, and the
 mean pixel is 8 % of full ink against 10 %: Omniglot's characters are drawn a little larger and
 thinner than the glyphs, in the same format.
-Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.data.formats``.
 """
 import io
 import re
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tasks.errors import UserError
-from tasks.formats import Tree, fail, is_image
+from tasks.common.errors import UserError
+from tasks.data.formats import Tree, fail, is_image
 
 SETS = {"background": "images_background", "evaluation": "images_evaluation",
         "small1": "images_background_small1", "small2": "images_background_small2"}
@@ -220,7 +220,7 @@ def run_files(root):
 
 def read_runs(split, root, size):
     """The registry reader of ``omniglot-lake``: the runs as ``(images, labels)``, laid out as
-    ``tasks.lake`` says."""
+    ``tasks.evaluation.lake`` says."""
     if split != "runs":
         raise UserError(f"omniglot-lake has one split, runs; got {split!r}")
     tree, layout = run_files(root)

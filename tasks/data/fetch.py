@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 TIMEOUT_S = 900
 

@@ -1,11 +1,11 @@
 """Glyphs: an Omniglot-like few-shot dataset rendered offline from fonts.
 
 Writers are font designs. The default set draws with 40 fonts pinned by SHA-256 in
-``tasks/glyph_fonts.json``: matplotlib 3.11.2's DejaVu and STIX fonts and Debian's
+``tasks/data/glyph_fonts.json``: matplotlib 3.11.2's DejaVu and STIX fonts and Debian's
 ``fonts-dejavu-core`` and ``fonts-dejavu-extra`` 2.37-6. They are found by content
-(``tasks.fonts``: the project's font folder, matplotlib's, the system's), so no other font installed
+(``tasks.data.fonts``: the project's font folder, matplotlib's, the system's), so no other font installed
 on the machine changes the set, and a pinned file that is missing or differs is an error that says
-to run ``python -m tasks.fonts install`` (``make install`` runs it). ``font_dirs`` adds more fonts
+to run ``python -m tasks.data.fonts install`` (``make install`` runs it). ``font_dirs`` adds more fonts
 after them (``glyphs-noto``: Debian's ``fonts-noto-core``, about 30 scripts more). A design found
 twice (same full font name) counts once.
 
@@ -46,7 +46,7 @@ The result is cached as ``glyphs-v{version}-s{size}-n{samples}-seed{seed}-{hash}
 covers the font files and ``min_writers``) under ``root``, else ``$GESSL_DATA``, else
 ``$XDG_CACHE_HOME/gessl``, else ``~/.cache/gessl``.
 
-CLI: ``python -m tasks.glyphs preview --out grid.png`` draws a sample grid; ``python -m tasks.glyphs
+CLI: ``python -m tasks.data.glyphs preview --out grid.png`` draws a sample grid; ``python -m tasks.data.glyphs
 info`` prints the classes and scripts per split, the cache file and the generation time.
 """
 import argparse
@@ -73,9 +73,9 @@ from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, ImageStat
 from tqdm import tqdm
 
-from tasks.errors import UserError
-from tasks.fonts import font_files, matplotlib_fonts
-from tasks.io import atomic_path, read_npz, write_npz
+from tasks.common.errors import UserError
+from tasks.common.io import atomic_path, read_npz, write_npz
+from tasks.data.fonts import font_files, matplotlib_fonts
 
 VERSION = 1
 
@@ -436,7 +436,7 @@ def _describe(glyphs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tasks.glyphs",
+    parser = argparse.ArgumentParser(prog="python -m tasks.data.glyphs",
                                      description="The embedded Omniglot-like glyph data set.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("preview", "write a PNG grid of samples"),

@@ -9,14 +9,14 @@ domains. For a model trained on dataset D (``docs/evaluation.md``):
 - generalization: D's classes never seen in training (``Dataset.eval_split``, or the installed
   ``Dataset.generalization`` sets: Lake's one-shot runs and Omniglot's evaluation alphabets for a
   model trained on Omniglot's minimal sets);
-- transferability: every installed dataset of another domain (``tasks.datasets.transfer_targets``),
+- transferability: every installed dataset of another domain (``tasks.data.registry.transfer_targets``),
   on its evaluation split.
 
-On each (axis, dataset) the suite runs few-shot episodes (``tasks.fewshot``), the σ universality
-score (``tasks.universality``) and the crowding metrics (``tasks.crowding``), or, on Lake's
-one-shot runs (``omniglot-lake``), their 20-way 1-shot nearest-neighbour error (``tasks.lake``); where the dataset also
+On each (axis, dataset) the suite runs few-shot episodes (``tasks.evaluation.fewshot``), the σ universality
+score (``tasks.evaluation.universality``) and the crowding metrics (``tasks.evaluation.crowding``), or, on Lake's
+one-shot runs (``omniglot-lake``), their 20-way 1-shot nearest-neighbour error (``tasks.evaluation.lake``); where the dataset also
 has labelled training images of the same classes (the glyphs' background split for their held-out
-images, MNIST's or CIFAR's train split) a linear probe and kNN (``tasks.linear``) too.
+images, MNIST's or CIFAR's train split) a linear probe and kNN (``tasks.evaluation.linear``) too.
 
 Named suites trade cost for precision; ``standard`` is the default. Large splits are subsampled
 with the suite's seed (``classes`` classes per split, ``per_class`` images per class for the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.datasets import get_dataset, transfer_targets
+from tasks.data.registry import get_dataset, transfer_targets
 
 AXES = ("discriminability", "generalization", "transferability")
 

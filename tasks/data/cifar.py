@@ -18,14 +18,14 @@ and blue planes of each 32 x 32 image) and ``labels`` (CIFAR-10) or ``fine_label
   1, 2, 3, 4, 5, 6, 9, 10, 15, 17, 18, 19 (60 classes), validation 8, 11, 13, 16 (20), evaluation
   0, 7, 12, 14 (20).
 Classes are numbered within a split in the order of their CIFAR label.
-Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.data.formats``.
 """
 from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
-from tasks.formats import Tree, fail, read_pickle, resize, take_classes, text_keys
+from tasks.common.errors import UserError
+from tasks.data.formats import Tree, fail, read_pickle, resize, take_classes, text_keys
 
 CIFAR10 = ("cifar-10-batches-py", "cifar-10-python.tar.gz")
 CIFAR100 = ("cifar-100-python", "cifar-100-python.tar.gz")

@@ -17,7 +17,7 @@ learn2learn draws from Python's ``random``; it is seeded from ``(seed, step)`` f
 the caller's state restored, so an episode depends on nothing but ``(labels, ways, shots, queries,
 seed, step)``: ``--resume`` replays the same episodes.
 
-The evaluation's episodes (``tasks.fewshot.sample_episodes``) come from the same kind of sampler
+The evaluation's episodes (``tasks.evaluation.fewshot.sample_episodes``) come from the same kind of sampler
 over the same ``IndexDataset``, with another layout and RNG use: all of a run's episodes are drawn at
 once from one seed with the fused one-step sampler, class by class, for batched scoring. Training
 keeps its own, one episode per step seeded by the step, so that a resumed run replays its episodes
@@ -30,8 +30,8 @@ import torch
 from learn2learn.data import MetaDataset, Taskset
 from learn2learn.data.transforms import KShots, LoadData, NWays, RemapLabels
 
-from tasks.errors import UserError
-from tasks.fewshot import IndexDataset
+from tasks.common.errors import UserError
+from tasks.evaluation.fewshot import IndexDataset
 
 
 class EpisodeSampler:

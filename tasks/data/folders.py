@@ -12,12 +12,12 @@
   train, val(id)/validation, test, background or evaluation. One wrapping folder (EuroSAT's
   ``2750/``) is looked through. Classes are the sorted class folder names of each split.
 Colour sets are decoded as RGB, the shorter side scaled to the size asked and the centre cropped.
-Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.data.formats``.
 """
 from pathlib import Path
 
-from tasks.errors import UserError
-from tasks.formats import Tree, decode_all, fail, is_image, renumber, require
+from tasks.common.errors import UserError
+from tasks.data.formats import Tree, decode_all, fail, is_image, renumber, require
 
 CUB_DIR = "CUB_200_2011"
 CUB_SPLITS = ("background", "validation", "evaluation", "train", "test")

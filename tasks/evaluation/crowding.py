@@ -17,7 +17,7 @@ the centroids of all classes kept.
 import torch
 import torch.nn.functional as F
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 METRICS = ("intra_class_variance", "inter_class_separation", "crowding_ratio", "crowded_share")
 

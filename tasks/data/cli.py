@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.datasets import DATASETS, folder_dataset
-from tasks.errors import UserError, run_cli
-from tasks.formats import is_image
-from tasks.glyphs import data_root, data_roots
+from tasks.common.errors import UserError, run_cli
+from tasks.data.formats import is_image
+from tasks.data.glyphs import data_root, data_roots
+from tasks.data.registry import DATASETS, folder_dataset
 
 FETCH_ALIASES = {"noto": "glyphs-noto"}
 FETCHABLE = [name for name, d in DATASETS.items() if d.fetch]

@@ -3,13 +3,13 @@
 A loader takes ``(split, root, image_size)`` and returns ``(images, labels)``: uint8 images
 ``[N, H, W]`` (grey) or ``[N, 3, H, W]`` (colour) and int64 labels numbered 0..C−1 within the
 split. ``root`` is the data folder ("" or None: ``$GESSL_DATA``, else ``~/.cache/gessl``; see
-``tasks.glyphs.data_root``); generated sets are cached there and real ones looked for there.
+``tasks.data.glyphs.data_root``); generated sets are cached there and real ones looked for there.
 
 Splits: few-shot sets have disjoint classes in ``background`` (pre-training), ``validation`` and
 ``evaluation`` (classes never seen); classification sets have ``train`` / ``test`` (and MNIST's
 ``validation``) images of the same classes. ``Dataset.eval_split`` is the split an evaluation
 of a pre-trained model uses. ``Dataset.heldout_split`` (glyph sets: ``heldout``, new drawings of the
-``background`` classes, see ``tasks.glyphs``) holds images of the pre-training classes that
+``background`` classes, see ``tasks.data.glyphs``) holds images of the pre-training classes that
 training never sees: the discriminability axis. ``Dataset.domain`` names where the images come from: datasets of
 another domain than the one trained on are the transferability axis; the same domain's
 ``evaluation`` split is the generalization axis (``transfer_targets``). Images are resized to
@@ -19,7 +19,7 @@ dataset's ``image_size`` (28 for glyph-like sets, 32 for CIFAR, 84 for miniImage
 other. Glyph-like sets are white ink on black.
 
 ``folder:NAME`` names any ImageFolder tree at ``ROOT/NAME`` (or an absolute path); its splits come
-from its layout (``tasks.folders``). Nothing is read when this module is imported.
+from its layout (``tasks.data.folders``). Nothing is read when this module is imported.
 ``python -m tasks.data list`` shows which sets are present and how to install the others.
 """
 import tempfile
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tasks import cifar, folders, imagenet, kanjivg, mnist, omniglot
-from tasks.errors import UserError
-from tasks.fetch import copy_into, unpacked_deb
-from tasks.formats import to_channels
-from tasks.fonts import INSTALL_HINT, SYSTEM_FONT_DIRS, extra_fonts, font_files
-from tasks.glyphs import cache_path, data_root, data_roots, load_glyphs
+from tasks.common.errors import UserError
+from tasks.data import cifar, folders, imagenet, kanjivg, mnist, omniglot
+from tasks.data.fetch import copy_into, unpacked_deb
+from tasks.data.fonts import INSTALL_HINT, SYSTEM_FONT_DIRS, extra_fonts, font_files
+from tasks.data.formats import to_channels
+from tasks.data.glyphs import cache_path, data_root, data_roots, load_glyphs
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
 HELDOUT_DRAW_SEED = 1  # the drawings of the glyph sets' held-out images of the background classes
@@ -140,7 +140,7 @@ def _entries():
                 heldout_split="heldout", count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
                 note="generated and cached on first use (about 12 s on 2 cores)",
                 description="characters of 20 scripts rendered from 40 fonts pinned by checksum (matplotlib's DejaVu and STIX, "
-                            "Debian's DejaVu, tasks/glyph_fonts.json)"),
+                            "Debian's DejaVu, tasks/data/glyph_fonts.json)"),
         Dataset("glyphs-noto", _glyphs_noto, GLYPH_SPLITS, "glyphs", 28, 1,
                 lambda root: (str(Path(_noto_fonts(root)[0]).parent) if _noto_fonts(root) else None),
                 _noto_install, fetch=lambda root, source=None: fetch_noto(root, source), heldout_split="heldout",

@@ -1,7 +1,7 @@
 """Ctrl-C (SIGINT) and SIGTERM, the signals that ask a program to stop.
 
 SIGTERM is what ``kill``, ``timeout``, job schedulers and container stops send; the CLIs treat it
-as Ctrl-C (``run_cli`` in ``tasks.errors``): a ``KeyboardInterrupt`` that becomes one line on
+as Ctrl-C (``run_cli`` in ``tasks.common.errors``): a ``KeyboardInterrupt`` that becomes one line on
 stderr. Work that must not stop half-way (a training step) runs under ``DeferredStop``: the first
 signal is only recorded and the work finishes; a second one interrupts at once.
 """

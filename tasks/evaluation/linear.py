@@ -57,7 +57,7 @@ def fit_logreg(x, y, classes, c_reg=LOGREG_C, weights=None, max_iter=50, toleran
 def logreg_logits(support, support_y, query, ways, normalize=True, c_reg=LOGREG_C):
     """Few-shot classifier ``logreg``: fit on each episode's support, logits of its queries.
 
-    Shapes as ``tasks.fewshot.prototype_logits``: [E, S, D], [E, S], [E, Q, D] → [E, Q, ways]
+    Shapes as ``tasks.evaluation.fewshot.prototype_logits``: [E, S, D], [E, S], [E, Q, D] → [E, Q, ways]
     (or one episode without the E dimension). Features are L2-normalised first (``normalize``).
     """
     single = support.dim() == 2

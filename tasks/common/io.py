@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
+from tasks.common.errors import UserError
 
 # What the disk (not the program) refuses: full, over quota, read-only, not permitted, too large.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
@@ -43,9 +43,11 @@ def try_lock(path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BaseException as exc:  # busy, or a signal came: nothing is left open or locked
         os.close(fd)
-        return None
+        if isinstance(exc, BlockingIOError):
+            return None
+        raise
     return fd
 
 

@@ -14,14 +14,14 @@
   ``{train,test}_y.bin`` (uint8 labels 1..10); 5,000 train and 8,000 test images. The unlabelled
   images are not read.
 Few-shot splits map train / validation / test to ``background`` / ``validation`` / ``evaluation``.
-Why this reader and not torchvision's or learn2learn's: see ``tasks.formats``.
+Why this reader and not torchvision's or learn2learn's: see ``tasks.data.formats``.
 """
 from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import UserError
-from tasks.formats import decode_image, fail, read_bytes, read_pickle, renumber, require, resize
+from tasks.common.errors import UserError
+from tasks.data.formats import decode_image, fail, read_bytes, read_pickle, renumber, require, resize
 
 MINI_FILES = {"background": "train", "validation": "validation", "evaluation": "test"}
 TIERED_FILES = {"background": "train", "validation": "val", "evaluation": "test"}

@@ -1,0 +1,1 @@
+"""Data sets: their readers (one module per source), the registry that names them (``registry``), the fetchers from the package registries, the glyph set and its pinned fonts, and the ``python -m tasks.data`` command (``cli``)."""

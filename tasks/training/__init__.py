@@ -1,0 +1,1 @@
+"""What training draws from the data: the augmentations (two views per image) and the episodes of the episodic methods."""
