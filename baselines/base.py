@@ -10,12 +10,15 @@ class SSLOutput:
 
     ``loss`` is the total to minimise; ``terms`` the named scalar terms that make it up (logged);
     ``projections`` the projector output of each view ([B, D] per view, in ``batch["views"]``
-    order), from which GeSSL builds its instance-discrimination posteriors and DSA its relations.
+    order), from which GeSSL builds its instance-discrimination posteriors and DSA its relations;
+    ``codes`` the soft assignments of each view to prototypes ([B, K] per view) for the methods that
+    assign codes (SwAV), for the collapse diagnostics (``gessl.collapse``).
     """
 
     loss: torch.Tensor
     terms: dict = field(default_factory=dict)
     projections: tuple = ()
+    codes: tuple = ()
 
 
 def project_views(backbone, projector, batch):

@@ -130,7 +130,7 @@ class SwAV(nn.Module):
         q1, q2 = self.codes(z1, prototypes, 0), self.codes(z2, prototypes, 1)
         loss = swapped_prediction(z1, z2, prototypes, q1, q2, self.temperature)
         self.enqueue((z1, z2))
-        return SSLOutput(loss, {"swav_swapped_prediction": loss}, (z1, z2))
+        return SSLOutput(loss, {"swav_swapped_prediction": loss}, (z1, z2), (q1, q2))
 
     @torch.no_grad()
     def after_step(self, backbone, progress):

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from baselines.distributed import per_process, world_size
+from gessl.collapse import collapse_metrics
 from gessl.config import TrainConfig
 from gessl.device import clock
 from gessl.distributed import average_gradients
@@ -72,10 +73,12 @@ class PlainStep:
 
     def compute_gradients(self, model, batch, diagnose=False, loss_scale=None):
         """Back-propagate the loss of ``batch`` (times ``loss_scale``, fp16's gradient scale, when given)
-        into the parameters' ``.grad``; return the logs (detached tensors)."""
+        into the parameters' ``.grad``; return the logs (detached tensors), with the collapse
+        diagnostics (``collapse_logs``) on ``diagnose`` steps."""
         out = model(batch)
         (out.loss if loss_scale is None else out.loss * loss_scale).backward()
-        return {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
+        logs = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
+        return {**logs, **(collapse_logs(out) if diagnose else {})}
 
 
 @dataclass
@@ -109,7 +112,8 @@ class GeSSL:
         ``inner_loss_k`` (the support loss before inner step k), the outer set's named base terms, and the
         seconds spent in the inner loop, the target and the outer forward and backward (measured on
         ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
-        query-loss term, and σ's share of their sum.
+        query-loss term, σ's share of their sum, and the collapse diagnostics of the outer set's
+        projections (``collapse_logs``).
         """
         with per_process():
             return self._compute_gradients(model, batch, diagnose)
@@ -153,6 +157,8 @@ class GeSSL:
                          "query_loss": out.loss.detach().double() / len(tasks),
                          **{k: v.detach().double() / len(tasks) for k, v in out.terms.items()},
                          **{f"inner_loss_{k}": v.double() / len(tasks) for k, v in enumerate(inner_losses)}}
+            if diagnose:
+                task_logs.update({k: v.double() / len(tasks) for k, v in collapse_logs(out).items()})
             for k, v in task_logs.items():
                 logs[k] = logs[k] + v if k in logs else v
         average_gradients([p.grad for p in params.values() if p.grad is not None])
@@ -160,6 +166,14 @@ class GeSSL:
             average_gradients(sigma_grads)
             logs.update(_grad_norms(sigma_grads, [p.grad for p in params.values()]))
         return {**logs, **seconds}
+
+
+def collapse_logs(out):
+    """The collapse diagnostics (``gessl.collapse``) of a base method's output: of its first view's
+    projections and codes; none for a method without projections."""
+    if not out.projections:
+        return {}
+    return collapse_metrics(out.projections[0], out.codes[0] if out.codes else None)
 
 
 def _grad_norms(sigma_grads, total_grads):

@@ -8,7 +8,8 @@ For projections z ([N, D], one view) and their ℓ2-normalised rows ẑ:
   std ≈ 1/√D), scaled so that 1 is spread and 0 is collapsed;
 - ``effective_rank`` = exp(−Σ_i p_i log p_i), p_i = s_i / Σ_j s_j over the singular values s of the
   centred z (Roy & Vetterli, EUSIPCO 2007, "The effective rank: a measure of effective
-  dimensionality"): how many directions the batch really uses, 0 when every row is the same;
+  dimensionality"): how many directions the batch really uses, 0 when every row is the same (to
+  rounding: Σ s below ``RELATIVE_SPREAD`` · ‖z‖_F);
 - for methods that assign codes (SwAV), from the codes q ([N, K], rows summing to 1):
   ``code_entropy`` = H(mean_n q_n) / log K, 1 when the batch uses every prototype alike and 0 when
   one takes everything, and ``prototype_usage``, the share of prototypes that are some sample's
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 THRESHOLDS = {"std_ratio": 0.1, "effective_rank": 2.0, "code_entropy": 0.1}
+RELATIVE_SPREAD = 1e-5  # singular values summing to less than this share of ‖z‖ are rounding: effective rank 0
 
 
 @torch.no_grad()
@@ -33,8 +35,8 @@ def collapse_metrics(z, codes=None):
     out = {"std_ratio": F.normalize(z, dim=1).std(0).mean() * math.sqrt(z.shape[1])}
     s = torch.linalg.svdvals(z - z.mean(0))
     p = s / s.sum().clamp_min(1e-12)
-    out["effective_rank"] = torch.where(s.sum() > 1e-12, torch.exp(-(p * p.clamp_min(1e-12).log()).sum()),
-                                        torch.zeros(()))
+    spread = s.sum() > RELATIVE_SPREAD * torch.linalg.norm(z)  # else the rows differ by rounding alone
+    out["effective_rank"] = torch.where(spread, torch.exp(-(p * p.clamp_min(1e-12).log()).sum()), torch.zeros(()))
     if codes is not None:
         codes = codes.detach().float()
         mean = codes.mean(0)

@@ -327,7 +327,7 @@ class DSA(nn.Module):
         l_prior = prior_alignment(relations, priors)
         terms = {**out.terms, "dsa_loss": l_dsa, "dsa_prior": l_prior,
                  "dsa_outlier_share": (scores < 0.5).float().mean()}
-        return SSLOutput(out.loss + self.lambda1 * l_dsa + self.lambda2 * l_prior, terms, out.projections)
+        return SSLOutput(out.loss + self.lambda1 * l_dsa + self.lambda2 * l_prior, terms, out.projections, out.codes)
 
     def after_step(self, encoder, progress):
         """Once per optimiser step: an EMA prior follows the encoder."""

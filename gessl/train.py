@@ -31,6 +31,7 @@ from tqdm import tqdm
 from baselines import BASE_METHODS
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
+from gessl.collapse import THRESHOLDS, collapsing
 from gessl.config import RESUMABLE, add_config_flags, read_yaml, resolve_config
 from gessl.device import Placement, resolve_device
 from gessl.distributed import Processes, check_world
@@ -229,6 +230,7 @@ class Trainer:
         self.net = self.model if cfg.meta == "gessl" else processes.wrap(
             self.model, self.device, broadcast_buffers=getattr(self.model.method, "broadcast_buffers", True))
         self.step = self.saved_step = 0  # saved_step: the step of the checkpoint on disk (0: none)
+        self.warned_collapse = False
         if resume:
             self._load_checkpoint()
 
@@ -343,6 +345,8 @@ class Trainer:
                         logs = self.processes.average(logs)
                         self.check_diverged(logs["loss"])
                         bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                        if main:
+                            self.warn_collapse(logs, bar)
                         if log and main:
                             now = time.time()
                             rate = (self.step - tick_step) * self.images_per_step / max(now - tick, 1e-9)
@@ -374,6 +378,16 @@ class Trainer:
         if self.saved_step:
             return f"the checkpoint of step {self.saved_step} in {self.run_dir} is kept"
         return "no checkpoint was saved yet"
+
+    def warn_collapse(self, logs, bar):
+        """Say once, above the progress bar, when a logged step's collapse diagnostics (``gessl.collapse``)
+        fall below their thresholds; the run goes on."""
+        low = collapsing(logs)
+        if low and not self.warned_collapse:
+            self.warned_collapse = True
+            found = ", ".join(f"{name} {logs[name]:.3g} (< {THRESHOLDS[name]:g})" for name in low)
+            bar.write(f"warning: step {self.step}: the projections look collapsed: {found}; the backbone "
+                      f"may learn little (metrics.jsonl logs these every --log-every steps)", file=sys.stderr)
 
     def check_diverged(self, loss=None):
         """Raise ``UserError`` when the loss (the averaged loss of a logged step, if given) or any

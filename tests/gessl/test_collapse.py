@@ -1,11 +1,15 @@
-"""Collapse diagnostics against numpy formulas, on a constant encoder and on spread outputs."""
+"""Collapse diagnostics against numpy formulas, on a constant encoder and on spread outputs, and as
+training logs them (every logged step) and warns of them (once)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from gessl import train
+from gessl.backbones import build_backbone
 from gessl.collapse import collapse_metrics, collapsing
+from tests.helpers import metrics
 
 
 def test_spread_outputs_against_the_formulas():
@@ -42,3 +46,38 @@ def test_codes_one_prototype_taking_everything_against_uniform_use():
     spread = torch.eye(k).repeat(5, 1)  # each prototype the code of 5 samples
     metrics = {n: float(v) for n, v in collapse_metrics(torch.randn(40, 4), spread).items()}
     assert metrics["code_entropy"] == pytest.approx(1.0) and metrics["prototype_usage"] == 1.0
+
+
+def constant_backbone(name, in_channels=1, image_size=28):
+    """conv4 with every convolution zeroed: each image gives the same features (a collapsed encoder)."""
+    net = build_backbone(name, in_channels, image_size)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+    return net
+
+
+TINY = ["--batch-size", "32", "--log-every", "1", "--eval-episodes", "0", "--warmup-steps", "2", "--max-steps", "2"]
+
+
+@pytest.mark.parametrize("meta", ["none", "gessl"])
+def test_training_logs_the_diagnostics_and_warns_once_on_a_collapsed_encoder(glyph_root, tmp_path, monkeypatch,
+                                                                             capsys, meta):
+    monkeypatch.setattr(train, "build_backbone", constant_backbone)
+    train.main([*TINY, "--meta", meta, "--out", str(tmp_path / "collapsed")])
+    first = metrics(tmp_path / "collapsed")[0]
+    assert first["std_ratio"] < 1e-3 and first["effective_rank"] < 1e-3
+    assert capsys.readouterr().err.count("the projections look collapsed") == 1
+    monkeypatch.undo()
+    train.main([*TINY, "--meta", meta, "--out", str(tmp_path / "healthy")])
+    assert all(r["std_ratio"] > 0.1 and r["effective_rank"] > 2 for r in metrics(tmp_path / "healthy"))
+    assert "collapsed" not in capsys.readouterr().err
+
+
+def test_swav_logs_its_code_entropy_and_prototype_usage(glyph_root, tmp_path):
+    train.main([*TINY, "--meta", "none", "--base", "swav", "--out", str(tmp_path / "swav")])
+    for record in metrics(tmp_path / "swav"):
+        assert 0 <= record["code_entropy"] <= 1 and 0 < record["prototype_usage"] <= 1
