@@ -144,17 +144,26 @@ def _draw_episodes(labels, ways, shots, queries, episodes, seed):
     """`sample_episodes` as stacked tensors (support [E, ways*shots], query [E, ways*queries])."""
     classes, codes = class_codes(labels)
     _check_codes(classes, codes, ways, shots, queries, episodes)
-    by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
-    dataset = MetaDataset(IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
-    taskset = Taskset(dataset, [FusedNWaysKShots(dataset, n=ways, k=shots + queries)], num_tasks=episodes)
-    code_of = codes.tolist()
+    draw = episode_drawer(codes, ways, shots + queries, episodes)
     state = random.getstate()
     random.seed(seed)
     try:
-        per_class = torch.tensor([_relabelled(taskset, code_of, ways) for _ in range(episodes)])
+        per_class = torch.tensor([draw() for _ in range(episodes)])
     finally:
         random.setstate(state)
     return per_class[:, :, :shots].reshape(episodes, -1), per_class[:, :, shots:].reshape(episodes, -1)
+
+
+def episode_drawer(codes, ways, per_class, episodes=-1):
+    """The one episode sampler: a function drawing, from Python's ``random``, one episode over the
+    class codes ``codes`` (0..C-1) as dataset indices [ways, per_class], a row per class in the order
+    RemapLabels would label them (see `sample_episodes`). Evaluation draws all its episodes from one
+    seed; training (``tasks.training.episodes``) one per step, seeded by the step."""
+    by_class = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    dataset = MetaDataset(IndexDataset(codes), labels_to_indices={c: idx.tolist() for c, idx in enumerate(by_class)})
+    taskset = Taskset(dataset, [FusedNWaysKShots(dataset, n=ways, k=per_class)], num_tasks=episodes)
+    code_of = codes.tolist()
+    return lambda: _relabelled(taskset, code_of, ways)
 
 
 def _relabelled(taskset, code_of, ways):

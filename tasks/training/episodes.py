@@ -1,10 +1,10 @@
 """Training episodes for episodic methods (ProtoNet, MAML), drawn with learn2learn's task samplers.
 
 An episode of training step ``step`` is ``ways`` classes of the background split, uniformly without
-replacement, and ``shots + queries`` images of each, without replacement: learn2learn's
-``Taskset`` (``TaskDataset``'s current name) over a ``MetaDataset`` of (index, class) pairs with
-``NWays``, ``KShots``, ``LoadData`` and ``RemapLabels``, the two-step sampler of the learn2learn
-vocabulary (cheap here: a class holds tens of images, ~1 ms an episode).
+replacement, and ``shots + queries`` images of each, without replacement, drawn by the project's one
+episode sampler (``tasks.evaluation.fewshot.episode_drawer``: learn2learn's ``Taskset`` over a
+``MetaDataset`` of (index, class) pairs with the fused ``NWays`` + ``KShots``), the one the
+evaluation draws its episodes with.
 
 Layout: round by round, one image of every class per round, the classes in the same order each
 round, so position ``r * ways + c`` holds image ``r`` of episode class ``c`` and the labels are
@@ -15,23 +15,16 @@ episode's support set.
 
 learn2learn draws from Python's ``random``; it is seeded from ``(seed, step)`` for each episode and
 the caller's state restored, so an episode depends on nothing but ``(labels, ways, shots, queries,
-seed, step)``: ``--resume`` replays the same episodes.
-
-The evaluation's episodes (``tasks.evaluation.fewshot.sample_episodes``) come from the same kind of sampler
-over the same ``IndexDataset``, with another layout and RNG use: all of a run's episodes are drawn at
-once from one seed with the fused one-step sampler, class by class, for batched scoring. Training
-keeps its own, one episode per step seeded by the step, so that a resumed run replays its episodes
-and the training runs recorded so far stay reproducible.
+seed, step)``: ``--resume`` replays the same episodes. (The evaluation draws all of its episodes
+from one seed and lays them out class by class, for batched scoring.)
 """
 import random
 
 import numpy as np
 import torch
-from learn2learn.data import MetaDataset, Taskset
-from learn2learn.data.transforms import KShots, LoadData, NWays, RemapLabels
 
 from tasks.common.errors import UserError
-from tasks.evaluation.fewshot import IndexDataset
+from tasks.evaluation.fewshot import class_codes, episode_drawer
 
 
 class EpisodeSampler:
@@ -54,10 +47,7 @@ class EpisodeSampler:
                             f"of every class, each at least 1, but the smallest training class has "
                             f"{counts[present].min()}; use fewer shots or queries")
         self.ways, self.shots, self.queries = ways, shots, queries
-        by_class = {int(c): np.flatnonzero(codes == c).tolist() for c in present}
-        dataset = MetaDataset(IndexDataset(codes), labels_to_indices=by_class)
-        transforms = [NWays(dataset, ways), KShots(dataset, per_class), LoadData(dataset), RemapLabels(dataset)]
-        self.taskset = Taskset(dataset, transforms, num_tasks=-1)
+        self.draw = episode_drawer(class_codes(codes)[1], ways, per_class)  # codes 0..C-1
 
     @property
     def size(self):
@@ -69,8 +59,7 @@ class EpisodeSampler:
         state = random.getstate()
         random.seed(seed * 1_000_003 + step)
         try:
-            index, label = self.taskset.sample()
+            grouped = torch.tensor(self.draw())  # [ways, shots + queries], class c = row c
         finally:
             random.setstate(state)
-        grouped = index[label.argsort(stable=True)].view(self.ways, self.shots + self.queries)  # class c = row c
         return grouped.T.reshape(-1), torch.arange(self.ways).repeat(self.shots + self.queries)
