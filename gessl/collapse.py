@@ -32,6 +32,8 @@ def collapse_metrics(z, codes=None):
     """The diagnostics of the module docstring, as float tensors (no host sync), for projections
     ``z`` [N, D] and, when given, codes ``codes`` [N, K]."""
     z = z.detach().float()
+    finite = torch.isfinite(z).all()  # a diverged step: NaN diagnostics, and the trainer's check speaks
+    z = torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)  # the SVD refuses non-finite input
     out = {"std_ratio": F.normalize(z, dim=1).std(0).mean() * math.sqrt(z.shape[1])}
     s = torch.linalg.svdvals(z - z.mean(0))
     p = s / s.sum().clamp_min(1e-12)
@@ -43,7 +45,7 @@ def collapse_metrics(z, codes=None):
         out["code_entropy"] = -(mean * mean.clamp_min(1e-12).log()).sum() / math.log(codes.shape[1])
         used = torch.zeros(codes.shape[1], device=codes.device).index_fill_(0, codes.argmax(1), 1.0)
         out["prototype_usage"] = used.mean()
-    return out
+    return {name: torch.where(finite, value, torch.full_like(value, float("nan"))) for name, value in out.items()}
 
 
 def collapsing(metrics):

@@ -81,3 +81,10 @@ def test_swav_logs_its_code_entropy_and_prototype_usage(glyph_root, tmp_path):
     train.main([*TINY, "--meta", "none", "--base", "swav", "--out", str(tmp_path / "swav")])
     for record in metrics(tmp_path / "swav"):
         assert 0 <= record["code_entropy"] <= 1 and 0 < record["prototype_usage"] <= 1
+
+
+def test_non_finite_projections_give_nan_diagnostics_not_an_error():
+    z = torch.randn(16, 8)
+    z[3, 2] = float("nan")
+    metrics = {k: float(v) for k, v in collapse_metrics(z, torch.softmax(torch.randn(16, 4), 1)).items()}
+    assert all(math.isnan(v) for v in metrics.values()) and collapsing(metrics) == []
