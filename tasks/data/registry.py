@@ -135,6 +135,11 @@ def _if_cached(path, read):
     return count
 
 
+def _cifar_files(archive):
+    """``locate`` and ``install`` of a set read from one of CIFAR's archives."""
+    return {"locate": lambda root: cifar.locate(root, archive), "install": lambda root: cifar.hint(root, archive)}
+
+
 def _entries():
     def always(_root):
         return "generated from the pinned fonts"
@@ -292,8 +297,7 @@ def _entries():
             domain="cifar",
             image_size=32,
             channels=3,
-            locate=lambda root: cifar.locate(root, cifar.CIFAR100),
-            install=lambda root: cifar.hint(root, cifar.CIFAR100),
+            **_cifar_files(cifar.CIFAR100),
             description="CIFAR-FS (Bertinetto et al. 2019) from CIFAR-100, 64/16/20 classes",
         ),
         Dataset(
@@ -303,8 +307,7 @@ def _entries():
             domain="cifar",
             image_size=32,
             channels=3,
-            locate=lambda root: cifar.locate(root, cifar.CIFAR100),
-            install=lambda root: cifar.hint(root, cifar.CIFAR100),
+            **_cifar_files(cifar.CIFAR100),
             description="FC100 (Oreshkin et al. 2018) from CIFAR-100 by superclass, 60/20/20 classes",
         ),
         Dataset(
@@ -314,8 +317,7 @@ def _entries():
             domain="cifar",
             image_size=32,
             channels=3,
-            locate=lambda root: cifar.locate(root, cifar.CIFAR10),
-            install=lambda root: cifar.hint(root, cifar.CIFAR10),
+            **_cifar_files(cifar.CIFAR10),
             eval_split="test",
             description="CIFAR-10, python version, 50k/10k",
         ),
@@ -326,8 +328,7 @@ def _entries():
             domain="cifar",
             image_size=32,
             channels=3,
-            locate=lambda root: cifar.locate(root, cifar.CIFAR100),
-            install=lambda root: cifar.hint(root, cifar.CIFAR100),
+            **_cifar_files(cifar.CIFAR100),
             eval_split="test",
             description="CIFAR-100, python version, 50k/10k, 100 classes",
         ),
