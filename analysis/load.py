@@ -27,6 +27,7 @@ import yaml
 
 from tasks.common.errors import UserError
 from tasks.common.io import read_jsonl
+from tasks.evaluation.suite import PIXELS_SUFFIX, RANDOM_SUFFIX
 
 KEY = ["run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
        "metric"]
@@ -35,9 +36,7 @@ SETTINGS = ["suite", "episodes", "seed"]  # how a measure was taken: results und
 COLUMNS = KEY + ["value", "ci95", "episodes", "seed", "suite", "version", "time"]
 INTEGER_COLUMNS = ["ways", "shots", "queries", "episodes", "seed"]
 MODEL_COLUMNS = ["model", "base", "variant", "backbone"]
-RANDOM_SUFFIX = " (random init)"
 RANDOM_VARIANT = "random init"
-PIXELS_SUFFIX = " (pixels: modified Hausdorff)"  # gessl.evaluate's pixel baseline on Lake's runs
 PIXELS_VARIANT = "pixels"
 REFERENCES = {RANDOM_VARIANT: "random init ({})", PIXELS_VARIANT: "pixels: modified Hausdorff"}  # model names
 VARIANT_NAMES = {"dsa": "DSA", "gessl": "GeSSL"}

@@ -12,6 +12,7 @@
     common: --reg none                    # gessl.train flags of every cell
     evaluate: --suite quick --episodes 600  # gessl.evaluate flags of every cell
     reference: simclr                     # the variant every other one is compared with
+    random: true                          # also each variant against its random backbone (default false)
     variants:                             # name: gessl.train flags (after common)
       simclr: --meta none
       gessl: ""
@@ -41,7 +42,11 @@ Summaries (``RESULTS/summary.json`` and ``summary.md``) are the paired differenc
 reference on identical episodes, from the kept cells' ``episodes.npz`` (``gessl.evaluate.
 paired_differences``): per seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over
 the 20 runs); across seeds, the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds.
-``--summarise`` rewrites them from the cells recorded so far, training nothing.
+With ``random: true`` they also hold each variant − its run's random backbone (scored by
+``gessl.evaluate`` on the same episodes, ``gessl.evaluate.random_differences``), and the runner ends
+with a one-line error (exit 2) naming every variant and setting whose mean is not above it: the
+check that each base method learns something. ``--summarise`` rewrites them from the cells
+recorded so far, training nothing.
 """
 import argparse
 import json
@@ -63,7 +68,8 @@ from gessl.config import resolve_config
 from tasks.common.errors import UserError, run_cli
 from tasks.common.io import append_jsonl, atomic_write_text, locked, read_jsonl, try_lock
 
-KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "variants"}
+KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "random",
+        "variants"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def read_grid(path):
         raise UserError(f"grid file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(grid, dict) or not KEYS >= set(grid) or "variants" not in grid:
         raise UserError(f"grid file {path} must be a mapping with 'variants' and only these keys: {sorted(KEYS)}")
-    grid = {"common": "", "evaluate": "--suite quick", "datasets": ["glyphs"], "seeds": [0],
+    grid = {"common": "", "evaluate": "--suite quick", "datasets": ["glyphs"], "seeds": [0], "random": False,
             "budgets": [{"steps": 191}], "runs": f"runs/study/{grid.get('name', path.stem)}",
             "results": f"benchmarks/results/{grid.get('name', path.stem)}", **grid}
     grid["variants"] = {name: flags or "" for name, flags in grid["variants"].items()}
@@ -215,52 +221,68 @@ def interval(values):
 
 
 def summarise(grid, done):
-    """Paired differences variant − reference per setting (see the module docstring); rows for JSON."""
+    """Paired differences variant − reference per setting (see the module docstring); rows for JSON.
+    With ``random: true`` in the grid, also every variant (the reference included) − its random backbone,
+    as rows whose ``against`` is ``random``."""
     rows = []
     by_folder = {r["folder"]: r for r in done.values() if "refused" not in r}
     for cell in cells(grid):
         reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
         a, b = str(cell.folder(grid["runs"])), str(reference.folder(grid["runs"]))
-        if cell.variant == grid["reference"] or a not in by_folder or b not in by_folder:
+        if a not in by_folder:
             continue
-        for r in evaluate.paired_differences(kept(grid, cell), kept(grid, reference)):
-            rows.append({"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant,
-                         "train_seed": cell.seed, "steps": by_folder[a]["steps"],
-                         "train_seconds": by_folder[a]["train_seconds"], **r})
+        pairs = []
+        if cell.variant != grid["reference"] and b in by_folder:
+            pairs += [{"against": grid["reference"], **r}
+                      for r in evaluate.paired_differences(kept(grid, cell), kept(grid, reference))]
+        if grid["random"]:
+            pairs += [{"against": "random", **r} for r in evaluate.random_differences(kept(grid, cell))]
+        rows += [{"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant, "train_seed": cell.seed,
+                  "steps": by_folder[a]["steps"], "train_seconds": by_folder[a]["train_seconds"], **r} for r in pairs]
     return rows
 
 
 def across_seeds(rows):
-    """Rows grouped by (training set, budget, variant, setting), with the mean over seeds and intervals."""
+    """Rows grouped by (what they are against, training set, budget, variant, setting), with the mean
+    over seeds and intervals."""
     groups = {}
     for r in rows:
         setting = f"{r['axis']} {r['dataset']}: {r['ways']}-way {r['shots']}-shot"
-        groups.setdefault((r["trained_on"], r["budget"], r["variant"], setting), []).append(r)
+        groups.setdefault((r["against"], r["trained_on"], r["budget"], r["variant"], setting), []).append(r)
     table = []
-    for (dataset, budget, variant, setting), group in groups.items():
+    for (against, dataset, budget, variant, setting), group in groups.items():
         diff, half = interval([g["difference"] for g in group])
-        table.append({"dataset": dataset, "budget": budget, "variant": variant, "setting": setting,
-                      "seeds": len(group), "mean": float(np.mean([g["mean_a"] for g in group])),
+        table.append({"against": against, "dataset": dataset, "budget": budget, "variant": variant,
+                      "setting": setting, "seeds": len(group), "mean": float(np.mean([g["mean_a"] for g in group])),
                       "reference": float(np.mean([g["mean_b"] for g in group])), "difference": diff,
                       "ci95_seeds": half, "ci95_episodes": group[0]["ci95"] if len(group) == 1 else float("nan")})
     return table
 
 
 def markdown(grid, table):
-    lines = [f"# Study {grid['name']}: paired differences against {grid['reference']}", "",
+    lines = [f"# Study {grid['name']}: paired differences against {grid['reference']}"
+             + (" and against each run's random backbone" if grid["random"] else ""), "",
              "Accuracy (%) of the variant and variant − reference on identical episodes "
              "(± 1.96 s/√n over episodes for one seed, ± t s/√n over seeds for several); "
-             "bold: the interval excludes 0.", "",
-             "| training set | budget | variant | setting | seeds | variant (%) | reference (%) | difference |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
-    for r in table:
-        half = r["ci95_seeds"] if r["seeds"] > 1 else r["ci95_episodes"]
-        text = f"{r['difference']:+.2f} ± {half:.2f}"
-        if abs(r["difference"]) > half:
-            text = f"**{text}**"
-        lines.append(f"| {r['dataset']} | {r['budget']} | {r['variant']} | {r['setting']} | {r['seeds']} | "
-                     f"{r['mean']:.2f} | {r['reference']:.2f} | {text} |")
+             "bold: the interval excludes 0."]
+    for against in dict.fromkeys(r["against"] for r in table):
+        name = "its random backbone" if against == "random" else against
+        lines += ["", f"## Against {name}", "",
+                  f"| training set | budget | variant | setting | seeds | variant (%) | {name} (%) | difference |",
+                  "|---|---|---|---|---:|---:|---:|---:|"]
+        for r in (r for r in table if r["against"] == against):
+            half = r["ci95_seeds"] if r["seeds"] > 1 else r["ci95_episodes"]
+            text = f"{r['difference']:+.2f} ± {half:.2f}"
+            if abs(r["difference"]) > half:
+                text = f"**{text}**"
+            lines.append(f"| {r['dataset']} | {r['budget']} | {r['variant']} | {r['setting']} | {r['seeds']} | "
+                         f"{r['mean']:.2f} | {r['reference']:.2f} | {text} |")
     return "\n".join(lines) + "\n"
+
+
+def below_random(table):
+    """The (variant, setting) pairs whose mean accuracy is not above their random backbone's."""
+    return [(r["variant"], r["setting"]) for r in table if r["against"] == "random" and r["difference"] <= 0]
 
 
 def write_summaries(grid, done):
@@ -305,6 +327,8 @@ def main(argv=None):
     with locked(results_lock(grid)):
         table = write_summaries(grid, finished(grid))
     print(markdown(grid, table))
+    if below_random(table):
+        raise UserError(f"not above the random backbone: {below_random(table)}")
 
 
 if __name__ == "__main__":

@@ -77,13 +77,13 @@ from tasks.evaluation.crowding import crowding_metrics
 from tasks.evaluation.fewshot import CLASSIFIERS, check_episode_args, embed, episode_accuracies, mean_ci95, paired
 from tasks.evaluation.lake import hausdorff_errors, nearest_errors
 from tasks.evaluation.linear import knn_accuracy, linear_probe
-from tasks.evaluation.suite import AXES, SUITES, Target, per_class_rows, pick_classes, plan, probe_rows
+from tasks.evaluation.suite import (AXES, PIXELS_SUFFIX, RANDOM_SUFFIX, SUITES, Target, per_class_rows, pick_classes,
+                                    plan, probe_rows)
 from tasks.evaluation.universality import overall_score, sigma_scores
 
 EPISODE_FIELDS = ("run", "dataset", "split", "axis", "classifier", "ways", "shots", "queries", "episodes",
                   "seed", "labels")
 SAMPLE_CLASSES, SAMPLE_PER_CLASS = 20, 20
-PIXELS_SUFFIX = " (pixels: modified Hausdorff)"  # the run name of the pixel baseline on Lake's runs
 TRANSFER_SETS = ("mnist", "fashion-mnist", "kanjivg")  # fetched on first use for the transferability axis
 
 
@@ -322,7 +322,7 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     backbone, meta = load_backbone(run_dir / "backbone.pt")
     torch.manual_seed(seed)
     models = {run_dir.name: backbone,
-              f"{run_dir.name} (random init)": build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)}
+              run_dir.name + RANDOM_SUFFIX: build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)}
     notes = []
     if "transferability" in suite.axes and not offline:
         if processes.main:
@@ -385,26 +385,37 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     return records
 
 
+def _episode_accuracies(run_dir, model):
+    """The per-episode accuracies ``model`` scored in ``run_dir/episodes.npz``: setting key → array."""
+    path = Path(run_dir) / "episodes.npz"
+    try:
+        with np.load(path) as saved:
+            return {name.split("/", 1)[1]: saved[name] for name in saved.files if name.split("/", 1)[0] == model}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path} ({e}); evaluate {run_dir} again") from None
+
+
+def _rows(pairs):
+    return [{**dict(zip(EPISODE_FIELDS[1:], key.split("/"))), **stats} for key, stats in pairs]
+
+
 def paired_differences(run_a, run_b):
     """Few-shot accuracy differences A − B on the episodes both runs were scored on.
 
     Returns rows (setting, mean A, mean B, mean difference, its ci95, episodes), from the runs'
     ``episodes.npz``: entries whose keys differ only in the run name scored identical episodes.
     """
-    runs = []
-    for run_dir in (Path(run_a), Path(run_b)):
-        path = run_dir / "episodes.npz"
-        try:
-            with np.load(path) as saved:
-                runs.append({name.split("/", 1)[1]: saved[name] for name in saved.files
-                             if name.split("/", 1)[0] == run_dir.name})
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise UserError(f"cannot read {path} ({e}); evaluate {run_dir} again") from None
-    rows = paired(*runs)
+    rows = paired(*(_episode_accuracies(run, Path(run).name) for run in (run_a, run_b)))
     if not rows:
         raise UserError(f"{run_a} and {run_b} share no episodes: evaluate both with the same --suite, --seed "
                         "and episode settings")
-    return [{**dict(zip(EPISODE_FIELDS[1:], key.split("/"))), **stats} for key, stats in rows]
+    return _rows(rows)
+
+
+def random_differences(run_dir):
+    """``paired_differences`` of the run against its random backbone (scored on the same episodes)."""
+    name = Path(run_dir).name
+    return _rows(paired(_episode_accuracies(run_dir, name), _episode_accuracies(run_dir, name + RANDOM_SUFFIX)))
 
 
 def print_comparison(run_a, run_b, rows):

@@ -156,6 +156,13 @@ def data_record(cfg, images, labels):
     return record
 
 
+def build_optimizer(model, cfg):
+    """``cfg.optimizer`` over the model's parameters: Adam, or SGD with momentum 0.9."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def lr_at(step, cfg, total_steps):
     """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < cfg.warmup_steps:
@@ -219,7 +226,7 @@ class Trainer:
                             f"images; use a smaller batch")
         self.in_channels = 1 if self.images.dim() == 3 else self.images.shape[1]
         self.model = self._build_model()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.placement.amp == torch.float16)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:

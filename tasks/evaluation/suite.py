@@ -29,6 +29,10 @@ import numpy as np
 
 from tasks.data.registry import get_dataset, transfer_targets
 
+# The reference models ``gessl.evaluate`` scores beside every run RUN, named RUN + suffix.
+RANDOM_SUFFIX = " (random init)"  # the run's backbone at a seeded random initialisation
+PIXELS_SUFFIX = " (pixels: modified Hausdorff)"  # the pixel baseline on Lake's one-shot runs
+
 AXES = ("discriminability", "generalization", "transferability")
 
 

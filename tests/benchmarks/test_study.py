@@ -57,6 +57,42 @@ def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episo
     assert "| glyphs | 2steps | slower |" in (tmp_path / "results" / "summary.md").read_text()
 
 
+def test_random_true_compares_every_variant_with_its_random_backbone_and_fails_when_not_above(glyph_root,
+                                                                                             tmp_path):
+    grid = write_grid(tmp_path, glyph_root, random=True, evaluate="--suite quick --episodes 6 --axes generalization "
+                      "--shots 1 --offline")
+    folder = tmp_path / "runs" / "glyphs-2steps"
+    try:
+        study.main([str(grid)])
+        failed = None
+    except UserError as exc:
+        failed = str(exc)
+    expected = []
+    for variant in ("plain", "slower"):
+        run = accuracies(folder / f"{variant}-seed0")
+        with np.load(folder / f"{variant}-seed0" / "episodes.npz") as saved:
+            random = {name.split("/", 1)[1]: saved[name] for name in saved.files
+                      if name.split("/", 1)[0] == f"{variant}-seed0 (random init)"}
+        (key, a), = run.items()
+        expected.append((variant, (a - random[key]).mean()))
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    got = [(r["variant"], r["difference"]) for r in summary["table"] if r["against"] == "random"]
+    assert got == [(v, pytest.approx(d)) for v, d in expected]
+    below = [v for v, d in expected if d <= 0]
+    if below:
+        assert failed and all(v in failed for v in below)
+    else:
+        assert failed is None
+    assert "## Against its random backbone" in (tmp_path / "results" / "summary.md").read_text()
+
+
+def test_below_random_names_the_settings_not_above_their_random_backbone():
+    table = [{"against": "random", "variant": v, "setting": "s", "difference": d} for v, d in
+             [("up", 0.5), ("flat", 0.0), ("down", -3.0)]] + [{"against": "plain", "variant": "x", "setting": "s",
+                                                              "difference": -9.0}]
+    assert study.below_random(table) == [("flat", "s"), ("down", "s")]
+
+
 def test_a_rerun_skips_finished_cells_and_reruns_a_killed_one(glyph_root, tmp_path, monkeypatch):
     grid = write_grid(tmp_path, glyph_root)
     real_evaluate = evaluate.main

@@ -13,6 +13,7 @@ import torch
 
 from gessl import train
 from gessl.backbones import load_backbone
+from gessl.config import resolve_config
 from tasks.common.errors import UserError
 from tests.disk import read_only_disk, small_disk
 from tests.gessl.interrupt import interrupted_at
@@ -23,6 +24,29 @@ TINY = ["--batch-size", "32", "--log-every", "1", "--eval-episodes", "0", "--war
 
 def run_train(out, *flags):
     train.main(TINY + ["--out", str(out), *flags])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_optimizer_steps_as_its_formula(optimizer):
+    """SGD: v ← 0.9 v + g + λw, w ← w − lr·v; Adam (bias-corrected, β = 0.9, 0.999, ε = 1e-8, L2 λw
+    added to g); checked over two steps with a fixed gradient g."""
+    cfg = resolve_config({"optimizer": optimizer, "lr": 0.1, "weight_decay": 0.01})
+    model = torch.nn.Linear(3, 1, bias=False)
+    w = model.weight.detach().clone().double()
+    g = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    opt = train.build_optimizer(model, cfg)
+    v, m, s = torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w)
+    for t in (1, 2):
+        model.weight.grad = g.float().clone()
+        opt.step()
+        d = g + 0.01 * w
+        if optimizer == "sgd":
+            v = 0.9 * v + d
+            w = w - 0.1 * v
+        else:
+            m, s = 0.9 * m + 0.1 * d, 0.999 * s + 0.001 * d ** 2
+            w = w - 0.1 * (m / (1 - 0.9 ** t)) / ((s / (1 - 0.999 ** t)).sqrt() + 1e-8)
+        torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
 
 
 def test_run_folder_holds_config_metrics_checkpoint_and_backbone(glyph_root, tmp_path):
