@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gessl.backbones import load_backbone, save_backbone
-from gessl.config import read_yaml, resolve_config
+from gessl.config import read_run_config
 from gessl.device import Placement
 from gessl.evaluate import check_run_dir
 from gessl.train import step_batch
@@ -55,7 +55,7 @@ def training_views(cfg, steps):
     images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
     per_epoch = len(images) // cfg.batch_size
-    placement, augment = Placement.from_config(cfg, torch.device("cpu")), GlyphAugment()
+    placement, augment = Placement.from_config(cfg, torch.device("cpu")), GlyphAugment.from_config(cfg)
     for step in range(steps):
         batch = step_batch(images, labels, cfg, step, per_epoch, augment, placement)
         yield torch.cat(batch["views"])
@@ -73,7 +73,7 @@ def main(argv=None):
     run_dir, out = check_run_dir(args.run_dir), Path(args.out)
     if out.exists():
         raise UserError(f"{out} already exists; choose another --out")
-    cfg = resolve_config(read_yaml(run_dir / "config.yaml"))
+    cfg = read_run_config(run_dir)
     net, meta = load_backbone(run_dir / "backbone.pt")
     reestimate(net, training_views(cfg, args.batches))
     out.mkdir(parents=True)

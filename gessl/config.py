@@ -26,6 +26,10 @@ def non_negative(value):
     return None if value >= 0 else "must be zero or positive"
 
 
+def unit(value):
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 def half_open_unit(value):
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
@@ -106,6 +110,8 @@ class TrainConfig:
     dsa_lambda1: float = dataclasses.field(default=1.0, metadata={"help": "DSA: lambda_1, weight of the DSA loss", "check": non_negative})
     dsa_lambda2: float = dataclasses.field(default=0.01, metadata={"help": "DSA: lambda_2, weight of the prior alignment", "check": non_negative})
     dsa_ema: float = dataclasses.field(default=0.99, metadata={"help": "DSA: momentum of the EMA prior", "check": half_open_unit})
+    aug_dilate: float = dataclasses.field(default=0.5, metadata={"help": "augmentation: probability of thickening a view's strokes (3x3 maximum filter); with --aug-gain the glyphs' counterpart of colour distortion (tasks/training/augment.py)", "check": unit})
+    aug_gain: float = dataclasses.field(default=0.5, metadata={"help": "augmentation: a view's ink intensity scaled by U(1 - gain, 1) (0: off)", "check": half_open_unit})
     image_size: int = dataclasses.field(default=28, metadata={"help": "side of the (square) images", "check": positive})
     data_root: str = dataclasses.field(default="", metadata={"help": "data folder(s), several separated by ':' (generated sets are cached in the first; default: $GESSL_DATA or ~/.cache/gessl)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation", "check": non_negative})
@@ -150,6 +156,16 @@ class TrainConfig:
     def to_yaml(self, omit=()):
         """The config as YAML, without the options in ``omit``."""
         return yaml.safe_dump({k: v for k, v in dataclasses.asdict(self).items() if k not in omit}, sort_keys=False)
+
+
+# Options added after runs were saved without them, with the value those runs had: a run folder's
+# config.yaml that lacks one is read with it (``read_run_config``), not with today's default.
+PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0}  # the ink jitter came after the first runs
+
+
+def read_run_config(run_dir):
+    """The resolved ``TrainConfig`` of a run folder's ``config.yaml`` (``PREDATED`` filling its gaps)."""
+    return resolve_config(PREDATED, read_yaml(Path(run_dir) / "config.yaml"))
 
 
 # The options a --resume may change: how long, how often and where a run trains, not what it is.

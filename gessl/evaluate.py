@@ -66,7 +66,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gessl.backbones import build_backbone, load_backbone
-from gessl.config import read_yaml, resolve_config
+from gessl.config import read_run_config
 from gessl.device import resolve_device
 from gessl.distributed import Processes
 from tasks.common.errors import UserError, run_cli
@@ -314,7 +314,7 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     """
     run_dir = check_run_dir(run_dir)
     suite = get_suite(suite, **changes)
-    cfg = resolve_config(read_yaml(run_dir / "config.yaml"))
+    cfg = read_run_config(run_dir)
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=str(data_root))
     offline = os.environ.get("GESSL_OFFLINE") == "1" if offline is None else offline

@@ -32,7 +32,7 @@ from baselines import BASE_METHODS
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
 from gessl.collapse import THRESHOLDS, collapsing
-from gessl.config import RESUMABLE, add_config_flags, read_yaml, resolve_config
+from gessl.config import RESUMABLE, add_config_flags, read_run_config, read_yaml, resolve_config
 from gessl.device import Placement, resolve_device
 from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
@@ -231,7 +231,7 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.augment = GlyphAugment()
+        self.augment = GlyphAugment.from_config(cfg)
         self.objective = META_OPTIMISERS[cfg.meta].from_config(cfg)
         # GeSSL runs the model functionally, out of DDP's sight, and averages its gradients itself.
         self.net = self.model if cfg.meta == "gessl" else processes.wrap(
@@ -436,7 +436,7 @@ def prepare_run(args):
         if not saved.is_file():
             raise UserError(f"{saved} does not exist: {args['out']} is not a run folder; "
                             f"start a new run without --resume")
-        run = resolve_config(read_yaml(saved))
+        run = read_run_config(args["out"])
         cfg = resolve_config(dataclasses.asdict(run), file_layer, args)
         ignored = inactive_options(run)
         changed = [f"--{name.replace('_', '-')} ({getattr(run, name)!r} -> {getattr(cfg, name)!r})"

@@ -2,7 +2,21 @@
 
 One ``grid_sample`` per batch applies, per image, a random resized crop (scale and aspect), a small
 affine (rotation, shear, translation) and an elastic distortion (a smooth random displacement field,
-Simard et al. 2003); then Gaussian pixel noise. All randomness comes from the ``torch.Generator``
+Simard et al. 2003); then the ink jitter: with probability ``dilate`` the strokes are thickened by a
+3×3 maximum filter (a grey-scale dilation), and the ink's intensity is scaled by a factor drawn from
+U(1 − ``gain``, 1); then Gaussian pixel noise.
+
+The ink jitter is the glyphs' counterpart of SimCLR's colour distortion (Chen et al., ICML 2020, §3:
+without it, two crops of an image are told apart by their colour histograms, a shortcut that
+spoils the features). Two views of a glyph share its stroke weight and ink mass, and a font's
+weight is what most separates two renderings of one character, so without the jitter the methods
+learn stroke weight: on the glyph evaluation split the backbone's first principal component
+follows the ink mass (|r| 0.72 after SimCLR, 0.89 after SwAV, 0.91 after SimSiam) and holds 46-67 %
+of the features' variance. With ``dilate`` = ``gain`` = 0.5, 150 steps lift 5-way 1-shot on the
+glyphs from 70.1 to 89.3 % (SimCLR), 44.5 to 71.3 % (SwAV) and 50.7 to 72.9 % (SimSiam), and leave
+Omniglot's handwriting, drawn with one pen width, where it was (83.7 and 82.8 % for SimCLR;
+``docs/bases.md``). Both at 0 draw no random numbers, so the views are those of the augmentation
+without the jitter. All randomness comes from the ``torch.Generator``
 passed in, so a training step is reproducible from its seed (this is what makes ``--resume`` exact).
 The random numbers are drawn on the generator's device: a generator on the images' GPU keeps the
 whole augmentation on the GPU, with no copy from the host and no wait for it (a CPU generator with
@@ -26,7 +40,14 @@ class GlyphAugment:
     translate: float = 0.1           # fraction of the image, uniform in ±translate
     elastic: float = 0.04            # displacement amplitude (normalised coordinates)
     elastic_grid: int = 4            # coarseness of the displacement field
+    dilate: float = 0.5              # probability of thickening the strokes (3×3 maximum filter)
+    gain: float = 0.5                # ink intensity scaled by U(1 − gain, 1)
     noise: float = 0.05              # std of additive Gaussian noise
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The augmentation of a training config (its ``aug_dilate`` and ``aug_gain``)."""
+        return cls(dilate=cfg.aug_dilate, gain=cfg.aug_gain)
 
     def __call__(self, images, generator):
         """Augment ``images`` ([B, C, H, W] floats in [0, 1]) with randomness from ``generator``."""
@@ -55,6 +76,11 @@ class GlyphAugment:
             field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=False)
             grid = grid + field.permute(0, 2, 3, 1)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.dilate > 0:
+            thicken = uniform(0, 1).view(b, 1, 1, 1) < self.dilate
+            out = torch.where(thicken, F.max_pool2d(out, 3, stride=1, padding=1), out)
+        if self.gain > 0:
+            out = out * uniform(1 - self.gain, 1).view(b, 1, 1, 1)
         if self.noise > 0:
             out = out + self.noise * torch.randn(out.shape, generator=generator, device=generator.device).to(dev)
         return out.clamp(0, 1)

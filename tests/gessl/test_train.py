@@ -244,6 +244,17 @@ def test_a_second_training_in_a_running_runs_folder_is_refused_and_a_killed_one_
     assert [r["step"] for r in metrics(out)] == [1, 2]
 
 
+def test_a_run_saved_before_the_ink_jitter_resumes_without_it(glyph_root, tmp_path):
+    out = tmp_path / "old"
+    run_train(out, "--max-steps", "1", "--data-root", str(glyph_root), "--aug-dilate", "0", "--aug-gain", "0")
+    saved = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text("".join(line for line in saved.splitlines(keepends=True)
+                                             if not line.startswith("aug_")))  # as written before the options
+    cfg = train.prepare_run(train.parse_args(["--out", str(out), "--resume", "--max-steps", "2"]))[0]
+    assert (cfg.aug_dilate, cfg.aug_gain) == (0, 0)
+    assert (resolve_config({}).aug_dilate, resolve_config({}).aug_gain) == (0.5, 0.5)  # a new run has the jitter
+
+
 @pytest.mark.parametrize("flags, named", [(["--meta", "gessl"], "--meta ('none' -> 'gessl')"),
                                           (["--base", "moco"], "--base ('simclr' -> 'moco')"),
                                           (["--backbone", "resnet18"], "--backbone ('conv4' -> 'resnet18')"),

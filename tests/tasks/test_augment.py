@@ -9,10 +9,29 @@ def glyph_batch():
     return x
 
 
+IDENTITY = dict(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=0, shear=0, translate=0, elastic=0, noise=0)
+
+
 def test_identity_parameters_reproduce_the_image():
-    aug = GlyphAugment(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=0, shear=0, translate=0, elastic=0, noise=0)
+    aug = GlyphAugment(**IDENTITY, dilate=0, gain=0)
     x = glyph_batch()
     assert torch.allclose(aug(x, torch.Generator().manual_seed(0)), x, atol=1e-5)
+
+
+def test_ink_jitter_thickens_strokes_by_one_pixel_and_scales_intensity_per_image():
+    x = glyph_batch()
+    thick = torch.zeros_like(x)
+    thick[:, :, 7:21, 11:17] = 1.0  # the bar grown by one pixel on every side: a 3×3 dilation
+    always = GlyphAugment(**IDENTITY, dilate=1, gain=0)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(always, thick, atol=1e-5)
+    out = GlyphAugment(**IDENTITY, dilate=0.5, gain=0.5)(x, torch.Generator().manual_seed(1))
+    for image in out:  # each image: the bar or the thick bar, times its own factor in [0.5, 1]
+        factor = image.max()
+        assert 0.5 <= factor <= 1
+        assert any(torch.allclose(image, factor * shape, atol=1e-5) for shape in (x[0], thick[0]))
+    factors = out.flatten(1).amax(1)
+    widths = (out[:, 0, 14] > 0).sum(1)
+    assert len(set(factors.tolist())) == len(out) and set(widths.tolist()) == {4, 6}
 
 
 def test_same_seed_same_views_other_seed_other_views():
