@@ -76,7 +76,7 @@ class TrainConfig:
     music_hidden: int = dataclasses.field(default=1024, metadata={"help": "MUSIC: hidden width of the projector", "check": positive})
     music_dim: int = dataclasses.field(default=2048, metadata={"help": "MUSIC: projector output width D = segments x segment size", "check": positive})
     music_segment: int = dataclasses.field(default=32, metadata={"help": "MUSIC: B, attributes per segment (music_dim must hold at least two segments)", "check": positive})
-    music_ti: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the transform-invariance term", "check": non_negative})
+    music_ti: float = dataclasses.field(default=0.2, metadata={"help": "MUSIC: weight of the transform-invariance term (the spec's 1 learns a third less on Omniglot in short runs; docs/bases.md)", "check": non_negative})
     music_dia: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the diagonal (same-segment) entropy term", "check": non_negative})
     music_off: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the off-diagonal (cross-segment) entropy term", "check": non_negative})
     moco_queue: int = dataclasses.field(default=4096, metadata={"help": "MoCo: K, keys held in the queue of negatives (65536 in the paper)", "check": positive})
