@@ -61,7 +61,7 @@ class TrainConfig:
     lr: float = dataclasses.field(default=2e-3, metadata={"help": "peak learning rate", "check": positive})
     weight_decay: float = dataclasses.field(default=1e-6, metadata={"help": "weight decay (L2, added to the gradient)", "check": non_negative})
     warmup_steps: int = dataclasses.field(default=20, metadata={"help": "linear warm-up, then cosine decay", "check": non_negative})
-    temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses (SimCLR, SwAV, MoCo)", "check": positive})
+    temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses (SimCLR, MoCo)", "check": positive})
     proj_hidden: int = dataclasses.field(default=512, metadata={"help": "hidden width of the projector", "check": positive})
     proj_dim: int = dataclasses.field(default=128, metadata={"help": "output width of the projector", "check": positive})
     barlow_proj_dim: int = dataclasses.field(default=1024, metadata={"help": "Barlow Twins: width of both projector layers", "check": positive})
@@ -69,6 +69,7 @@ class TrainConfig:
     vicreg_sim: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the invariance term", "check": non_negative})
     vicreg_var: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the variance term", "check": non_negative})
     vicreg_cov: float = dataclasses.field(default=1.0, metadata={"help": "VICReg: weight of the covariance term", "check": non_negative})
+    swav_temperature: float = dataclasses.field(default=0.2, metadata={"help": "SwAV: temperature tau of the prototype softmax (0.1 in the paper)", "check": positive})
     swav_prototypes: int = dataclasses.field(default=300, metadata={"help": "SwAV: number of prototypes K (3000 at CIFAR scale)", "check": positive})
     swav_epsilon: float = dataclasses.field(default=0.05, metadata={"help": "SwAV: epsilon, entropy weight of the Sinkhorn codes", "check": positive})
     swav_iters: int = dataclasses.field(default=3, metadata={"help": "SwAV: Sinkhorn-Knopp iterations", "check": positive})
@@ -84,6 +85,7 @@ class TrainConfig:
     byol_momentum: float = dataclasses.field(default=0.999, metadata={"help": "BYOL: tau_base, target momentum at the start, raised to 1 by a cosine (0.996 in the paper)", "check": half_open_unit})
     byol_pred_hidden: int = dataclasses.field(default=512, metadata={"help": "BYOL: hidden width of the predictor (4096 in the paper)", "check": positive})
     simsiam_pred_hidden: int = dataclasses.field(default=128, metadata={"help": "SimSiam: hidden (bottleneck) width of the predictor (512 in the paper)", "check": positive})
+    simsiam_pred_lr: float = dataclasses.field(default=10.0, metadata={"help": "SimSiam: the predictor's learning rate, a multiple of --lr held constant (no warm-up or decay; the paper holds it at 1x); 0: the schedule's, like every other parameter", "check": non_negative})
     supervised_scale: float = dataclasses.field(default=5.0, metadata={"help": "Supervised: scale s of the cosine classifier, logits s*cos(h, w_k) (0: a linear classifier W h + b, the CIFAR-scale choice)", "check": non_negative})
     episode_ways: int = dataclasses.field(default=20, metadata={"help": "ProtoNet, MAML: classes per training episode (Snell et al. train Omniglot 60-way)", "check": positive})
     episode_shots: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML: support images per class in a training episode", "check": positive})
@@ -160,12 +162,17 @@ class TrainConfig:
 
 # Options added after runs were saved without them, with the value those runs had: a run folder's
 # config.yaml that lacks one is read with it (``read_run_config``), not with today's default.
-PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0}  # the ink jitter came after the first runs
+PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0,  # the ink jitter came after the first runs,
+            "simsiam_pred_lr": 0.0,             # and so did SimSiam's constant predictor rate
+            "swav_temperature": lambda saved: saved.get("temperature", 0.1)}  # SwAV shared --temperature
 
 
 def read_run_config(run_dir):
-    """The resolved ``TrainConfig`` of a run folder's ``config.yaml`` (``PREDATED`` filling its gaps)."""
-    return resolve_config(PREDATED, read_yaml(Path(run_dir) / "config.yaml"))
+    """The resolved ``TrainConfig`` of a run folder's ``config.yaml`` (``PREDATED`` filling its gaps:
+    a value, or a function of the saved options)."""
+    saved = read_yaml(Path(run_dir) / "config.yaml")
+    gaps = {name: value(saved) if callable(value) else value for name, value in PREDATED.items() if name not in saved}
+    return resolve_config(gaps, saved)
 
 
 # The options a --resume may change: how long, how often and where a run trains, not what it is.

@@ -157,10 +157,22 @@ def data_record(cfg, images, labels):
 
 
 def build_optimizer(model, cfg):
-    """``cfg.optimizer`` over the model's parameters: Adam, or SGD with momentum 0.9."""
+    """``cfg.optimizer`` over the model's parameters: Adam, or SGD with momentum 0.9.
+
+    A base method may hold submodules at a constant learning rate: its ``constant_lr`` maps a
+    submodule's name to a multiple of ``cfg.lr``; their parameters form groups whose ``constant_lr``
+    ``train_step`` sets in place of the warm-up and decay (SimSiam's predictor)."""
+    method = getattr(model, "method", None)
+    constant = {name: scale for name, scale in getattr(method, "constant_lr", {}).items() if scale > 0}
+    groups, taken = [], set()
+    for name, scale in constant.items():
+        params = list(getattr(method, name).parameters())
+        taken |= {id(p) for p in params}
+        groups.append({"params": params, "constant_lr": cfg.lr * scale})
+    groups.insert(0, {"params": [p for p in model.parameters() if id(p) not in taken]})
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_at(step, cfg, total_steps):
@@ -306,7 +318,7 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(self.step, cfg, self.total_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group.get("constant_lr", lr)
         self.net.train()
         if self.episodes is not None:
             batch = episode_batch(self.images, self.episodes, cfg, self.step, self.augment, self.placement)

@@ -88,12 +88,12 @@ def test_codes_have_the_marginals_of_an_equipartition():
 def test_loss_matches_the_loop_reference_with_unnormalised_inputs():
     g = torch.Generator().manual_seed(0)
     n, d, k = 6, 5, 4
-    method = identity_swav(d, k, temperature=0.1)
+    method = identity_swav(d, k, swav_temperature=0.3)
     with torch.no_grad():
         method.prototypes.weight.mul_(torch.rand(k, 1, generator=g, dtype=torch.float64) * 3 + 0.5)  # not unit
     z1, z2 = (torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(2))
     got = forward(method, z1, z2)
-    want = reference_swav(z1, z2, method.prototypes.weight.detach(), 0.05, 3, 0.1)
+    want = reference_swav(z1, z2, method.prototypes.weight.detach(), 0.05, 3, 0.3)
     assert got.loss.item() == pytest.approx(want, rel=1e-9)
     assert set(got.terms) == {"swav_swapped_prediction"}
     torch.testing.assert_close(got.projections[0].norm(dim=1), torch.ones(n, dtype=torch.float64))
@@ -131,7 +131,7 @@ def test_no_gradient_flows_through_the_codes():
                 q = q / q.sum(0) / k
                 q = q / q.sum(1, keepdim=True) / n
             return (q * n).detach() if detach_codes else q * n
-        log_p1, log_p2 = (torch.log_softmax(u @ protos.T / 0.1, 1) for u in (u1, u2))
+        log_p1, log_p2 = (torch.log_softmax(u @ protos.T / 0.2, 1) for u in (u1, u2))
         return -0.5 * ((codes(u2) * log_p1).sum(1).mean() + (codes(u1) * log_p2).sum(1).mean())
 
     detached = torch.autograd.grad(torch_swav(True), [z1, z2])
@@ -180,7 +180,7 @@ def test_queue_fills_newest_first_and_joins_the_codes_only_when_full():
     # batch 2: the full queue (as it was before this forward) joins the Sinkhorn problem
     queues = [method.queue[v].tolist() for v in range(2)]
     got = forward(method, *batches[2]).loss.item()
-    assert got == pytest.approx(reference_swav(*batches[2], weight, 0.05, 3, 0.1, queues=queues), rel=1e-9)
+    assert got == pytest.approx(reference_swav(*batches[2], weight, 0.05, 3, 0.2, queues=queues), rel=1e-9)
     assert got != pytest.approx(forward(plain, *batches[2]).loss.item(), rel=1e-6)
     for v in range(2):
         torch.testing.assert_close(method.queue[v], torch.cat([unit[2][v], unit[1][v][:2]]))

@@ -49,6 +49,25 @@ def test_the_optimizer_steps_as_its_formula(optimizer):
         torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [10.0, 0.0])
+def test_simsiams_predictor_keeps_a_constant_rate_while_the_rest_follows_the_schedule(glyph_root, tmp_path, scale):
+    cfg = resolve_config({"base": "simsiam", "meta": "none", "batch_size": 32, "warmup_steps": 2, "max_steps": 4,
+                          "simsiam_pred_lr": scale, "data_root": str(glyph_root)})
+    trainer = train.Trainer(cfg, tmp_path)
+    predictor = {id(p) for p in trainer.model.method.predictor.parameters()}
+    groups = trainer.optimizer.param_groups
+    assert [{id(p) for p in g["params"]} == predictor for g in groups] == ([False, True] if scale else [False])
+    seen = []
+    for step in range(4):
+        before = {id(p): p.detach().clone() for p in trainer.model.parameters()}
+        trainer.train_step()
+        seen.append([g["lr"] for g in groups])
+        assert all(not torch.equal(p, before[id(p)]) for p in trainer.model.method.predictor.parameters())
+    schedule = [train.lr_at(step, cfg, 4) for step in range(4)]
+    assert seen == [[lr, 2e-3 * scale] if scale else [lr] for lr in schedule]
+    assert schedule[0] < schedule[1] > schedule[3]  # warm-up, then decay: the predictor's stays put
+
+
 def test_run_folder_holds_config_metrics_checkpoint_and_backbone(glyph_root, tmp_path):
     out = tmp_path / "run"
     run_train(out, "--max-steps", "3", "--ckpt-every", "2")
@@ -253,6 +272,17 @@ def test_a_run_saved_before_the_ink_jitter_resumes_without_it(glyph_root, tmp_pa
     cfg = train.prepare_run(train.parse_args(["--out", str(out), "--resume", "--max-steps", "2"]))[0]
     assert (cfg.aug_dilate, cfg.aug_gain) == (0, 0)
     assert (resolve_config({}).aug_dilate, resolve_config({}).aug_gain) == (0.5, 0.5)  # a new run has the jitter
+
+
+def test_a_swav_run_saved_when_swav_shared_temperature_reads_its_temperature(glyph_root, tmp_path):
+    out = tmp_path / "old"
+    run_train(out, "--max-steps", "1", "--data-root", str(glyph_root), "--base", "swav", "--swav-temperature", "0.3")
+    saved = (out / "config.yaml").read_text().replace("swav_temperature: 0.3", "temperature: 0.3")
+    (out / "config.yaml").write_text("".join(line for line in saved.splitlines(keepends=True)
+                                             if not line.startswith(("simsiam_pred_lr", "aug_"))))
+    cfg = train.prepare_run(train.parse_args(["--out", str(out), "--resume", "--max-steps", "2"]))[0]
+    assert (cfg.swav_temperature, cfg.aug_dilate) == (0.3, 0)
+    assert resolve_config({}).swav_temperature == 0.2
 
 
 @pytest.mark.parametrize("flags, named", [(["--meta", "gessl"], "--meta ('none' -> 'gessl')"),
