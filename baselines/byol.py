@@ -52,8 +52,10 @@ class BYOL(nn.Module):
     ``backbone`` is the online backbone, copied into the target network at construction.
     """
 
-    def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, byol_pred_hidden=512, byol_momentum=0.999):
+    def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, byol_pred_hidden=512, byol_momentum=0.999,
+                 byol_pred_lr=0.0):
         super().__init__()
+        self.constant_lr = {"predictor": byol_pred_lr}  # gessl.train.build_optimizer: a constant rate
         self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
         self.predictor = projection_mlp(proj_dim, byol_pred_hidden, proj_dim)
         self.target = MomentumEncoder(backbone, self.projector)

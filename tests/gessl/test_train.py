@@ -49,10 +49,11 @@ def test_the_optimizer_steps_as_its_formula(optimizer):
         torch.testing.assert_close(model.weight.detach().double(), w, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("base", ["simsiam", "byol"])
 @pytest.mark.parametrize("scale", [10.0, 0.0])
-def test_simsiams_predictor_keeps_a_constant_rate_while_the_rest_follows_the_schedule(glyph_root, tmp_path, scale):
-    cfg = resolve_config({"base": "simsiam", "meta": "none", "batch_size": 32, "warmup_steps": 2, "max_steps": 4,
-                          "simsiam_pred_lr": scale, "data_root": str(glyph_root)})
+def test_a_predictor_may_keep_a_constant_rate_while_the_rest_follows_the_schedule(glyph_root, tmp_path, base, scale):
+    cfg = resolve_config({"base": base, "meta": "none", "batch_size": 32, "warmup_steps": 2, "max_steps": 4,
+                          f"{base}_pred_lr": scale, "data_root": str(glyph_root)})
     trainer = train.Trainer(cfg, tmp_path)
     predictor = {id(p) for p in trainer.model.method.predictor.parameters()}
     groups = trainer.optimizer.param_groups
