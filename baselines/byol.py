@@ -53,10 +53,12 @@ class BYOL(nn.Module):
     """
 
     def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, byol_pred_hidden=512, byol_momentum=0.999,
-                 byol_pred_lr=0.0):
+                 byol_pred_lr=0.0, byol_proj_bn=False):
         super().__init__()
         self.constant_lr = {"predictor": byol_pred_lr}  # gessl.train.build_optimizer: a constant rate
         self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
+        if byol_proj_bn:
+            self.projector = nn.Sequential(*self.projector, nn.BatchNorm1d(proj_dim))
         self.predictor = projection_mlp(proj_dim, byol_pred_hidden, proj_dim)
         self.target = MomentumEncoder(backbone, self.projector)
         self.proj_dim = proj_dim

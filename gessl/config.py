@@ -84,6 +84,7 @@ class TrainConfig:
     moco_momentum: float = dataclasses.field(default=0.99, metadata={"help": "MoCo: m, momentum of the key encoder (0.999 in the paper)", "check": half_open_unit})
     byol_momentum: float = dataclasses.field(default=0.999, metadata={"help": "BYOL: tau_base, target momentum at the start, raised to 1 by a cosine (0.996 in the paper)", "check": half_open_unit})
     byol_pred_hidden: int = dataclasses.field(default=512, metadata={"help": "BYOL: hidden width of the predictor (4096 in the paper)", "check": positive})
+    byol_proj_bn: bool = dataclasses.field(default=False, metadata={"help": "BYOL: BatchNorm on the projector's output (SimSiam's projector; the paper has none)"})
     byol_pred_lr: float = dataclasses.field(default=0.0, metadata={"help": "BYOL: the predictor's learning rate, a multiple of --lr held constant (no warm-up or decay); 0: the schedule's, like every other parameter (the paper)", "check": non_negative})
     simsiam_pred_hidden: int = dataclasses.field(default=128, metadata={"help": "SimSiam: hidden (bottleneck) width of the predictor (512 in the paper)", "check": positive})
     simsiam_pred_lr: float = dataclasses.field(default=10.0, metadata={"help": "SimSiam: the predictor's learning rate, a multiple of --lr held constant (no warm-up or decay; the paper holds it at 1x); 0: the schedule's, like every other parameter", "check": non_negative})
@@ -164,7 +165,7 @@ class TrainConfig:
 # Options added after runs were saved without them, with the value those runs had: a run folder's
 # config.yaml that lacks one is read with it (``read_run_config``), not with today's default.
 PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0,  # the ink jitter came after the first runs,
-            "simsiam_pred_lr": 0.0, "byol_pred_lr": 0.0,  # and so did the constant predictor rates
+            "simsiam_pred_lr": 0.0, "byol_pred_lr": 0.0, "byol_proj_bn": False,  # and so did the constant predictor rates
             "swav_temperature": lambda saved: saved.get("temperature", 0.1)}  # SwAV shared --temperature
 
 
