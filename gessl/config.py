@@ -71,7 +71,7 @@ class TrainConfig:
     vicreg_cov: float = dataclasses.field(default=1.0, metadata={"help": "VICReg: weight of the covariance term", "check": non_negative})
     swav_temperature: float = dataclasses.field(default=0.2, metadata={"help": "SwAV: temperature tau of the prototype softmax (0.1 in the paper)", "check": positive})
     swav_prototypes: int = dataclasses.field(default=300, metadata={"help": "SwAV: number of prototypes K (3000 at CIFAR scale)", "check": positive})
-    swav_epsilon: float = dataclasses.field(default=0.05, metadata={"help": "SwAV: epsilon, entropy weight of the Sinkhorn codes", "check": positive})
+    swav_epsilon: float = dataclasses.field(default=0.03, metadata={"help": "SwAV: epsilon, entropy weight of the Sinkhorn codes (0.05 in the paper)", "check": positive})
     swav_iters: int = dataclasses.field(default=3, metadata={"help": "SwAV: Sinkhorn-Knopp iterations", "check": positive})
     swav_queue: int = dataclasses.field(default=0, metadata={"help": "SwAV: past projections per view (per process) added to the Sinkhorn problem once filled (0: no queue)", "check": non_negative})
     music_hidden: int = dataclasses.field(default=1024, metadata={"help": "MUSIC: hidden width of the projector", "check": positive})

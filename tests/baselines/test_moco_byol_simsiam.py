@@ -190,6 +190,17 @@ def test_momentum_copy_follows_the_backbone_given_to_after_step(cls, options, pr
         assert all(torch.equal(xi, before[n]) for n, xi in ema.named_parameters())
 
 
+@pytest.mark.parametrize("proj_bn", [False, True])
+def test_byol_projector_batchnorm_standardises_online_and_target_projections(proj_bn):
+    # With --byol-proj-bn each dimension of a batch's projections, online and target, has mean 0 and
+    # variance 1 (BatchNorm's training-mode formula, biased variance, eps 1e-5); without it, not.
+    model = build(BYOL, byol_proj_bn=proj_bn)
+    x = torch.cat(views(8)["views"])
+    for z in (model.method.projector(model.backbone(x)), model.method.target(x)):
+        standard = z.mean(0).abs().max() < 1e-9 and (z.var(0, unbiased=False) - 1).abs().max() < 1e-3
+        assert bool(standard) == proj_bn
+
+
 def test_byol_rate_rises_from_its_base_to_one_along_a_cosine():
     assert [target_momentum(0.996, p) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.996, 0.998, 1.0], abs=1e-15)
     assert target_momentum(0.9, 0.25) == pytest.approx(1 - 0.1 * (math.cos(math.pi / 4) + 1) / 2, abs=1e-15)

@@ -93,7 +93,7 @@ def test_loss_matches_the_loop_reference_with_unnormalised_inputs():
         method.prototypes.weight.mul_(torch.rand(k, 1, generator=g, dtype=torch.float64) * 3 + 0.5)  # not unit
     z1, z2 = (torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(2))
     got = forward(method, z1, z2)
-    want = reference_swav(z1, z2, method.prototypes.weight.detach(), 0.05, 3, 0.3)
+    want = reference_swav(z1, z2, method.prototypes.weight.detach(), method.epsilon, 3, 0.3)
     assert got.loss.item() == pytest.approx(want, rel=1e-9)
     assert set(got.terms) == {"swav_swapped_prediction"}
     torch.testing.assert_close(got.projections[0].norm(dim=1), torch.ones(n, dtype=torch.float64))
@@ -125,13 +125,13 @@ def test_no_gradient_flows_through_the_codes():
         protos = nn.functional.normalize(method.prototypes.weight, dim=1)
         u1, u2 = nn.functional.normalize(z1, dim=1), nn.functional.normalize(z2, dim=1)
         def codes(u):
-            q = torch.exp(u @ protos.T / 0.05)
+            q = torch.exp(u @ protos.T / method.epsilon)
             q = q / q.sum()
             for _ in range(3):
                 q = q / q.sum(0) / k
                 q = q / q.sum(1, keepdim=True) / n
             return (q * n).detach() if detach_codes else q * n
-        log_p1, log_p2 = (torch.log_softmax(u @ protos.T / 0.2, 1) for u in (u1, u2))
+        log_p1, log_p2 = (torch.log_softmax(u @ protos.T / method.temperature, 1) for u in (u1, u2))
         return -0.5 * ((codes(u2) * log_p1).sum(1).mean() + (codes(u1) * log_p2).sum(1).mean())
 
     detached = torch.autograd.grad(torch_swav(True), [z1, z2])
@@ -180,7 +180,7 @@ def test_queue_fills_newest_first_and_joins_the_codes_only_when_full():
     # batch 2: the full queue (as it was before this forward) joins the Sinkhorn problem
     queues = [method.queue[v].tolist() for v in range(2)]
     got = forward(method, *batches[2]).loss.item()
-    assert got == pytest.approx(reference_swav(*batches[2], weight, 0.05, 3, 0.2, queues=queues), rel=1e-9)
+    assert got == pytest.approx(reference_swav(*batches[2], weight, method.epsilon, 3, 0.2, queues=queues), rel=1e-9)
     assert got != pytest.approx(forward(plain, *batches[2]).loss.item(), rel=1e-6)
     for v in range(2):
         torch.testing.assert_close(method.queue[v], torch.cat([unit[2][v], unit[1][v][:2]]))
