@@ -165,7 +165,7 @@ class TrainConfig:
 # Options added after runs were saved without them, with the value those runs had: a run folder's
 # config.yaml that lacks one is read with it (``read_run_config``), not with today's default.
 PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0,  # the ink jitter came after the first runs,
-            "simsiam_pred_lr": 0.0, "byol_pred_lr": 0.0, "byol_proj_bn": False,  # and so did the constant predictor rates
+            "simsiam_pred_lr": 0.0, "byol_pred_lr": 0.0, "byol_proj_bn": False,  # and so did the predictor rates, BYOL's BatchNorm
             "swav_temperature": lambda saved: saved.get("temperature", 0.1)}  # SwAV shared --temperature
 
 
