@@ -17,8 +17,10 @@ Label-using references: ``supervised`` (cross-entropy over the training classes;
 ``num_classes``) and the episodic ``protonet`` and ``maml`` (class attribute ``episodic = True``:
 ``gessl.train`` feeds them few-shot episodes of ``tasks.training.episodes`` instead of ``--batch-size``
 batches; ``meta_learner = True`` marks MAML, which cannot run inside ``--meta gessl``). They read
-``batch["labels"]``. ``baselines.maml`` is the one module that imports more than torch: learn2learn's
-MAML wrapper (its docstring says why)."""
+``batch["labels"]``. Unsupervised meta-learning: ``umtra`` (``meta_learner = True``) builds its tasks
+from unlabelled ``--batch-size`` batches. ``baselines.maml`` and ``baselines.umtra`` are the modules
+that import more than torch: learn2learn's MAML wrapper (``baselines.maml``'s docstring says why),
+and UMTRA the task-cutting rule of ``gessl.shares``."""
 from baselines.barlow import BarlowTwins
 from baselines.byol import BYOL
 from baselines.maml import MAML
@@ -29,8 +31,9 @@ from baselines.simclr import SimCLR
 from baselines.simsiam import SimSiam
 from baselines.supervised import Supervised
 from baselines.swav import SwAV
+from baselines.umtra import UMTRA
 from baselines.vicreg import VICReg
 
 BASE_METHODS = {"simclr": SimCLR, "barlow": BarlowTwins, "vicreg": VICReg, "swav": SwAV, "music": MUSIC,
                 "moco": MoCo, "byol": BYOL, "simsiam": SimSiam, "supervised": Supervised, "protonet": ProtoNet,
-                "maml": MAML}
+                "maml": MAML, "umtra": UMTRA}

@@ -38,6 +38,12 @@ def open_unit(value):
     return None if 0 < value < 1 else "must be between 0 and 1"
 
 
+def at_least(low):
+    def check(value):
+        return None if value >= low else f"must be at least {low}"
+    return check
+
+
 def one_of(*choices):
     def check(value):
         return None if value in choices else f"must be {', '.join(choices[:-1])} or {choices[-1]}"
@@ -92,9 +98,11 @@ class TrainConfig:
     episode_ways: int = dataclasses.field(default=20, metadata={"help": "ProtoNet, MAML: classes per training episode (Snell et al. train Omniglot 60-way)", "check": positive})
     episode_shots: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML: support images per class in a training episode", "check": positive})
     episode_queries: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML: query images per class in a training episode", "check": positive})
-    maml_inner_steps: int = dataclasses.field(default=5, metadata={"help": "MAML: K, SGD steps adapting the head to an episode's support set (Finn et al.: 5 for 20-way Omniglot)", "check": non_negative})
-    maml_inner_lr: float = dataclasses.field(default=0.1, metadata={"help": "MAML: alpha, step of the head's adaptation (Finn et al.: 0.1 for 20-way Omniglot)", "check": positive})
-    maml_first_order: bool = dataclasses.field(default=False, metadata={"help": "MAML: first-order (FOMAML), d(w_K)/d(w) taken as identity"})
+    maml_inner_steps: int = dataclasses.field(default=5, metadata={"help": "MAML (and UMTRA --umtra-learner maml): K, SGD steps adapting the head to an episode's support set (Finn et al.: 5 for 20-way Omniglot)", "check": non_negative})
+    maml_inner_lr: float = dataclasses.field(default=0.1, metadata={"help": "MAML (and UMTRA --umtra-learner maml): alpha, step of the head's adaptation (Finn et al.: 0.1 for 20-way Omniglot)", "check": positive})
+    maml_first_order: bool = dataclasses.field(default=False, metadata={"help": "MAML (and UMTRA --umtra-learner maml): first-order (FOMAML), d(w_K)/d(w) taken as identity"})
+    umtra_ways: int = dataclasses.field(default=5, metadata={"help": "UMTRA: N, unlabelled images (classes) per task; a batch gives ceil(batch / N) tasks (Khodadadeh et al.: 5 on Omniglot)", "check": at_least(2)})
+    umtra_learner: str = dataclasses.field(default="proto", metadata={"help": "UMTRA: the meta-learner on each task, proto (ProtoNet's loss) or maml (a linear head adapted with the --maml-* options, the paper's)", "check": one_of("proto", "maml")})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task", "check": non_negative})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target", "check": non_negative})
     inner_lr: float = dataclasses.field(default=0.01, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead", "check": positive})
