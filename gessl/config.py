@@ -105,14 +105,14 @@ class TrainConfig:
     umtra_learner: str = dataclasses.field(default="proto", metadata={"help": "UMTRA: the meta-learner on each task, proto (ProtoNet's loss) or maml (a linear head adapted with the --maml-* options, the paper's)", "check": one_of("proto", "maml")})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task", "check": non_negative})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target", "check": non_negative})
-    inner_lr: float = dataclasses.field(default=0.01, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead", "check": positive})
+    inner_lr: float = dataclasses.field(default=0.001, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead (0.01 until December 2026; benchmarks/grids/defaults.yaml)", "check": positive})
     support_ratio: float = dataclasses.field(default=0.5, metadata={"help": "GeSSL: share of a task's images in its support set", "check": open_unit})
     tasks_per_step: int = dataclasses.field(default=0, metadata={"help": "GeSSL: M, tasks the batch is cut into, contiguous, sizes differing by at most one (0: one per process: 1 alone, N under torchrun --nproc_per_node N)", "check": non_negative})
     gamma: float = dataclasses.field(default=1.0, metadata={"help": "GeSSL: weight of the base loss on the query after adaptation", "check": non_negative})
     sigma_weight: float = dataclasses.field(default=4.0, metadata={"help": "GeSSL: weight of the sigma-measurement in the outer loss", "check": non_negative})
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares", "check": positive})
     first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
-    outer_set: str = dataclasses.field(default="query", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: query (the images the inner loop did not see) or task (all of them: twice the negatives of a contrastive base)", "check": one_of("query", "task")})
+    outer_set: str = dataclasses.field(default="task", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: task (all of them: twice the negatives of a contrastive base; the default since December 2026, benchmarks/grids/defaults.yaml) or query (the images the inner loop did not see)", "check": one_of("query", "task")})
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func", "check": one_of("higher", "func")})
     dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})
     dsa_eta: int = dataclasses.field(default=20, metadata={"help": "DSA: eta, nearest neighbours of the outlier score", "check": positive})
@@ -174,7 +174,8 @@ class TrainConfig:
 # config.yaml that lacks one is read with it (``read_run_config``), not with today's default.
 PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0,  # the ink jitter came after the first runs,
             "simsiam_pred_lr": 0.0, "byol_pred_lr": 0.0, "byol_proj_bn": False,  # and so did the predictor rates, BYOL's BatchNorm
-            "swav_temperature": lambda saved: saved.get("temperature", 0.1)}  # SwAV shared --temperature
+            "swav_temperature": lambda saved: saved.get("temperature", 0.1),  # SwAV shared --temperature
+            "outer_set": "query"}  # GeSSL's outer loss was on the query set alone
 
 
 def read_run_config(run_dir):
