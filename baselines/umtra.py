@@ -10,16 +10,19 @@ image's two augmented views (``batch["views"]``) are its two queries.
 
 The meta-learner on a task (backbone features h = f_φ(x), s_i = h(x_i), q the queries with class y):
 
-- ``proto`` (the ProtoNet form, Snell et al. 2017; a [choice] of ours, as the issue asks): the
-  prototype of class i is s_i, and
-  L_task = −(1 / |Q|) Σ_{(q, y)} log softmax_i(−‖h(q) − s_i‖²)_y.
-- ``maml`` (the paper's learner; head only, as ``baselines.maml``, ANIL, Raghu et al. 2020): a
-  linear head W over N outputs adapted on the support set by K steps
+- ``maml`` (the paper's learner, the default; head only, as ``baselines.maml``, ANIL, Raghu et al.
+  2020): a linear head W over N outputs adapted on the support set by K steps
   W_{k+1} = W_k − α ∇_W CE(W_k s, y_S), then L_task = CE(W_K h(q), y_Q), back through the K steps
   (learn2learn's ``MAML``; ``maml_inner_steps``, ``maml_inner_lr``, ``maml_first_order``).
+- ``proto`` (the ProtoNet form, Snell et al. 2017): the prototype of class i is s_i, and
+  L_task = −(1 / |Q|) Σ_{(q, y)} log softmax_i(−‖h(q) − s_i‖²)_y.
 
 L = (1 / T) Σ_task L_task (the paper's meta-batch mean). Settings: the paper's Omniglot runs use
-N = 5 (``umtra_ways``) and meta-batches of 25 tasks, which a batch of 128 gives (26 tasks).
+N = 5 (``umtra_ways``) and meta-batches of 25 tasks, which a batch of 128 gives (26 tasks). At the
+README's quick check (150 steps on the glyphs) ``maml`` reaches 78.8 % on Omniglot's minimal sets
+(5-way 1-shot; SimCLR 82.8, a random network 53.1) and ``proto`` 65.2 %: the squared distances of
+ProtoNet's loss make tasks of five unrelated images easy (its loss falls below 1 within 20 steps),
+while the adapted head's cross-entropy stays informative.
 
 UMTRA is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
 around it. The projections are the backbone features of the two views.
@@ -47,7 +50,7 @@ class UMTRA(nn.Module):
 
     meta_learner = True
 
-    def __init__(self, feat_dim, umtra_ways=5, umtra_learner="proto", maml_inner_steps=5, maml_inner_lr=0.1,
+    def __init__(self, feat_dim, umtra_ways=5, umtra_learner="maml", maml_inner_steps=5, maml_inner_lr=0.1,
                  maml_first_order=False):
         super().__init__()
         self.proj_dim, self.ways, self.learner, self.inner_steps = feat_dim, umtra_ways, umtra_learner, maml_inner_steps

@@ -102,7 +102,7 @@ class TrainConfig:
     maml_inner_lr: float = dataclasses.field(default=0.1, metadata={"help": "MAML (and UMTRA --umtra-learner maml): alpha, step of the head's adaptation (Finn et al.: 0.1 for 20-way Omniglot)", "check": positive})
     maml_first_order: bool = dataclasses.field(default=False, metadata={"help": "MAML (and UMTRA --umtra-learner maml): first-order (FOMAML), d(w_K)/d(w) taken as identity"})
     umtra_ways: int = dataclasses.field(default=5, metadata={"help": "UMTRA: N, unlabelled images (classes) per task; a batch gives ceil(batch / N) tasks (Khodadadeh et al.: 5 on Omniglot)", "check": at_least(2)})
-    umtra_learner: str = dataclasses.field(default="proto", metadata={"help": "UMTRA: the meta-learner on each task, proto (ProtoNet's loss) or maml (a linear head adapted with the --maml-* options, the paper's)", "check": one_of("proto", "maml")})
+    umtra_learner: str = dataclasses.field(default="maml", metadata={"help": "UMTRA: the meta-learner on each task, maml (a linear head adapted with the --maml-* options, the paper's) or proto (ProtoNet's loss)", "check": one_of("maml", "proto")})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task", "check": non_negative})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target", "check": non_negative})
     inner_lr: float = dataclasses.field(default=0.001, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead (0.01 until December 2026; benchmarks/grids/defaults.yaml)", "check": positive})

@@ -98,7 +98,7 @@ def test_the_inner_steps_change_the_maml_loss():
 @pytest.mark.parametrize("flags, message", [
     (["--meta", "gessl"], "itself a meta-learner"),
     (["--meta", "none", "--umtra-ways", "1"], "--umtra-ways must be at least 2"),
-    (["--meta", "none", "--umtra-learner", "knn"], "--umtra-learner must be proto or maml"),
+    (["--meta", "none", "--umtra-learner", "knn"], "--umtra-learner must be maml or proto"),
 ])
 def test_umtra_is_a_meta_learner_and_its_options_are_checked(glyph_root, tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
