@@ -143,19 +143,21 @@ def test_enqueueing_more_keys_than_slots_is_enqueueing_them_one_by_one():
 
 
 @pytest.mark.parametrize("engine", ["higher", "func"])
-def test_under_gessl_only_the_outer_forward_on_each_query_enqueues(engine):
+@pytest.mark.parametrize("outer_set", ["query", "task"])
+def test_under_gessl_only_the_outer_forward_on_each_outer_set_enqueues(engine, outer_set):
     model = build(MoCo, moco_queue=50)
     reference, batch = copy.deepcopy(model), views(16)
     expected = model.method.queue.clone()
     row = 0
     for task in range(2):  # tasks of 8 images: support 4, query 4 (the last 4 of the task)
-        query = [v[8 * task + 4:8 * task + 8] for v in batch["views"]]
-        keys = F.normalize(reference.method.key_encoder(torch.cat(query)), dim=1)
-        expected[row:row + 8], row = keys, row + 8
-    GeSSL(inner_lr=0.05, inner_steps=2, lookahead=2, tasks_per_step=2, inner_backend=engine).compute_gradients(
-        model, batch)
+        first = 8 * task + (4 if outer_set == "query" else 0)
+        outer = [v[first:8 * task + 8] for v in batch["views"]]
+        keys = F.normalize(reference.method.key_encoder(torch.cat(outer)), dim=1)
+        expected[row:row + len(keys)], row = keys, row + len(keys)
+    GeSSL(inner_lr=0.05, inner_steps=2, lookahead=2, tasks_per_step=2, inner_backend=engine,
+          outer_set=outer_set).compute_gradients(model, batch)
     torch.testing.assert_close(model.method.queue, expected, rtol=1e-12, atol=1e-14)
-    assert model.method.queue_ptr.item() == 16
+    assert model.method.queue_ptr.item() == row == (16 if outer_set == "query" else 32)
     for n, p in model.method.key_encoder.named_parameters():
         assert p.grad is None and torch.equal(p, reference.method.key_encoder.get_parameter(n))
 

@@ -197,7 +197,7 @@ def test_inside_gessl_only_the_outer_forward_fills_the_queue_and_both_engines_ag
     x = torch.randn(16, 1, 4, 4, generator=g, dtype=torch.float64)
     batch = {"images": x, "views": [x + 0.2 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)]}
     model = _gessl_model(queue=12).train()
-    GeSSL(inner_lr=0.05).compute_gradients(model, batch)  # support 8, query 8
+    GeSSL(inner_lr=0.05, outer_set="query").compute_gradients(model, batch)  # support 8, query 8: the outer set
     assert int(model.method.queue_count) == 8 and model.method.queue[:, 8:].abs().sum() == 0
     with torch.no_grad():
         model(batch)  # fills the queue: from now on it joins the codes
@@ -205,7 +205,7 @@ def test_inside_gessl_only_the_outer_forward_fills_the_queue_and_both_engines_ag
     grads = {}
     for engine in ("higher", "func"):
         m = copy.deepcopy(model)
-        GeSSL(inner_lr=0.05, inner_backend=engine).compute_gradients(m, batch)
+        GeSSL(inner_lr=0.05, inner_backend=engine, outer_set="query").compute_gradients(m, batch)
         grads[engine] = {n: p.grad for n, p in trainable(m).items()}
         torch.testing.assert_close(m.method.queue[:, 8:], model.method.queue[:, :4])  # shifted by the query only
     assert grads["func"]["method.prototypes.weight"].abs().sum() > 0
