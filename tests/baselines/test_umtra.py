@@ -99,6 +99,7 @@ def test_the_inner_steps_change_the_maml_loss():
     (["--meta", "gessl"], "itself a meta-learner"),
     (["--meta", "none", "--umtra-ways", "1"], "--umtra-ways must be at least 2"),
     (["--meta", "none", "--umtra-learner", "knn"], "--umtra-learner must be maml or proto"),
+    (["--meta", "none", "--batch-size", "3", "--umtra-ways", "2"], "cannot cut a batch of 3 images"),
 ])
 def test_umtra_is_a_meta_learner_and_its_options_are_checked(glyph_root, tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
