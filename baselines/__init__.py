@@ -18,7 +18,8 @@ Label-using references: ``supervised`` (cross-entropy over the training classes;
 ``gessl.train`` feeds them few-shot episodes of ``tasks.training.episodes`` instead of ``--batch-size``
 batches; ``meta_learner = True`` marks MAML, which cannot run inside ``--meta gessl``). They read
 ``batch["labels"]``. Unsupervised meta-learning: ``umtra`` (``meta_learner = True``) builds its tasks
-from unlabelled ``--batch-size`` batches. ``baselines.maml`` and ``baselines.umtra`` are the modules
+from unlabelled ``--batch-size`` batches. A method may define ``check_config(cfg)``, raising a
+one-line ``ValueError`` for a config it cannot train with, which ``gessl.train`` reports up front. ``baselines.maml`` and ``baselines.umtra`` are the modules
 that import more than torch: learn2learn's MAML wrapper (``baselines.maml``'s docstring says why),
 and UMTRA the task-cutting rule of ``gessl.shares``."""
 from baselines.barlow import BarlowTwins

@@ -59,9 +59,7 @@ class BYOL(nn.Module):
                  byol_pred_lr=10.0, byol_proj_bn=True):
         super().__init__()
         self.constant_lr = {"predictor": byol_pred_lr}  # gessl.train.build_optimizer: a constant rate
-        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
-        if byol_proj_bn:
-            self.projector = nn.Sequential(*self.projector, nn.BatchNorm1d(proj_dim))
+        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim, output_bn=byol_proj_bn)
         self.predictor = projection_mlp(proj_dim, byol_pred_hidden, proj_dim)
         self.target = MomentumEncoder(backbone, self.projector)
         self.proj_dim = proj_dim

@@ -28,10 +28,12 @@ def nt_xent(z1, z2, temperature=0.5):
     return F.cross_entropy(sim, targets)
 
 
-def projection_mlp(in_dim, hidden_dim, out_dim):
-    """SimCLR's projector: Linear → BatchNorm → ReLU → Linear."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+def projection_mlp(in_dim, hidden_dim, out_dim, output_bn=False):
+    """SimCLR's projector: Linear → BatchNorm → ReLU → Linear, then with ``output_bn`` a BatchNorm of
+    the output (SimSiam's projector, and BYOL's with ``--byol-proj-bn``)."""
+    layers = [nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+              nn.Linear(hidden_dim, out_dim)]
+    return nn.Sequential(*layers, *([nn.BatchNorm1d(out_dim)] if output_bn else []))
 
 
 class SimCLR(nn.Module):

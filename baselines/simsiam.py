@@ -44,7 +44,7 @@ class SimSiam(nn.Module):
     def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, simsiam_pred_hidden=128, simsiam_pred_lr=10.0):
         super().__init__()
         self.constant_lr = {"predictor": simsiam_pred_lr}  # gessl.train.build_optimizer: a constant rate
-        self.projector = nn.Sequential(*projection_mlp(feat_dim, proj_hidden, proj_dim), nn.BatchNorm1d(proj_dim))
+        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim, output_bn=True)
         self.predictor = projection_mlp(proj_dim, simsiam_pred_hidden, proj_dim)
         self.proj_dim = proj_dim
 

@@ -5,8 +5,9 @@ A task takes N unlabelled images x_1..x_N and gives each its own class: the imag
 the support set (one shot per class) and their augmentations A(x_i) are the queries (Algorithm 1).
 N images drawn at random from a set of many classes rarely share a class, which is what makes the
 tasks usable without labels. Here a batch of B images (``--batch-size``) is cut into T = ⌈B / N⌉
-contiguous tasks (``gessl.shares.share``: sizes N or N − 1, never fewer than 2 images), and each
-image's two augmented views (``batch["views"]``) are its two queries.
+contiguous tasks (``gessl.shares.share``: at most N images each, sizes differing by at most one,
+never fewer than 2 images; 128 images give 24 tasks of 5 and 2 of 4), and each image's two
+augmented views (``batch["views"]``) are its two queries.
 
 The meta-learner on a task (backbone features h = f_φ(x), s_i = h(x_i), q the queries with class y):
 
@@ -49,6 +50,11 @@ class UMTRA(nn.Module):
     """UMTRA's tasks and meta-learner (``proto`` or ``maml``) over unlabelled batches."""
 
     meta_learner = True
+
+    @staticmethod
+    def check_config(cfg):
+        """``ValueError`` (one line) when a batch of ``cfg.batch_size`` cannot be cut into tasks."""
+        umtra_tasks(cfg.batch_size, cfg.umtra_ways)
 
     def __init__(self, feat_dim, umtra_ways=5, umtra_learner="maml", maml_inner_steps=5, maml_inner_lr=0.1,
                  maml_first_order=False):

@@ -29,7 +29,6 @@ from torch import nn
 from tqdm import tqdm
 
 from baselines import BASE_METHODS
-from baselines.umtra import umtra_tasks
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
 from gessl.collapse import THRESHOLDS, collapsing
@@ -113,11 +112,10 @@ def check_episodic(cfg):
     or query sets holding a single image of a class (an episode laid out round by round has every
     class once in any ``episode_ways`` images)."""
     method_cls = BASE_METHODS[cfg.base]
-    if cfg.base == "umtra":
-        try:
-            umtra_tasks(cfg.batch_size, cfg.umtra_ways)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+    try:
+        getattr(method_cls, "check_config", lambda cfg: None)(cfg)  # a method's own up-front check
+    except ValueError as error:
+        raise UserError(str(error)) from None
     if cfg.meta != "none" and getattr(method_cls, "meta_learner", False):
         raise UserError(f"--base {cfg.base} is itself a meta-learner and cannot run inside --meta {cfg.meta} "
                         f"(nested meta-learning); use --meta none")
