@@ -28,8 +28,9 @@ Both are committed with the summaries, so the study outlives the run folders: a 
 checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell runs again
 (from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget
 in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this machine
-(median after one warm-up); the steps chosen are recorded in ``RESULTS/calibration.json`` and
-reused by every rerun.
+(median after one warm-up), every variant of the (dataset, budget) back to back when its first cell
+starts, so they are timed under the same load; the steps chosen are recorded in
+``RESULTS/calibration.json`` and reused by every rerun.
 
 Several runners may work on one grid at once (``python benchmarks/study.py GRID.yaml`` started once
 per free core, each with ``OMP_NUM_THREADS=1``): a runner claims a cell with a lock file beside its
@@ -143,21 +144,27 @@ def seconds_per_step(flags, steps):
 
 
 def steps_of(grid, cell, calibration_steps):
-    """The cell's training steps: the budget's, or its minutes over the calibrated seconds per step
-    (timed once per dataset, budget and variant, kept in ``RESULTS/calibration.json``)."""
+    """The cell's training steps: the budget's, or its minutes over the calibrated seconds per step,
+    kept in ``RESULTS/calibration.json``. The first cell of a (dataset, budget) that needs a
+    calibration times every variant of the grid there that has none, back to back, so the variants
+    compared at equal wall-clock are timed under the same load."""
     budget = next(b for b in grid["budgets"] if budget_label(b) == cell.budget)
     if "steps" in budget:
         return int(budget["steps"])
     path = Path(grid["results"]) / "calibration.json"
-    key = f"{cell.dataset}/{cell.budget}/{cell.variant}"
+    key = f"{cell.dataset}/{cell.budget}/{{}}"
     with locked(results_lock(grid)):
         table = json.loads(path.read_text()) if path.is_file() else {}
-        if key in table:
-            return table[key]["steps"]
-        seconds = seconds_per_step(cell_flags(grid, cell), calibration_steps)
-        table[key] = {"seconds_per_step": seconds, "steps": max(1, int(budget["minutes"] * 60 / seconds))}
-        atomic_write_text(path, json.dumps(table, indent=2))
-        return table[key]["steps"]
+        for variant in grid["variants"]:
+            if key.format(variant) not in table:
+                print(f"study {grid['name']}: timing {calibration_steps} steps of {variant} on {cell.dataset}",
+                      flush=True)
+                flags = cell_flags(grid, Cell(cell.dataset, cell.budget, variant, cell.seed))
+                seconds = seconds_per_step(flags, calibration_steps)
+                table[key.format(variant)] = {"seconds_per_step": seconds,
+                                              "steps": max(1, int(budget["minutes"] * 60 / seconds))}
+                atomic_write_text(path, json.dumps(table, indent=2))
+        return table[key.format(cell.variant)]["steps"]
 
 
 def results_lock(grid):

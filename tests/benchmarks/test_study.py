@@ -141,6 +141,25 @@ def test_a_budget_in_minutes_becomes_the_calibrated_steps_kept_for_reruns(glyph_
     assert (tmp_path / "runs" / "glyphs-0.02min" / "plain-seed0" / "backbone.pt").is_file()
 
 
+def test_every_variant_of_a_budget_in_minutes_is_timed_before_its_first_cell_trains(glyph_root, tmp_path,
+                                                                                     monkeypatch):
+    """Variants compared at equal wall-clock are timed back to back, under one load, not cell by cell."""
+    events = []
+    timer, trainer = study.seconds_per_step, train.main
+    monkeypatch.setattr(study, "seconds_per_step",
+                        lambda flags, steps: events.append(("time", flags[flags.index("--lr") + 1]
+                                                            if "--lr" in flags else "plain")) or timer(flags, steps))
+    monkeypatch.setattr(train, "main", lambda argv: events.append(("train", argv[argv.index("--out") + 1]))
+                        or trainer(argv))
+    study.main([str(write_grid(tmp_path, glyph_root, budgets=[{"minutes": 0.02}])), "--calibration-steps", "2"])
+    assert [e[0] for e in events] == ["time", "time", "train", "train"]
+    assert events[1] == ("time", "1e-4")
+    calibration = json.loads((tmp_path / "results" / "calibration.json").read_text())
+    assert set(calibration) == {"glyphs/0.02min/plain", "glyphs/0.02min/slower"}
+    assert [r["steps"] for r in records(tmp_path)] == [calibration["glyphs/0.02min/plain"]["steps"],
+                                                       calibration["glyphs/0.02min/slower"]["steps"]]
+
+
 def test_a_fresh_checkout_without_the_run_folders_resumes_from_the_kept_results(glyph_root, tmp_path, monkeypatch):
     grid = write_grid(tmp_path, glyph_root)
     study.main([str(grid)])
