@@ -428,3 +428,46 @@ def fig_paired(paired, notes):
                  "episodes: mean of the per-episode difference A − B with its 95% interval "
                  "(1.96 s / √n over episodes); an interval clear of 0 is a difference the "
                  "episodes resolve.")
+
+
+def fig_study(table, reference, label):
+    """A study's paired differences variant − ``reference`` across training seeds
+    (``benchmarks/study.py``'s table rows against the reference), 1-shot settings only: one row of
+    panels per setting, one column per training set and budget, the variants down each panel, the
+    interval over seeds (over episodes for a single seed). ``label(setting)`` names a setting.
+    ``None`` when the table has no such row."""
+    rows = pd.DataFrame([r for r in table if r["against"] == reference and "1-shot" in r["setting"]])
+    if rows.empty:
+        return None
+    rows["half"] = np.where(rows["seeds"] > 1, rows["ci95_seeds"], rows["ci95_episodes"])
+    columns = list(dict.fromkeys(zip(rows["dataset"], rows["budget"])))
+    settings = list(dict.fromkeys(rows["setting"]))
+    variants = list(dict.fromkeys(rows["variant"]))
+    colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
+    fig = new_figure(WIDTH, (0.16 * len(variants) + 0.55) * len(settings) + 0.6)
+    axes = fig.subplots(len(settings), len(columns), squeeze=False, sharey=True)
+    for i, setting in enumerate(settings):
+        for j, (dataset, budget) in enumerate(columns):
+            ax = axes[i, j]
+            part = rows[(rows["setting"] == setting) & (rows["dataset"] == dataset) & (rows["budget"] == budget)]
+            for _, r in part.iterrows():
+                y = variants.index(r["variant"])
+                ax.errorbar(r["difference"], y, xerr=np.nan_to_num(r["half"]), fmt="o", markersize=3.5,
+                            capsize=1.5, elinewidth=1.1, color=colors[r["variant"]],
+                            alpha=1.0 if r["seeds"] > 1 else 0.45)
+            ax.axvline(0, color="0.3", linewidth=0.9)
+            ax.set_yticks(range(len(variants)), variants, fontsize=7.5)
+            ax.set_ylim(len(variants) - 0.5, -0.5)
+            ax.tick_params(axis="x", labelsize=7.5)
+            if i == 0:
+                ax.set_title(f"trained on {dataset}\n{budget}", fontsize=8.5)
+            if j == 0:
+                ax.set_ylabel(label(setting), fontsize=8)
+            if not part.empty:
+                ax.set_xlim(min(-2.0, (part["difference"] - part["half"].fillna(0)).min() - 1),
+                            max(2.0, (part["difference"] + part["half"].fillna(0)).max() + 1))
+    fig.supxlabel(f"accuracy difference variant − {reference} (points)", fontsize=8.5)
+    return fig, (f"Few-shot accuracy of each variant minus {reference}'s on the same episodes (1-shot "
+                 f"settings, one row each): the mean over training seeds of the per-seed paired difference "
+                 f"with its 95% interval over seeds (t s / √n); faint points have one seed and its interval "
+                 f"over episodes (1.96 s / √n).")

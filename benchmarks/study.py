@@ -47,7 +47,10 @@ With ``random: true`` they also hold each variant − its run's random backbone 
 ``gessl.evaluate`` on the same episodes, ``gessl.evaluate.random_differences``), and the runner ends
 with a one-line error (exit 2) naming every variant and setting whose mean is not above it: the
 check that each base method learns something. ``--summarise`` rewrites them from the cells
-recorded so far, training nothing.
+recorded so far, training nothing. ``summary.md`` opens with one table per training set and budget
+of every variant's 1-shot accuracies and differences, its steps and minutes of training; the runner
+ends by drawing the differences over seeds (``analysis.figures.fig_study``) into
+``RESULTS/differences.png`` and ``.pdf``.
 """
 import argparse
 import json
@@ -64,6 +67,7 @@ import numpy as np
 import scipy.stats
 import yaml
 
+from analysis import figures
 from gessl import evaluate, train
 from gessl.config import resolve_config
 from tasks.common.errors import UserError, run_cli
@@ -266,24 +270,69 @@ def across_seeds(rows):
     return table
 
 
-def markdown(grid, table):
+def difference_text(row):
+    """``+d ± h`` of a table row (the interval over seeds, or over episodes for one seed), bold when
+    the interval excludes 0."""
+    half = row["ci95_seeds"] if row["seeds"] > 1 else row["ci95_episodes"]
+    text = f"{row['difference']:+.2f} ± {half:.2f}"
+    return f"**{text}**" if abs(row["difference"]) > half else text
+
+
+def short_setting(setting):
+    """``axis dataset: W-way K-shot`` as ``dataset WwKs``."""
+    target, shape = setting.split(" ", 1)[1].split(": ")
+    ways, shots = (part.split("-")[0] for part in shape.split())
+    return f"{target} {ways}w{shots}s"
+
+
+def headline(grid, table, done):
+    """Markdown lines: per training set and budget, one row per variant with its steps and training
+    minutes (means over its recorded seeds) and, per 1-shot setting, its accuracy and its difference
+    to the reference (the reference's row: its accuracy)."""
+    lines = []
+    for dataset, budget in dict.fromkeys((r["dataset"], r["budget"]) for r in table):
+        rows = [r for r in table if (r["dataset"], r["budget"], r["against"]) == (dataset, budget, grid["reference"])
+                and "1-shot" in r["setting"]]
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        if not settings:
+            continue
+        lines += ["", f"### Trained on {dataset}, {budget}", "",
+                  "| variant | seeds | steps | minutes | " + " | ".join(map(short_setting, settings)) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(settings)]
+        for variant in grid["variants"]:
+            records = [r for r in done.values() if (r["dataset"], r["budget"], r["variant"]) == (dataset, budget, variant)
+                       and "refused" not in r]
+            if not records:
+                continue
+            cells_ = []
+            for setting in settings:
+                if variant == grid["reference"]:
+                    match = [r["reference"] for r in rows if r["setting"] == setting]
+                    cells_.append(f"{match[0]:.1f}" if match else "")
+                else:
+                    match = [r for r in rows if r["setting"] == setting and r["variant"] == variant]
+                    cells_.append(f"{match[0]['mean']:.1f} ({difference_text(match[0])})" if match else "")
+            lines.append(f"| {variant} | {len(records)} | {np.mean([r['steps'] for r in records]):.0f} | "
+                         f"{np.mean([r['train_seconds'] for r in records]) / 60:.1f} | " + " | ".join(cells_) + " |")
+    return lines
+
+
+def markdown(grid, table, done):
     lines = [f"# Study {grid['name']}: paired differences against {grid['reference']}"
              + (" and against each run's random backbone" if grid["random"] else ""), "",
              "Accuracy (%) of the variant and variant − reference on identical episodes "
              "(± 1.96 s/√n over episodes for one seed, ± t s/√n over seeds for several); "
-             "bold: the interval excludes 0."]
+             "bold: the interval excludes 0.", "", "## 1-shot settings at a glance",
+             "", f"Accuracy (difference to {grid['reference']}); {grid['reference']}'s row: its accuracy. "
+             "Steps and minutes of training: means over the recorded seeds.", *headline(grid, table, done)]
     for against in dict.fromkeys(r["against"] for r in table):
         name = "its random backbone" if against == "random" else against
         lines += ["", f"## Against {name}", "",
                   f"| training set | budget | variant | setting | seeds | variant (%) | {name} (%) | difference |",
                   "|---|---|---|---|---:|---:|---:|---:|"]
         for r in (r for r in table if r["against"] == against):
-            half = r["ci95_seeds"] if r["seeds"] > 1 else r["ci95_episodes"]
-            text = f"{r['difference']:+.2f} ± {half:.2f}"
-            if abs(r["difference"]) > half:
-                text = f"**{text}**"
             lines.append(f"| {r['dataset']} | {r['budget']} | {r['variant']} | {r['setting']} | {r['seeds']} | "
-                         f"{r['mean']:.2f} | {r['reference']:.2f} | {text} |")
+                         f"{r['mean']:.2f} | {r['reference']:.2f} | {difference_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -299,8 +348,16 @@ def write_summaries(grid, done):
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "summary.json", json.dumps({"grid": grid, "cells": list(done.values()),
                                                              "per_seed": rows, "table": table}, indent=2))
-    atomic_write_text(results / "summary.md", markdown(grid, table))
+    atomic_write_text(results / "summary.md", markdown(grid, table, done))
     return table
+
+
+def write_figure(grid, table):
+    """``RESULTS/differences.png`` and ``.pdf``: ``analysis.figures.fig_study`` of the table."""
+    figures.apply_theme()
+    made = figures.fig_study(table, grid["reference"], short_setting)
+    if made is not None:
+        figures.save(made[0], Path(grid["results"]), "differences")
 
 
 def main(argv=None):
@@ -332,8 +389,10 @@ def main(argv=None):
             finally:
                 os.close(claim)
     with locked(results_lock(grid)):
-        table = write_summaries(grid, finished(grid))
-    print(markdown(grid, table))
+        done = finished(grid)
+        table = write_summaries(grid, done)
+        write_figure(grid, table)
+    print(markdown(grid, table, done))
     if below_random(table):
         raise UserError(f"not above the random backbone: {below_random(table)}")
 

@@ -133,3 +133,25 @@ def test_tsne_without_scikit_learn_falls_back_to_pca_with_a_note(full_runs):
     samples = report.load_feature_samples(df, notes)
     fig, caption = figures.fig_feature_map(df, samples, ["simclr"], "tsne", notes)
     assert any("t-SNE needs scikit-learn" in n for n in notes) and caption.startswith("PCA")
+
+
+def test_the_study_figure_draws_each_difference_in_its_setting_and_column_with_its_interval():
+    def row(variant, dataset, setting, difference, seeds, ci_seeds, ci_episodes):
+        return {"against": "simclr", "dataset": dataset, "budget": "10min", "variant": variant,
+                "setting": setting, "seeds": seeds, "difference": difference, "ci95_seeds": ci_seeds,
+                "ci95_episodes": ci_episodes}
+    table = [row("gessl", "glyphs", "transferability mnist: 5-way 1-shot", -3.0, 3, 1.5, np.nan),
+             row("dsa", "glyphs", "transferability mnist: 5-way 1-shot", 2.0, 1, np.nan, 0.7),
+             row("gessl", "omniglot-small", "transferability mnist: 5-way 1-shot", 4.0, 3, 2.5, np.nan),
+             row("gessl", "glyphs", "transferability mnist: 5-way 5-shot", 9.0, 3, 1.0, np.nan),  # not drawn
+             {**row("gessl", "glyphs", "transferability mnist: 5-way 1-shot", 7.0, 3, 1.0, np.nan),
+              "against": "random"}]  # not drawn
+    fig, caption = figures.fig_study(table, "simclr", lambda setting: setting.upper())
+    axes = np.array(fig.axes).reshape(1, 2)
+    drawn = [[(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], c.lines[2][0].get_segments()[0][:, 0].tolist())
+              for c in ax.containers] for ax in axes[0]]
+    assert drawn[0] == [(-3.0, 0, [-4.5, -1.5]), (2.0, 1, [1.3, pytest.approx(2.7)])]  # gessl, dsa: over seeds, over episodes
+    assert drawn[1] == [(4.0, 0, [1.5, 6.5])]
+    assert axes[0, 0].get_ylabel() == "TRANSFERABILITY MNIST: 5-WAY 1-SHOT" and "glyphs" in axes[0, 0].get_title()
+    assert "over seeds" in caption
+    assert figures.fig_study([table[-1]], "simclr", str) is None

@@ -54,7 +54,14 @@ def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episo
         diff = a[key] - b[key]
         assert row["difference"] == pytest.approx(diff.mean())
         assert row["ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(len(diff)))
-    assert "| glyphs | 2steps | slower |" in (tmp_path / "results" / "summary.md").read_text()
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "| glyphs | 2steps | slower |" in text
+    one_shot = next(r for r in summary["table"] if r["variant"] == "slower" and "1-shot" in r["setting"])
+    steps = {r["variant"]: r["steps"] for r in records(tmp_path)}
+    assert (f"| slower | 1 | {steps['slower']} | " in text and  # the at-a-glance table: accuracy (difference)
+            f"| {one_shot['mean']:.1f} ({study.difference_text(one_shot)}) |" in text)
+    assert f"| plain | 1 | {steps['plain']} | " in text and f"| {one_shot['reference']:.1f} |" in text
+    assert (tmp_path / "results" / "differences.png").stat().st_size > 10_000  # the figure over seeds
 
 
 def test_random_true_compares_every_variant_with_its_random_backbone_and_fails_when_not_above(glyph_root,
