@@ -18,16 +18,26 @@ Label-using references: ``supervised`` (cross-entropy over the training classes;
 ``gessl.train`` feeds them few-shot episodes of ``tasks.training.episodes`` instead of ``--batch-size``
 batches; ``meta_learner = True`` marks MAML, which cannot run inside ``--meta gessl``). They read
 ``batch["labels"]``. Unsupervised meta-learning: ``umtra`` (``meta_learner = True``) builds its tasks
-from unlabelled ``--batch-size`` batches. A method may define ``check_config(cfg)``, raising a
+from unlabelled ``--batch-size`` batches; ``psco`` (``meta_learner = True``, a ``MoCo`` with a
+predictor) builds an N-way K-shot pseudo task per batch, its N images the classes and their shots the
+queue entries that SwAV's ``sinkhorn`` assigns to each image's momentum key, and adds to MoCo's loss
+a supervised contrastive loss over that task; ``cactus`` (``meta_learner = True``, ``episodic = True``)
+clusters the embeddings of the training images by a frozen encoder with k-means, P times, and meta-learns
+(ProtoNet's or MAML's module) on episodes whose classes are the clusters of one partition: the method's
+``episode_sampler(images, backbone, seed)``, which ``gessl.train`` calls at the start of training in
+place of an ``EpisodeSampler`` over the labels. A method may define ``check_config(cfg)``, raising a
 one-line ``ValueError`` for a config it cannot train with, which ``gessl.train`` reports up front. ``baselines.maml`` and ``baselines.umtra`` are the modules
 that import more than torch: learn2learn's MAML wrapper (``baselines.maml``'s docstring says why),
-and UMTRA the task-cutting rule of ``gessl.shares``."""
+and UMTRA the task-cutting rule of ``gessl.shares``; ``baselines.cactus`` also imports
+``tasks.training.episodes``' sampler and ``gessl.backbones``' loader."""
 from baselines.barlow import BarlowTwins
 from baselines.byol import BYOL
+from baselines.cactus import CACTUs
 from baselines.maml import MAML
 from baselines.moco import MoCo
 from baselines.music import MUSIC
 from baselines.protonet import ProtoNet
+from baselines.psco import PsCo
 from baselines.simclr import SimCLR
 from baselines.simsiam import SimSiam
 from baselines.supervised import Supervised
@@ -37,4 +47,4 @@ from baselines.vicreg import VICReg
 
 BASE_METHODS = {"simclr": SimCLR, "barlow": BarlowTwins, "vicreg": VICReg, "swav": SwAV, "music": MUSIC,
                 "moco": MoCo, "byol": BYOL, "simsiam": SimSiam, "supervised": Supervised, "protonet": ProtoNet,
-                "maml": MAML, "umtra": UMTRA}
+                "maml": MAML, "umtra": UMTRA, "cactus": CACTUs, "psco": PsCo}

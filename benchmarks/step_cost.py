@@ -8,7 +8,11 @@ Three suites of settings:
   default EMA prior and with the ``pixels`` prior;
 - ``--suite bases``: training throughput (images/s) and peak memory of every base method that
   trains on batches (``SSL_BASES``: not the episodic ProtoNet and MAML), plain, + DSA and + GeSSL
-  with their default settings, per backbone and batch size.
+  with their default settings, per backbone and batch size;
+- ``--suite meta``: the unsupervised meta-learners (UMTRA, PsCo, CACTUs) and the episodic references
+  (ProtoNet, MAML) at their defaults against SimCLR (``META_BASES``); an episodic method's step is
+  one training episode (``--episode-*``: 200 images by default) instead of ``--batch-sizes`` images,
+  and CACTUs' one-off clustering before training is not in its step.
 
 Each setting is measured in its own fresh subprocess, so that peak memory is that setting's alone:
 
@@ -31,6 +35,7 @@ Usage (commands and results in ``benchmarks/README.md``)::
     python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
     python benchmarks/step_cost.py --suite dsa --batch-sizes 64 256 512
     python benchmarks/step_cost.py --suite bases --backbones conv4 resnet18
+    python benchmarks/step_cost.py --suite meta --batch-sizes 128
 
 ``--device cuda`` for a GPU. Writes ``--out`` (JSON, one record per setting) and prints a Markdown
 table.
@@ -47,6 +52,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from baselines import BASE_METHODS
 from gessl import train
 from gessl.config import resolve_config
 from gessl.device import clock, resolve_amp, resolve_device
@@ -54,6 +60,7 @@ from gessl.inner_loop import take
 from tasks.common.io import atomic_write_text
 
 SSL_BASES = ["simclr", "moco", "byol", "simsiam", "barlow", "vicreg", "swav", "music", "supervised"]
+META_BASES = ["simclr", "umtra", "psco", "cactus", "protonet", "maml"]  # suite meta: SimCLR first, the reference
 GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)
     (1, 1, False), (2, 1, False), (4, 1, False), (1, 2, False), (1, 1, True), (4, 1, True)]
 
@@ -63,6 +70,9 @@ def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
     for backbone in backbones:
         for batch_size in batch_sizes:
             common = {"backbone": backbone, "batch_size": batch_size, "meta": "none"}
+            if suite == "meta":
+                yield from ({**common, "base": base} for base in META_BASES)
+                continue
             if suite == "bases":
                 for base in bases:
                     yield from ({**common, "base": base}, {**common, "base": base, "reg": "dsa"},
@@ -82,14 +92,18 @@ def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
 def measure(setting, steps, warmup, device):
     """Seconds per step and extra peak memory (MiB) of ``setting``, in this process."""
     cfg = resolve_config({**setting, "device": device})
-    batch_size = cfg.batch_size
     dev = resolve_device(cfg.device)
     model = train.build_model(cfg, in_channels=1, num_classes=10).to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     objective = train.META_OPTIMISERS[cfg.meta].from_config(cfg)
     gen = torch.Generator().manual_seed(0)
+    if getattr(BASE_METHODS[cfg.base], "episodic", False):  # one training episode, in its layout
+        batch_size = cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries)
+        labels = torch.arange(cfg.episode_ways).repeat(cfg.episode_shots + cfg.episode_queries)
+    else:
+        batch_size, labels = cfg.batch_size, torch.randint(10, (cfg.batch_size,), generator=gen)
     images = [torch.rand(batch_size, 1, cfg.image_size, cfg.image_size, generator=gen).to(dev) for _ in range(3)]
-    batch = {"images": images[0], "views": images[1:], "labels": torch.randint(10, (batch_size,), generator=gen).to(dev)}
+    batch = {"images": images[0], "views": images[1:], "labels": labels.to(dev)}
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -168,15 +182,16 @@ def label(setting):
     return f"GeSSL {setting['inner_backend']} K={setting['inner_steps']} λ={setting['lookahead']} {order}"
 
 
-def _reference_key(record):
-    """The plain step a setting is compared with: same base method, backbone and batch size."""
-    return record.get("base", "simclr"), record["backbone"], record["batch_size"]
+def _reference_key(record, suite):
+    """The plain step a setting is compared with: same base method (suite meta: SimCLR), backbone and
+    batch size."""
+    return "simclr" if suite == "meta" else record.get("base", "simclr"), record["backbone"], record["batch_size"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--suite", choices=["gessl", "dsa", "bases"], default="gessl")
+    parser.add_argument("--suite", choices=["gessl", "dsa", "bases", "meta"], default="gessl")
     parser.add_argument("--backbones", nargs="+", default=["conv4"])
     parser.add_argument("--engines", nargs="+", default=["higher", "func"], help="GeSSL engines (suite gessl)")
     parser.add_argument("--bases", nargs="+", choices=SSL_BASES, default=SSL_BASES, help="base methods (suite bases)")
@@ -201,14 +216,15 @@ def main():
                         "seconds": statistics.median(r["seconds"] for r in runs),
                         "peak_mib": statistics.median(r["peak_mib"] for r in runs), "gflop": runs[0]["gflop"],
                         "gflop_per_s": statistics.median(r["gflop_per_s"] for r in runs)})
-    plain = {_reference_key(r): r for r in records if r["meta"] == "none" and "reg" not in r}
+    plain = {_reference_key(r, args.suite): r for r in records
+             if r["meta"] == "none" and "reg" not in r and (args.suite != "meta" or r["base"] == "simclr")}
     peak, dtype = matmul_gflops(args.device)
     print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{dtype} 4096² matrix product: {peak:.0f} GFLOP/s\n")
     print("| backbone | batch | setting | s/step | img/s | × plain | peak MiB | × plain | GFLOP/step | GFLOP/s | "
           "% of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
-        b = plain[_reference_key(r)]
+        b = plain[_reference_key(r, args.suite)]
         r["images_per_s"] = r["batch_size"] / r["seconds"]
         r["time_ratio"] = r["seconds"] / b["seconds"]
         r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)

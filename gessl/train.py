@@ -232,17 +232,26 @@ class Trainer:
         images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
         self.images, self.labels = torch.as_tensor(images), torch.as_tensor(labels)
         self.data = data_record(cfg, self.images, self.labels)
-        # Episodic methods (protonet, maml) train on one episode a step; --batch-size does not apply and
-        # an epoch is as many episodes as hold the training set's number of images.
-        self.episodes = (EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
-                         if getattr(BASE_METHODS[cfg.base], "episodic", False) else None)
-        self.images_per_step = self.episodes.size if self.episodes else cfg.batch_size
+        # Episodic methods (protonet, maml, cactus) train on one episode a step; --batch-size does not apply
+        # and an epoch is as many episodes as hold the training set's number of images.
+        episodic = getattr(BASE_METHODS[cfg.base], "episodic", False)
+        self.images_per_step = (cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries) if episodic
+                                else cfg.batch_size)
         self.steps_per_epoch = len(self.images) // self.images_per_step
         if self.steps_per_epoch == 0:
-            raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(self.images)} training "
-                            f"images; use a smaller batch")
+            step = (f"an episode of {self.images_per_step} images (--episode-ways x (--episode-shots + "
+                    f"--episode-queries))" if episodic else f"--batch-size {cfg.batch_size}")
+            raise UserError(f"{step} is larger than the {len(self.images)} training images; use a smaller "
+                            f"{'episode' if episodic else 'batch'}")
         self.in_channels = 1 if self.images.dim() == 3 else self.images.shape[1]
         self.model = self._build_model()
+        # The episodes: over the class labels, or over labels the method makes from the images with the
+        # backbone at its seeded initialisation (CACTUs' clusters; before a --resume loads the checkpoint).
+        self.episodes = None
+        if episodic and hasattr(self.model.method, "episode_sampler"):
+            self.episodes = self.model.method.episode_sampler(self.images, self.model.backbone, cfg.seed)
+        elif episodic:
+            self.episodes = EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.placement.amp == torch.float16)
         self.total_steps = cfg.epochs * self.steps_per_epoch
