@@ -100,8 +100,10 @@ def measure(setting, steps, warmup, device):
     if getattr(BASE_METHODS[cfg.base], "episodic", False):  # one training episode, in its layout
         batch_size = cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries)
         labels = torch.arange(cfg.episode_ways).repeat(cfg.episode_shots + cfg.episode_queries)
+        few = slice(0, 2 * cfg.episode_ways)  # its first two rounds: a support and a query of each class
     else:
         batch_size, labels = cfg.batch_size, torch.randint(10, (cfg.batch_size,), generator=gen)
+        few = slice(0, 4)
     images = [torch.rand(batch_size, 1, cfg.image_size, cfg.image_size, generator=gen).to(dev) for _ in range(3)]
     batch = {"images": images[0], "views": images[1:], "labels": labels.to(dev)}
 
@@ -115,7 +117,7 @@ def measure(setting, steps, warmup, device):
 
     # One plain step on a few images first: the libraries' one-time allocations and Adam's state
     # are then in place before the baseline, so the peak counts the step's working memory only.
-    train.META_OPTIMISERS["none"]().compute_gradients(model, take(batch, slice(0, 4)))
+    train.META_OPTIMISERS["none"]().compute_gradients(model, take(batch, few))
     optimizer.step()
     if dev.type == "cuda":
         torch.cuda.synchronize()

@@ -152,6 +152,19 @@ def test_the_key_encoder_follows_backbone_and_projector_by_momentum_and_has_no_p
         torch.testing.assert_close(new, 0.9 * xi + 0.1 * theta)
 
 
+def test_both_encoders_standardise_their_projections_with_a_batchnorm_on_the_projector_output():
+    # The paper's projector ends in a BatchNorm: each projection dimension has mean 0 and variance 1
+    # over the batch (at initialisation, scale 1 and shift 0), online and momentum alike.
+    _, _, batch = setup()
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU()).double()
+    method = PsCo(6, backbone, proj_hidden=8, proj_dim=4).double()
+    views = torch.cat(batch["views"])
+    for z in (method.projector(backbone(views)), method.key_encoder(views)):
+        torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1], dtype=z.dtype), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(z.shape[1], dtype=z.dtype), atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--meta", "gessl"], "itself a meta-learner"),
     (["--meta", "none", "--psco-shots", "0"], "--psco-shots must be positive"),
