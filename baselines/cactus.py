@@ -37,7 +37,7 @@ instance by SimCLR: the paper's encoders were unsupervised ones (ACAI and BiGAN 
 embeddings the authors distribute), and a random one is the weakest choice. The partitions are
 computed when the training starts and again, the same, on a ``--resume`` (on the CPU, whose
 kernels are deterministic); nothing is stored. The cost: one forward pass over the training set and
-P k-means runs (glyphs, 24,560 images, k = 500: about 50 s for the embedding and 5-20 s a partition
+P k-means runs (glyphs, 24,560 images, k = 500: about 10 s for the embedding and 5-10 s a partition
 on one loaded CPU core).
 
 Settings: the paper's Omniglot runs use k = 500 clusters and P = 100 partitions; the authors' script
@@ -46,9 +46,10 @@ takes a while") and trains CACTUs-MAML on 20-way 1-shot tasks with 5 queries, 5 
 0.05, 8 tasks a meta-batch. Here k = 500 (``--cactus-clusters``), P = 20 (``--cactus-partitions``,
 for the CPU's sake), one task a step with the ProtoNet/MAML episode options (20-way 5-shot 5-query
 by default). Published 5-way conv4 Omniglot accuracy (ACAI encoder): CACTUs-ProtoNet 68.1 / 83.6,
-CACTUs-MAML 68.8 / 87.8 (1 / 5 shots). Here, with the random encoder and ``proto`` (the default), one
-epoch of the glyphs (122 steps) gives 67.7 / 83.0 % on Omniglot's minimal sets (random backbone
-53.3 / 74.5) and 37.8 % on Lake's runs (24.5); ``maml`` was not measured (docs/bases.md).
+CACTUs-MAML 68.8 / 87.8 (1 / 5 shots). Here, with the random encoder, 150 episodes on the glyphs
+(``benchmarks/grids/bases.yaml``) give 66.1 / 83.3 % on Omniglot's minimal sets with ``proto`` (the
+default; random backbone 53.1 / 74.4) and 57.2 / 70.0 % with ``maml``, which is at or below the random
+backbone on the glyphs (docs/bases.md).
 
 CACTUs is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
 around it. It imports more than torch: ProtoNet's and MAML's modules (learn2learn) and the project's

@@ -53,8 +53,9 @@ and most of its training set), because a short run needs a queue that fills earl
 random initial entries serve as shots) and whose keys the momentum encoder has not outgrown; 4096
 is still 17 % of the glyphs' 24,560 training images (about 3 of the 20 images of a class) and 85 %
 of the 4,840 of Omniglot's minimal sets. At the README's quick check (150 steps on the glyphs, seed
-0) PsCo reaches 65.7 % on Omniglot's minimal sets (5-way 1-shot; SimCLR 82.8, UMTRA 78.8, a random
-network 53.3) and 71.4 % on the glyph evaluation scripts (random 54.1): ``docs/bases.md``.
+0, ``benchmarks/grids/bases.yaml``) PsCo reaches 72.3 % on Omniglot's minimal sets (5-way 1-shot;
+SimCLR 82.8, UMTRA 78.8, a random network 53.1) and 81.8 % on the glyph evaluation scripts (random
+54.0): ``docs/bases.md``.
 
 PsCo is itself an unsupervised meta-learner (``meta_learner = True``, as UMTRA): each step is a
 pseudo N-way K-shot task, so ``gessl.train`` refuses ``--meta gessl`` around it. The projections
