@@ -29,7 +29,8 @@ place of an ``EpisodeSampler`` over the labels. A method may define ``check_conf
 one-line ``ValueError`` for a config it cannot train with, which ``gessl.train`` reports up front. ``baselines.maml`` and ``baselines.umtra`` are the modules
 that import more than torch: learn2learn's MAML wrapper (``baselines.maml``'s docstring says why),
 and UMTRA the task-cutting rule of ``gessl.shares``; ``baselines.cactus`` also imports
-``tasks.training.episodes``' sampler and ``gessl.backbones``' loader."""
+``tasks.training.episodes``' sampler, ``tasks.evaluation.fewshot``'s ``embed`` and ``gessl.backbones``'
+loader."""
 from baselines.barlow import BarlowTwins
 from baselines.byol import BYOL
 from baselines.cactus import CACTUs

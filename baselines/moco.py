@@ -53,12 +53,15 @@ class MoCo(nn.Module):
     """MoCo v2 heads, key encoder and queue; ``forward(backbone, batch)`` returns an ``SSLOutput``.
 
     ``backbone`` is the online backbone, copied into the key encoder at construction.
+    ``projector_output_bn``: a BatchNorm on the projector's output (none in MoCo; PsCo's has one).
     """
+
+    projector_output_bn = False
 
     def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, temperature=0.1, moco_queue=4096,
                  moco_momentum=0.99):
         super().__init__()
-        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim)
+        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim, output_bn=self.projector_output_bn)
         self.key_encoder = MomentumEncoder(backbone, self.projector)
         self.register_buffer("queue", F.normalize(torch.randn(moco_queue, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

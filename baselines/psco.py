@@ -66,7 +66,6 @@ import torch.nn.functional as F
 
 from baselines.base import SSLOutput
 from baselines.distributed import gather
-from baselines.momentum import MomentumEncoder
 from baselines.moco import MoCo, info_nce
 from baselines.simclr import projection_mlp
 from baselines.swav import sinkhorn
@@ -100,6 +99,7 @@ class PsCo(MoCo):
     """
 
     meta_learner = True
+    projector_output_bn = True  # the paper's head
 
     @staticmethod
     def check_config(cfg):
@@ -111,8 +111,6 @@ class PsCo(MoCo):
     def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, temperature=0.1, moco_queue=4096,
                  moco_momentum=0.99, psco_shots=1, psco_temperature=1.0, psco_epsilon=0.05):
         super().__init__(feat_dim, backbone, proj_hidden, proj_dim, temperature, moco_queue, moco_momentum)
-        self.projector = projection_mlp(feat_dim, proj_hidden, proj_dim, output_bn=True)  # the paper's head
-        self.key_encoder = MomentumEncoder(backbone, self.projector)
         self.predictor = projection_mlp(proj_dim, proj_hidden, proj_dim)
         self.shots, self.psco_temperature, self.epsilon = psco_shots, psco_temperature, psco_epsilon
 
