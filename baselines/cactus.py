@@ -134,11 +134,6 @@ class PartitionEpisodes:
                                 f"--episode-ways {ways}; use fewer --cactus-clusters, ways, shots or queries")
         self.samplers = {}
 
-    @property
-    def size(self):
-        """Images per episode."""
-        return self.ways * (self.shots + self.queries)
-
     def partition(self, seed, step):
         """The partition the episode of step ``step`` of a run seeded ``seed`` is drawn from."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)

@@ -98,7 +98,7 @@ def measure(setting, steps, warmup, device):
     objective = train.META_OPTIMISERS[cfg.meta].from_config(cfg)
     gen = torch.Generator().manual_seed(0)
     if getattr(BASE_METHODS[cfg.base], "episodic", False):  # one training episode, in its layout
-        batch_size = cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries)
+        batch_size = cfg.episode_size
         labels = torch.arange(cfg.episode_ways).repeat(cfg.episode_shots + cfg.episode_queries)
         few = slice(0, 2 * cfg.episode_ways)  # its first two rounds: a support and a query of each class
     else:
@@ -185,10 +185,9 @@ def label(setting):
     return f"GeSSL {setting['inner_backend']} K={setting['inner_steps']} λ={setting['lookahead']} {order}"
 
 
-def _reference_key(record, suite):
-    """The plain step a setting is compared with: same base method (suite meta: SimCLR), backbone and
-    batch size."""
-    return "simclr" if suite == "meta" else record.get("base", "simclr"), record["backbone"], record["batch_size"]
+def _step_key(record, base=None):
+    """A step's (base method, backbone, batch size), with ``base`` in place of its own base method."""
+    return base or record.get("base", "simclr"), record["backbone"], record["batch_size"]
 
 
 def main():
@@ -219,15 +218,17 @@ def main():
                         "seconds": statistics.median(r["seconds"] for r in runs),
                         "peak_mib": statistics.median(r["peak_mib"] for r in runs), "gflop": runs[0]["gflop"],
                         "gflop_per_s": statistics.median(r["gflop_per_s"] for r in runs)})
-    plain = {_reference_key(r, args.suite): r for r in records
-             if r["meta"] == "none" and "reg" not in r and (args.suite != "meta" or r["base"] == "simclr")}
+    # Each setting against the plain step (neither GeSSL nor a regulariser) of its base method; the
+    # meta-learners (suite meta) against SimCLR's.
+    plain = {_step_key(r): r for r in records if r["meta"] == "none" and "reg" not in r}
+    reference_base = "simclr" if args.suite == "meta" else None
     peak, dtype = matmul_gflops(args.device)
     print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{dtype} 4096² matrix product: {peak:.0f} GFLOP/s\n")
     print("| backbone | images | setting | s/step | img/s | × plain | peak MiB | × plain | GFLOP/step | GFLOP/s | "
           "% of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
-        b = plain[_reference_key(r, args.suite)]
+        b = plain[_step_key(r, reference_base)]
         r["images_per_s"] = r["images"] / r["seconds"]  # an episodic method's step: one episode
         r["time_ratio"] = r["seconds"] / b["seconds"]
         r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)

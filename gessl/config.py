@@ -144,6 +144,11 @@ class TrainConfig:
     ckpt_every: int = dataclasses.field(default=100, metadata={"help": "steps between checkpoints", "check": positive})
     eval_episodes: int = dataclasses.field(default=600, metadata={"help": "episodes of the few-shot check after training (0: skip)", "check": non_negative})
 
+    @property
+    def episode_size(self):
+        """Images in one training episode of an episodic method: ways x (shots + queries)."""
+        return self.episode_ways * (self.episode_shots + self.episode_queries)
+
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
         for f in fields(self):

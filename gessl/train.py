@@ -120,7 +120,7 @@ def check_episodic(cfg):
         raise UserError(f"--base {cfg.base} is itself a meta-learner and cannot run inside --meta {cfg.meta} "
                         f"(nested meta-learning); use --meta none")
     if cfg.meta == "gessl" and getattr(method_cls, "episodic", False):
-        episode = cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries)
+        episode = cfg.episode_size
         check_tasks(episode, cfg.tasks_per_step or 1, cfg.support_ratio,
                     f"the {episode}-image episodes ({cfg.episode_ways} ways, 2 images of each class per set)",
                     least=2 * cfg.episode_ways)
@@ -235,8 +235,7 @@ class Trainer:
         # Episodic methods (protonet, maml, cactus) train on one episode a step; --batch-size does not apply
         # and an epoch is as many episodes as hold the training set's number of images.
         episodic = getattr(BASE_METHODS[cfg.base], "episodic", False)
-        self.images_per_step = (cfg.episode_ways * (cfg.episode_shots + cfg.episode_queries) if episodic
-                                else cfg.batch_size)
+        self.images_per_step = cfg.episode_size if episodic else cfg.batch_size
         self.steps_per_epoch = len(self.images) // self.images_per_step
         if self.steps_per_epoch == 0:
             step = (f"an episode of {self.images_per_step} images (--episode-ways x (--episode-shots + "

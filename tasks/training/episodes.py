@@ -49,11 +49,6 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.draw = episode_drawer(class_codes(codes)[1], ways, per_class)  # codes 0..C-1
 
-    @property
-    def size(self):
-        """Images per episode."""
-        return self.ways * (self.shots + self.queries)
-
     def sample(self, seed, step):
         """The episode of training step ``step`` of a run seeded ``seed`` (see the class docstring)."""
         state = random.getstate()

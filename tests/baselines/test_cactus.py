@@ -80,7 +80,6 @@ def test_an_episode_is_clusters_of_one_partition_with_members_of_each_and_replay
     labels[labels == 8] = -1  # dropped points
     ways, shots, queries = 3, 2, 1
     episodes = PartitionEpisodes(labels, ways, shots, queries)
-    assert episodes.size == 9
     seen = set()
     for step in range(40):
         index, episode_labels = episodes.sample(seed=5, step=step)
