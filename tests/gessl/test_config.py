@@ -34,7 +34,7 @@ def test_saved_config_round_trips(tmp_path):
     (["--inner-backend", "jax"], "--inner-backend must be higher or func"),
     (["--outer-set", "all"], "--outer-set must be query or task"),
     (["--batch-size", "8", "--tasks-per-step", "4"], "fewer than 2 images in a support or query set"),
-    (["--inner-lr", "0"], "--inner-lr must be positive"),
+    (["--inner-lr", "-0.001"], "--inner-lr must be zero or positive"),
 ])
 def test_bad_values_are_user_errors(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
