@@ -20,8 +20,8 @@ Q alone (``"query"``, the meta-learning convention): a contrastive base loss on 
 the negatives, which on its own costs SimCLR 3.6 points on Omniglot (``docs/gessl.md``, the
 diagnosis). With O = S ∪ Q and α = 0.001 (the defaults since December 2026, chosen on three seeds
 of real handwriting) GeSSL is within about a point of SimCLR on Omniglot's minimal sets. α is the
-base method's (``gessl.config.INNER_LR``): a step's move scales with the base loss, and one α for
-every base moved Barlow Twins' model 123 times as far as SimCLR's, costing it 10-14 points.
+base method's (``gessl.config.INNER_LR``): a step's move scales with the base loss, and 0.001 moved
+Barlow Twins' model 123 times as far as SimCLR's, costing it 10-14 points; its α is 8e-6.
 
 BatchNorm uses batch statistics everywhere; the inner loop and the target run on scratch copies of
 its running statistics (and of any other buffer, such as a queue), so only the outer forward pass
