@@ -307,8 +307,8 @@ def headline(grid, table, done):
             cells_ = []
             for setting in settings:
                 if variant == grid["reference"]:  # its mean over the most seeds any variant is paired on
-                    match = sorted((r for r in rows if r["setting"] == setting), key=lambda r: -r["seeds"])
-                    cells_.append(f"{match[0]['reference']:.1f}" if match else "")
+                    match = max((r for r in rows if r["setting"] == setting), key=lambda r: r["seeds"], default=None)
+                    cells_.append(f"{match['reference']:.1f}" if match else "")
                 else:
                     match = [r for r in rows if r["setting"] == setting and r["variant"] == variant]
                     cells_.append(f"{match[0]['mean']:.1f} ({difference_text(match[0])})" if match else "")
