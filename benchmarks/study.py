@@ -278,11 +278,16 @@ def difference_text(row):
     return f"**{text}**" if abs(row["difference"]) > half else text
 
 
-def short_setting(setting):
-    """``axis dataset: W-way K-shot`` as ``dataset WwKs``."""
-    target, shape = setting.split(" ", 1)[1].split(": ")
-    ways, shots = (part.split("-")[0] for part in shape.split())
-    return f"{target} {ways}w{shots}s"
+def short_settings(settings):
+    """Column labels: ``axis dataset: W-way K-shot`` as ``dataset WwKs``, or as ``dataset (axis) WwKs``
+    where two axes score one dataset (a model trained on the glyphs: held-out images, unseen classes)."""
+    parts = []
+    for setting in settings:
+        axis, rest = setting.split(" ", 1)
+        target, shape = rest.split(": ")
+        parts.append((axis, target, "w".join(part.split("-")[0] for part in shape.split()) + "s"))
+    shared = {target for axis, target, _ in parts if sum(t == target for _, t, _ in parts) > 1}
+    return [f"{target} ({axis}) {shape}" if target in shared else f"{target} {shape}" for axis, target, shape in parts]
 
 
 def headline(grid, table, done):
@@ -297,7 +302,7 @@ def headline(grid, table, done):
         if not settings:
             continue
         lines += ["", f"### Trained on {dataset}, {budget}", "",
-                  "| variant | seeds | steps | minutes | " + " | ".join(map(short_setting, settings)) + " |",
+                  "| variant | seeds | steps | minutes | " + " | ".join(short_settings(settings)) + " |",
                   "|---|---:|---:|---:|" + "---:|" * len(settings)]
         for variant in grid["variants"]:
             records = [r for r in done.values() if (r["dataset"], r["budget"], r["variant"]) == (dataset, budget, variant)
@@ -355,7 +360,8 @@ def write_summaries(grid, done):
 def write_figure(grid, table):
     """``RESULTS/differences.png`` and ``.pdf``: ``analysis.figures.fig_study`` of the table."""
     figures.apply_theme()
-    made = figures.fig_study(table, grid["reference"], short_setting)
+    settings = list(dict.fromkeys(r["setting"] for r in table))
+    made = figures.fig_study(table, grid["reference"], dict(zip(settings, short_settings(settings))).get)
     if made is not None:
         figures.save(made[0], Path(grid["results"]), "differences")
 

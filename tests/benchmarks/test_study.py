@@ -100,6 +100,13 @@ def test_below_random_names_the_settings_not_above_their_random_backbone():
     assert study.below_random(table) == [("flat", "s"), ("down", "s")]
 
 
+def test_column_labels_name_the_axis_only_where_two_axes_score_one_dataset():
+    settings = ["discriminability glyphs: 5-way 1-shot", "generalization glyphs: 5-way 1-shot",
+                "generalization omniglot-lake: 20-way 1-shot", "transferability mnist: 5-way 5-shot"]
+    assert study.short_settings(settings) == ["glyphs (discriminability) 5w1s", "glyphs (generalization) 5w1s",
+                                              "omniglot-lake 20w1s", "mnist 5w5s"]
+
+
 def test_a_rerun_skips_finished_cells_and_reruns_a_killed_one(glyph_root, tmp_path, monkeypatch):
     grid = write_grid(tmp_path, glyph_root)
     real_evaluate = evaluate.main
