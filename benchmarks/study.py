@@ -53,6 +53,7 @@ ends by drawing the differences over seeds (``analysis.figures.fig_study``) into
 ``RESULTS/differences.png`` and ``.pdf``.
 """
 import argparse
+import collections
 import json
 import os
 import shlex
@@ -286,8 +287,8 @@ def short_settings(settings):
         axis, rest = setting.split(" ", 1)
         target, shape = rest.split(": ")
         parts.append((axis, target, "w".join(part.split("-")[0] for part in shape.split()) + "s"))
-    shared = {target for axis, target, _ in parts if sum(t == target for _, t, _ in parts) > 1}
-    return [f"{target} ({axis}) {shape}" if target in shared else f"{target} {shape}" for axis, target, shape in parts]
+    counts = collections.Counter(target for _, target, _ in parts)
+    return [f"{target} ({axis}) {shape}" if counts[target] > 1 else f"{target} {shape}" for axis, target, shape in parts]
 
 
 def headline(grid, table, done):
