@@ -343,8 +343,10 @@ def markdown(grid, table, done):
 
 
 def below_random(table):
-    """The (variant, setting) pairs whose mean accuracy is not above their random backbone's."""
-    return [(r["variant"], r["setting"]) for r in table if r["against"] == "random" and r["difference"] <= 0]
+    """The (variant, setting, training set, budget) rows whose mean accuracy is not above their random
+    backbone's."""
+    return [(r["variant"], r["setting"], r["dataset"], r["budget"]) for r in table
+            if r["against"] == "random" and r["difference"] <= 0]
 
 
 def write_summaries(grid, done):
@@ -401,7 +403,9 @@ def main(argv=None):
         write_figure(grid, table)
     print(markdown(grid, table, done))
     if below_random(table):
-        raise UserError(f"not above the random backbone: {below_random(table)}")
+        raise UserError("not above the random backbone: " + "; ".join(
+            f"{variant} on {setting} (trained on {dataset}, {budget})"
+            for variant, setting, dataset, budget in below_random(table)))
 
 
 if __name__ == "__main__":

@@ -94,10 +94,11 @@ def test_random_true_compares_every_variant_with_its_random_backbone_and_fails_w
 
 
 def test_below_random_names_the_settings_not_above_their_random_backbone():
-    table = [{"against": "random", "variant": v, "setting": "s", "difference": d} for v, d in
-             [("up", 0.5), ("flat", 0.0), ("down", -3.0)]] + [{"against": "plain", "variant": "x", "setting": "s",
-                                                              "difference": -9.0}]
-    assert study.below_random(table) == [("flat", "s"), ("down", "s")]
+    table = [{"against": "random", "variant": v, "setting": "s", "dataset": "glyphs", "budget": b, "difference": d}
+             for v, b, d in [("up", "2steps", 0.5), ("flat", "2steps", 0.0), ("down", "1min", -3.0)]]
+    table.append({"against": "plain", "variant": "x", "setting": "s", "dataset": "glyphs", "budget": "2steps",
+                  "difference": -9.0})
+    assert study.below_random(table) == [("flat", "s", "glyphs", "2steps"), ("down", "s", "glyphs", "1min")]
 
 
 def test_column_labels_name_the_axis_only_where_two_axes_score_one_dataset():
