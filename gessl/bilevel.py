@@ -44,7 +44,7 @@ from torch.func import functional_call
 
 from baselines.distributed import per_process, world_size
 from gessl.collapse import collapse_metrics
-from gessl.config import TrainConfig
+from gessl.config import INNER_LR, TrainConfig
 from gessl.device import clock
 from gessl.distributed import average_gradients
 from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
@@ -94,7 +94,7 @@ class GeSSL:
 
     inner_steps: int = TrainConfig.inner_steps              # K
     lookahead: int = TrainConfig.lookahead                  # λ
-    inner_lr: float = TrainConfig().inner_lr                # α, SGD step of the inner loop and the look-ahead (SimCLR's)
+    inner_lr: float = INNER_LR["simclr"]                    # α, SGD step of the inner loop and the look-ahead (SimCLR's)
     support_ratio: float = TrainConfig.support_ratio        # share of a task's images in its support set
     tasks_per_step: int = TrainConfig.tasks_per_step        # M: the batch is cut into M tasks (0: one per process)
     gamma: float = TrainConfig.gamma                        # γ, weight of L(θ_K; Q)
