@@ -50,15 +50,16 @@ def reestimate(net, batches):
     return net.eval()
 
 
-def training_views(cfg, steps):
-    """The augmented views of the run's training steps 0..``steps``−1, both views of a step in one tensor."""
-    images, labels = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
+def training_batches(cfg, steps, split=None):
+    """The batches of the run's training steps 0..``steps``−1 (``gessl.train.step_batch``), from
+    ``split`` (images, labels) when given, else from the run's training split."""
+    images, labels = split if split is not None else load_split(cfg.dataset, "background", cfg.data_root,
+                                                                 cfg.image_size)
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
     per_epoch = len(images) // cfg.batch_size
     placement, augment = Placement.from_config(cfg, torch.device("cpu")), GlyphAugment.from_config(cfg)
     for step in range(steps):
-        batch = step_batch(images, labels, cfg, step, per_epoch, augment, placement)
-        yield torch.cat(batch["views"])
+        yield step_batch(images, labels, cfg, step, per_epoch, augment, placement)
 
 
 def main(argv=None):
@@ -75,7 +76,7 @@ def main(argv=None):
         raise UserError(f"{out} already exists; choose another --out")
     cfg = read_run_config(run_dir)
     net, meta = load_backbone(run_dir / "backbone.pt")
-    reestimate(net, training_views(cfg, args.batches))
+    reestimate(net, (torch.cat(b["views"]) for b in training_batches(cfg, args.batches)))
     out.mkdir(parents=True)
     shutil.copy(run_dir / "config.yaml", out / "config.yaml")
     save_backbone(net, meta["name"], meta["in_channels"], meta["image_size"], out / "backbone.pt")
