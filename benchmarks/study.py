@@ -39,18 +39,18 @@ holds; records, summaries and calibrations are written under the lock ``RESULTS/
 are ``flock``s, which the kernel drops when their runner ends, so a killed runner leaves its cell to
 the next.
 
-Summaries (``RESULTS/summary.json`` and ``summary.md``) are the paired differences variant −
-reference on identical episodes, from the kept cells' ``episodes.npz`` (``gessl.evaluate.
-paired_differences``): per seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over
-the 20 runs); across seeds, the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds.
-With ``random: true`` they also hold each variant − its run's random backbone (scored by
-``gessl.evaluate`` on the same episodes, ``gessl.evaluate.random_differences``), and the runner ends
-with a one-line error (exit 2) naming every variant and setting whose mean is not above it: the
-check that each base method learns something. ``--summarise`` rewrites them from the cells
-recorded so far, training nothing. ``summary.md`` opens with one table per training set and budget
-of every variant's 1-shot accuracies and differences, its steps and minutes of training; the runner
-ends by drawing the differences over seeds (``analysis.figures.fig_study``) into
-``RESULTS/differences.png`` and ``.pdf``.
+Summaries (``RESULTS/summary.json``, ``summary.md`` and ``per_seed.jsonl``, one line per cell,
+setting and comparison) are the paired differences variant − reference on identical episodes, from
+the kept cells' ``episodes.npz`` (``gessl.evaluate.paired_differences``): per seed, the mean
+difference ± 1.96 s/√n over episodes (Lake's runs: over the 20 runs); across seeds, the mean of the
+per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds. With ``random: true`` they also hold each
+variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
+``gessl.evaluate.random_differences``), and the runner ends with a one-line error (exit 2) naming
+every variant and setting whose mean is not above it: the check that each base method learns
+something. ``--summarise`` rewrites them from the cells recorded so far, training nothing.
+``summary.md`` opens with one table per training set and budget of every variant's 1-shot accuracies
+and differences, its steps and minutes of training; the runner ends by drawing the differences over
+seeds (``analysis.figures.fig_study``) into ``RESULTS/differences.png`` and ``.pdf``.
 """
 import argparse
 import collections
@@ -355,7 +355,8 @@ def write_summaries(grid, done):
     results = Path(grid["results"])
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "summary.json", json.dumps({"grid": grid, "cells": list(done.values()),
-                                                             "per_seed": rows, "table": table}, indent=2))
+                                                             "table": table}, indent=2))
+    atomic_write_text(results / "per_seed.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(results / "summary.md", markdown(grid, table, done))
     return table
 

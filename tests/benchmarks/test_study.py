@@ -32,8 +32,16 @@ def write_grid(tmp_path, glyph_root, **changes):
     return path
 
 
+def lines(tmp_path, name):
+    return [json.loads(line) for line in (tmp_path / "results" / name).read_text().splitlines()]
+
+
 def records(tmp_path):
-    return [json.loads(line) for line in (tmp_path / "results" / "cells.jsonl").read_text().splitlines()]
+    return lines(tmp_path, "cells.jsonl")
+
+
+def per_seed(tmp_path):
+    return lines(tmp_path, "per_seed.jsonl")
 
 
 def accuracies(folder):
@@ -48,8 +56,8 @@ def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episo
     assert json.loads((cells / "slower-seed0" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     a, b = accuracies(cells / "slower-seed0"), accuracies(cells / "plain-seed0")
-    assert len(summary["per_seed"]) == len(a) == 2  # 1 and 5 shots
-    for row in summary["per_seed"]:
+    assert len(per_seed(tmp_path)) == len(a) == 2  # 1 and 5 shots
+    for row in per_seed(tmp_path):
         key = next(k for k in a if k.split("/")[5] == str(row["shots"]))  # dataset/split/axis/classifier/ways/shots/...
         diff = a[key] - b[key]
         assert row["difference"] == pytest.approx(diff.mean())
@@ -178,14 +186,13 @@ def test_every_variant_of_a_budget_in_minutes_is_timed_before_its_first_cell_tra
 def test_a_fresh_checkout_without_the_run_folders_resumes_from_the_kept_results(glyph_root, tmp_path, monkeypatch):
     grid = write_grid(tmp_path, glyph_root)
     study.main([str(grid)])
-    before = (tmp_path / "results" / "summary.json").read_text()
+    before = per_seed(tmp_path)
     shutil.rmtree(tmp_path / "runs")  # run folders are not committed; the results folder is
     calls = []
     monkeypatch.setattr(train, "main", lambda argv: calls.append(argv))
     study.main([str(grid)])
     assert not calls  # every cell is recorded with the results
-    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
-    assert summary["per_seed"] == json.loads(before)["per_seed"] and len(summary["per_seed"]) == 2
+    assert per_seed(tmp_path) == before and len(before) == 2
     assert sorted(p.name for p in (tmp_path / "results" / "cells" / "glyphs-2steps" / "slower-seed0").iterdir()) == [
         "config.yaml", "episodes.npz", "results.jsonl"]
 
@@ -218,4 +225,4 @@ def test_two_runners_on_one_grid_share_its_cells_each_trained_once(glyph_root, t
     for folder in (tmp_path / "runs" / "glyphs-2steps").glob("*-seed?"):
         steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert steps == [1, 2]
-    assert len(json.loads((tmp_path / "results" / "summary.json").read_text())["per_seed"]) == 2
+    assert len(per_seed(tmp_path)) == 2
