@@ -403,10 +403,10 @@ def main(argv=None):
         table = write_summaries(grid, done)
         write_figure(grid, table)
     print(markdown(grid, table, done))
-    if below_random(table):
+    below = below_random(table)
+    if below:
         raise UserError("not above the random backbone: " + "; ".join(
-            f"{variant} on {setting} (trained on {dataset}, {budget})"
-            for variant, setting, dataset, budget in below_random(table)))
+            f"{variant} on {setting} (trained on {dataset}, {budget})" for variant, setting, dataset, budget in below))
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episo
     assert json.loads((cells / "slower-seed0" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     a, b = accuracies(cells / "slower-seed0"), accuracies(cells / "plain-seed0")
-    assert len(per_seed(tmp_path)) == len(a) == 2  # 1 and 5 shots
-    for row in per_seed(tmp_path):
+    rows = per_seed(tmp_path)
+    assert len(rows) == len(a) == 2  # 1 and 5 shots
+    for row in rows:
         key = next(k for k in a if k.split("/")[5] == str(row["shots"]))  # dataset/split/axis/classifier/ways/shots/...
         diff = a[key] - b[key]
         assert row["difference"] == pytest.approx(diff.mean())
