@@ -143,8 +143,9 @@ def _facets(data, fields):
     facets = []
     for key, rows in groups:
         named = dict(zip(keys, key))
-        extras = [setting_name(f, named[f]) for f in varying]
-        facets.append((literal(", ".join([str(named["axis"]), *extras])), rows))
+        what = ", ".join([str(named["axis"]), *(setting_name(f, named[f]) for f in varying if f not in SETTINGS)])
+        how = ", ".join(setting_name(f, named[f]) for f in varying if f in SETTINGS)  # on a line of its own
+        facets.append((literal(what + (f"\n{how}" if how else "")), rows))
     return facets
 
 

@@ -70,7 +70,12 @@ def try_lock(path, shared=False):
     """Take an exclusive (or ``shared``) ``flock`` on ``path`` (created when missing) without
     waiting: its open file descriptor (close it to release the lock), or ``None`` when another
     process holds a lock that excludes it."""
-    fd = open_here(path, os.O_RDONLY | os.O_CREAT)
+    try:
+        fd = open_here(path, os.O_RDONLY | os.O_CREAT)
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise _write_error(path, exc) from None
+        raise
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BaseException as exc:  # busy, or a signal came: nothing is left open or locked

@@ -89,6 +89,8 @@ def test_a_read_only_disk_or_a_file_in_the_way_is_one_clear_error(tmp_path):
             make_folder(tmp_path / "ro" / "run")
         with pytest.raises(WriteError, match="Read-only file system"):
             append_jsonl(tmp_path / "ro" / "log.jsonl", [{"step": 1}])
+        with pytest.raises(WriteError, match="Read-only file system"):
+            try_lock(tmp_path / "ro" / ".lock", shared=True)
 
 
 def test_atomic_path_keeps_other_errors_as_they_are(tmp_path):
