@@ -6,7 +6,10 @@ width) at 9-10 pt type, so a figure reads well when placed at its natural size. 
 one colour in every figure (`model_colors`); random backbones are grey.
 
 Intervals are the stored ones (``ci95`` of the records: 1.96 s / sqrt(n) over episodes, or the
-crowding metrics' jackknife over classes), never re-estimated here.
+crowding metrics' jackknife over classes), never re-estimated here. Records of one model taken
+under other settings (suite, episodes, seed) go to panels of their own, named by those settings.
+Every name shown (models, data sets) is drawn as written: a ``$`` is escaped (`literal`), not read
+as the start of matplotlib's mathtext.
 """
 import numpy as np
 import pandas as pd
@@ -17,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from analysis.load import REFERENCES, model_order
+from analysis.load import REFERENCES, SETTINGS, model_order
 from analysis.tables import AXES, metric_name
 from tasks.common.io import atomic_path
 
@@ -28,6 +31,17 @@ THEME = {"context": "paper", "style": "whitegrid", "palette": "colorblind", "fon
 DPI = 200
 CROWDING = ("intra_class_variance", "inter_class_separation", "crowding_ratio", "crowded_share")
 LOG_HIDDEN = ("epoch", "time", "img_per_s")  # metrics.jsonl fields that are not training curves
+
+
+def literal(text):
+    """``text`` as matplotlib draws it literally: each ``$`` escaped, so no name starts mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def setting_name(field, value):
+    """How a panel title names one value of a varying field: ``5-way``, ``15 queries``, ``seed 1`` ..."""
+    return {"ways": "{}-way", "queries": "{} queries", "episodes": "{} episodes", "seed": "seed {}",
+            "suite": "{} suite"}.get(field, "{}").format(value)
 
 
 def apply_theme():
@@ -68,10 +82,10 @@ def _legend(fig, models, colors, lines=False, extra=()):
     (handle, label) pairs."""
     handles = [Line2D([], [], color=colors[m], marker="o", markersize=4) if lines else
                Patch(facecolor=colors[m]) for m in models] + [h for h, _ in extra]
-    labels = list(models) + [label for _, label in extra]
-    longest = max(len(label) for label in labels)
+    labels = list(models) + [name for _, name in extra]
+    longest = max(len(name) for name in labels)
     columns = max(1, min(len(labels), int(WIDTH // (0.07 * longest + 0.5))))
-    fig.legend(handles, labels, loc="outside lower center", ncol=columns)
+    fig.legend(handles, [literal(name) for name in labels], loc="outside lower center", ncol=columns)
 
 
 def _bars(ax, data, group, groups, models, colors, horizontal=False):
@@ -97,10 +111,10 @@ def _bars(ax, data, group, groups, models, colors, horizontal=False):
                 ax.errorbar(at, value, yerr=err, fmt="none", ecolor="0.15", elinewidth=1,
                             capsize=2)
     if horizontal:
-        ax.set_yticks(range(len(groups)), groups)
+        ax.set_yticks(range(len(groups)), [literal(g) for g in groups])
         ax.grid(axis="y", visible=False)  # category lines would cut through the bars
     else:
-        ax.set_xticks(range(len(groups)), groups)
+        ax.set_xticks(range(len(groups)), [literal(g) for g in groups])
         ax.grid(axis="x", visible=False)
 
 
@@ -129,9 +143,9 @@ def _facets(data, fields):
     facets = []
     for key, rows in groups:
         named = dict(zip(keys, key))
-        extras = [f"{named[f]}-way" if f == "ways" else f"{named[f]} queries" if f == "queries"
-                  else str(named[f]) for f in varying]
-        facets.append((", ".join([str(named["axis"]), *extras]), rows))
+        what = ", ".join([str(named["axis"]), *(setting_name(f, named[f]) for f in varying if f not in SETTINGS)])
+        how = ", ".join(setting_name(f, named[f]) for f in varying if f in SETTINGS)  # on a line of its own
+        facets.append((literal(what + (f"\n{how}" if how else "")), rows))
     return facets
 
 
@@ -158,7 +172,7 @@ def fig_fewshot(df, notes):
         notes.add("figure 1 (few-shot accuracy) skipped: no few-shot accuracy records")
         return None
     colors, models = model_colors(df), [m for m in model_order(df) if m in set(data["model"])]
-    facets = _facets(data, ["dataset", "split", "classifier", "queries"])
+    facets = _facets(data, ["dataset", "split", "classifier", "queries", *SETTINGS])
     fig, axes, columns = _grid(facets, models)
     for i, (ax, (title, panel)) in enumerate(zip(axes, facets)):
         _bars(ax, panel, "setting", _shots_order(panel["setting"].unique()), models, colors)
@@ -182,7 +196,7 @@ def fig_shots(df, notes):
                   "or more numbers of shots")
         return None
     colors, models = model_colors(df), [m for m in model_order(df) if m in set(data["model"])]
-    facets = _facets(data, ["dataset", "split", "classifier", "ways", "queries"])
+    facets = _facets(data, ["dataset", "split", "classifier", "ways", "queries", *SETTINGS])
     fig, axes, columns = _grid(facets, models)
     offsets = np.linspace(-0.04, 0.04, len(models)) if len(models) > 1 else [0.0]
     for i, (ax, (title, panel)) in enumerate(zip(axes, facets)):
@@ -216,13 +230,18 @@ def fig_sigma(df, notes):
     missing = sorted(set(df["model"]) - set(data["model"]))
     if missing:
         notes.add(f"figure 3: no σ universality records for {', '.join(missing)}")
-    groups = list(data.groupby(["ways", "shots"], dropna=False))  # the axes' datasets differ: one bar each
+    fields = ["classifier", "queries", *SETTINGS]
+    varying = [f for f in fields if data[f].nunique(dropna=False) > 1]
+    # the axes' datasets differ: one bar each
+    groups = list(data.groupby(["ways", "shots", *fields], dropna=False))
     fig = new_figure(WIDTH, 2.8 * len(groups) + 0.5 + 0.25 * len(models) / 3)
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
-    for ax, ((ways, shots), panel) in zip(axes, groups):
+    for ax, ((ways, shots, *key), panel) in zip(axes, groups):
         _bars(ax, panel, "axis", _axis_order(panel["axis"].unique()), models, colors)
-        title = f"{ways}-way {shots}-shot" if pd.notna(ways) and pd.notna(shots) else None
-        ax.set(title=title, xlabel="", ylabel=metric_name("sigma"))
+        named = dict(zip(fields, key))
+        parts = ([f"{ways}-way {shots}-shot"] if pd.notna(ways) and pd.notna(shots) else []) + [
+            setting_name(f, named[f]) for f in varying]
+        ax.set(title=literal(", ".join(parts)) if parts else None, xlabel="", ylabel=metric_name("sigma"))
     _legend(fig, models, colors)
     return fig, ("σ universality score per axis (and overall) for each model, with 95% "
                  "intervals.")
@@ -240,8 +259,10 @@ def fig_crowding(df, notes):
     metrics = [m for m in CROWDING if m in set(data["metric"])]
     colors, models = model_colors(df), [m for m in model_order(df) if m in set(data["model"])]
     data["axis"] = data["axis"].fillna("?")
-    groups = sorted(data.groupby(["dataset", "split", "axis"], dropna=False),
-                    key=lambda group: (_axis_order(data["axis"].unique()).index(group[0][2]), str(group[0][0])))
+    varying = [f for f in SETTINGS if data[f].nunique(dropna=False) > 1]
+    groups = sorted(data.groupby(["dataset", "split", "axis", *SETTINGS], dropna=False),
+                    key=lambda group: (_axis_order(data["axis"].unique()).index(group[0][2]), str(group[0][0]),
+                                       tuple(map(str, group[0][3:]))))
     height = 0.28 * len(models) + 0.9
     fig = new_figure(WIDTH, height * len(groups) + 0.3)
     axes = fig.subplots(len(groups), len(metrics), squeeze=False, sharey=True)
@@ -255,9 +276,11 @@ def fig_crowding(df, notes):
             ax.set_xlim(0, None)
             ax.xaxis.set_major_locator(MaxNLocator(3))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # short labels
-            if c == 0 and len(groups) > 1:  # which data the row shows, in two short lines
-                dataset, split, axis = key
-                ax.set_ylabel(f"{axis}\n{dataset} ({split})", fontsize="x-small")
+            if c == 0 and len(groups) > 1:  # which data the row shows, in two or three short lines
+                dataset, split, axis, *how = key
+                how = ", ".join(setting_name(f, v) for f, v in zip(SETTINGS, how) if f in varying)
+                ax.set_ylabel(literal(f"{axis}\n{dataset} ({split})" + (f"\n{how}" if how else "")),
+                              fontsize="x-small")
     return fig, ("Crowding of the classes of each axis on frozen, L2-normalised features, per model "
                  "(↑: higher is better, ↓: lower is better): intra-class variance, inter-class "
                  "separation (mean distance between class centroids), crowding ratio "
@@ -314,8 +337,8 @@ def fig_feature_map(df, samples, chosen, method, notes):
             at = labels == label
             ax.scatter(points[at, 0], points[at, 1], s=9, color=color, linewidths=0)
         ax.set(xticks=[], yticks=[], xlabel=xlabel, ylabel=ylabel,
-               title=model if variants.get(model, "?") in model else
-               f"{model}\n({variants.get(model, '?')})")
+               title=literal(model if variants.get(model, "?") in model else
+                           f"{model}\n({variants.get(model, '?')})"))
         ax.set_aspect("equal", adjustable="datalim")
     for ax in axes[len(chosen):]:
         ax.set_visible(False)
@@ -396,7 +419,7 @@ def fig_paired(paired, notes):
     settings = sorted(paired["setting"].unique(), key=lambda s: tuple(
         int(p.split("-")[0]) for p in s.split()))
     colors = dict(zip(settings, sns.color_palette("dark", len(settings))))
-    groups = list(paired.groupby(["dataset", "split", "axis"], dropna=False))
+    groups = list(paired.groupby(["dataset", "split", "axis", "episodes", "seed"], dropna=False))
     height = 0.45 * len(pairs) * max(1, len(settings) / 2) + 1.0
     fig = new_figure(WIDTH, height * len(groups) + 0.4)
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
@@ -416,10 +439,12 @@ def fig_paired(paired, notes):
                             textcoords="offset points", ha="left", va="center", fontsize=7.5,
                             color=colors[setting])
         ax.axvline(0, color="0.3", linewidth=1)
-        ax.set_yticks(range(len(pairs)), pairs)
+        ax.set_yticks(range(len(pairs)), [literal(p) for p in pairs])
         ax.set_ylim(len(pairs) - 0.5, -0.5)
-        ax.set(xlabel="accuracy difference A − B (points)", ylabel="",
-               title=", ".join(str(v) for v in key if pd.notna(v)))
+        dataset, split, axis, episodes, seed = key
+        where = [str(v) for v in (dataset, split, axis) if pd.notna(v)]
+        how = [setting_name(f, v) for f, v in (("episodes", episodes), ("seed", seed)) if pd.notna(v)]
+        ax.set(xlabel="accuracy difference A − B (points)", ylabel="", title=literal(", ".join(where + how)))
         ax.margins(x=0.2)
     handles = [(Line2D([], [], color=colors[s], marker="o", linestyle=""), s) for s in settings]
     fig.legend([h for h, _ in handles], [label for _, label in handles],

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from tasks.common.errors import UserError
-from tasks.common.io import read_jsonl
+from tasks.common.io import read_jsonl, read_text
 from tasks.evaluation.suite import PIXELS_SUFFIX, RANDOM_SUFFIX
 
 KEY = ["run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
@@ -67,7 +67,7 @@ def find_results(paths):
 def _read_one(file, notes):
     """The valid records of one results.jsonl as a DataFrame; bad lines are skipped with a note."""
     records = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(file).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -87,13 +87,15 @@ def _read_one(file, notes):
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df["ci95"] = pd.to_numeric(df["ci95"], errors="coerce")
     df["_time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601", errors="coerce")
-    valid = df["value"].notna() & df["_time"].notna() & df["run"].notna() & df["metric"].notna()
+    ci95 = df["ci95"].astype(float)
+    valid = (np.isfinite(df["value"].astype(float)) & (ci95.isna() | (np.isfinite(ci95) & (ci95 >= 0)))
+             & df["_time"].notna() & df["run"].notna() & df["metric"].notna())
     if not valid.any():
-        raise UserError(f"{file}: no valid records (each needs run, metric, a numeric value and "
-                        f"an ISO-8601 time)")
+        raise UserError(f"{file}: no valid records (each needs run, metric, a finite value, an interval "
+                        f"(ci95) that is empty or finite and not negative, and an ISO-8601 time)")
     if not valid.all():
-        notes.add(f"{file}: skipped {(~valid).sum()} record(s) without run, metric, a numeric "
-                  f"value or an ISO-8601 time")
+        notes.add(f"{file}: skipped {(~valid).sum()} record(s) without run, metric, a finite value, a "
+                  f"finite interval that is not negative or an ISO-8601 time")
     df = df[valid].copy()
     df["folder"] = str(file.parent)
     return df
@@ -113,11 +115,11 @@ def read_config(folder, notes):
         notes.add(f"{folder}: no config.yaml, so its variant is unknown; listed under its run name")
         return None
     try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        config = yaml.safe_load(read_text(path))
+    except (yaml.YAMLError, UserError):
         config = None
     if not isinstance(config, dict):
-        notes.add(f"{path}: not a YAML mapping; the run is listed under its run name")
+        notes.add(f"{path}: not a YAML mapping in UTF-8 text; the run is listed under its run name")
         return None
     return config
 

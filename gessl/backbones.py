@@ -8,6 +8,7 @@
 
 Every backbone maps ``[B, C, H, W]`` floats to ``[B, out_dim]`` features and carries ``out_dim``.
 """
+import hashlib
 import io
 from collections import OrderedDict
 from pathlib import Path
@@ -63,17 +64,19 @@ def build_backbone(name, in_channels=1, image_size=28):
     return BACKBONES[name](in_channels=in_channels, image_size=image_size)
 
 
-def save_backbone(backbone, name, in_channels, image_size, path):
-    """Export the encoder alone (no heads, no optimiser state), loadable with ``load_backbone``."""
+def save_backbone(backbone, name, in_channels, image_size, path, step=None):
+    """Export the encoder alone (no heads, no optimiser state), loadable with ``load_backbone``;
+    ``step``: the training step whose weights these are (None: not known)."""
     payload = {"format": "gessl-backbone/1", "name": name, "in_channels": in_channels,
-               "image_size": image_size, "state_dict": backbone.state_dict()}
+               "image_size": image_size, "state_dict": backbone.state_dict(), "step": step}
     save_torch_file(payload, path)
 
 
 def load_backbone(path, map_location="cpu"):
-    """Load a backbone written by ``save_backbone``; a missing or corrupt file, or one whose weights
-    are not all finite (a training that diverged), is a ``UserError``."""
-    payload = load_torch_file(path, "backbone", map_location)
+    """Load a backbone written by ``save_backbone``: ``(net, payload)``, the payload with the file's
+    ``sha256`` (hex) added and ``step`` None when the file has none; a missing or corrupt file, or one
+    whose weights are not all finite (a training that diverged), is a ``UserError``."""
+    payload = load_torch_file(path, "backbone", map_location, digest=True)
     if not isinstance(payload, dict) or payload.get("format") != "gessl-backbone/1":
         raise UserError(f"{path} is not a gessl backbone file; export one with `python -m gessl.train`")
     broken = not_finite(payload["state_dict"])
@@ -82,7 +85,7 @@ def load_backbone(path, map_location="cpu"):
                         f"diverged; train it again with a lower --lr")
     net = build_backbone(payload["name"], payload["in_channels"], payload["image_size"])
     net.load_state_dict(payload["state_dict"])
-    return net, payload
+    return net, {"step": None, **payload}
 
 
 def not_finite(state):
@@ -103,13 +106,16 @@ def save_torch_file(obj, path):
     atomic_write_bytes(path, buffer.getbuffer())
 
 
-def load_torch_file(path, what, map_location="cpu"):
-    """``torch.load`` with one-line errors for a missing or unreadable file."""
+def load_torch_file(path, what, map_location="cpu", digest=False):
+    """``torch.load`` with one-line errors for a missing or unreadable file; with ``digest``, a dict
+    file gets the ``sha256`` (hex) of the bytes it was read from."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no {what} file at {path}; train a run first with `python -m gessl.train --out DIR`")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return {**obj, "sha256": hashlib.sha256(data).hexdigest()} if digest and isinstance(obj, dict) else obj
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise UserError(f"{what} file {path} is corrupt or unreadable ({type(exc).__name__}); "
                         f"delete it and train again") from None

@@ -79,7 +79,7 @@ def main(argv=None):
     reestimate(net, (torch.cat(b["views"]) for b in training_batches(cfg, args.batches)))
     out.mkdir(parents=True)
     shutil.copy(run_dir / "config.yaml", out / "config.yaml")
-    save_backbone(net, meta["name"], meta["in_channels"], meta["image_size"], out / "backbone.pt")
+    save_backbone(net, meta["name"], meta["in_channels"], meta["image_size"], out / "backbone.pt", step=meta["step"])
     print(f"BatchNorm statistics of {run_dir}'s parameters over {args.batches} training batches: {out}")
 
 

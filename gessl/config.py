@@ -13,6 +13,7 @@ import yaml
 
 from gessl.shares import check_tasks
 from tasks.common.errors import UserError
+from tasks.common.io import read_text
 
 
 # The bounds of the options, kept with their fields (metadata "check"): a check returns what is wrong
@@ -36,6 +37,13 @@ def half_open_unit(value):
 
 def open_unit(value):
     return None if 0 < value < 1 else "must be between 0 and 1"
+
+
+MAX_SEED = 2 ** 32 - 1  # seeds are mixed with steps into generator seeds that must fit 64 bits
+
+
+def seed_range(value):
+    return None if 0 <= value <= MAX_SEED else f"must be in [0, {MAX_SEED}]"
 
 
 def at_least(low):
@@ -144,7 +152,7 @@ class TrainConfig:
     aug_gain: float = dataclasses.field(default=0.5, metadata={"help": "augmentation: a view's ink intensity scaled by U(1 - gain, 1) (0: off)", "check": half_open_unit})
     image_size: int = dataclasses.field(default=28, metadata={"help": "side of the (square) images", "check": positive})
     data_root: str = dataclasses.field(default="", metadata={"help": "data folder(s), several separated by ':' (generated sets are cached in the first; default: $GESSL_DATA or ~/.cache/gessl)"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation", "check": non_negative})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of initialisation, data order and augmentation", "check": seed_range})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu or cuda", "check": one_of("auto", "cpu", "cuda")})
     amp: str = dataclasses.field(default="auto", metadata={"help": "mixed precision (torch.autocast) of the training step: bf16, fp16 (with a gradient scaler; --meta none only), off, or auto (bf16 on a CUDA GPU that supports it, else off)", "check": one_of("auto", "bf16", "fp16", "off")})
     channels_last: str = dataclasses.field(default="auto", metadata={"help": "channels-last memory layout of images and convolutions: on, off, or auto (on for CUDA)", "check": one_of("auto", "on", "off")})
@@ -232,7 +240,7 @@ def read_yaml(path):
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -20,7 +20,12 @@ beside the models the pixel baseline of Lake's demo (modified Hausdorff distance
 A randomly initialised backbone of the same kind is evaluated alike, so the gain of training is
 visible. Records are appended to ``RUN_DIR/results.jsonl``; each names its run, dataset, split,
 axis, protocol, classifier, ways, shots, queries, episodes, metric, value, 95 % interval, seed,
-suite, code version and time.
+suite, code version and time, and a model's records the training step (``train_step``) and the
+SHA-256 of the ``backbone.pt`` (``backbone_sha256``) they scored.
+
+A folder being trained is refused (one line): its backbone is not final. Evaluations of one folder
+may run side by side: each appends its records whole and merges its episodes under a lock
+(``gessl.run_folder.evaluating``, ``tasks.common.io``; docs/run_folders.md).
 
 ``--compare RUN_A RUN_B`` prints the paired differences A − B of the few-shot accuracies on
 identical episodes, with their intervals (a run without an ``episodes.npz`` is evaluated first).
@@ -42,7 +47,7 @@ For the report (``analysis.report``) two files are also written, each atomically
   labels`` (the field names in that order are the entry ``fields``; ``labels`` is a digest of the
   split's labels). Episodes depend only on the labels and these fields, so two entries that differ
   only in ``run`` scored the same episodes and can be compared paired. Entries of an earlier
-  evaluation with another key are kept; an entry with the same key is replaced.
+  (or a concurrent) evaluation with another key are kept; an entry with the same key is replaced.
 - ``RUN_DIR/feature_sample.npz``: frozen features of a small labelled sample of the generalization
   split for 2-D maps: ``features`` float32 [models, n, D] (the run's backbone, then the random one),
   ``models`` [models], ``labels`` [n], ``index`` [n] (rows of the split), ``dataset``, ``split``. The
@@ -66,11 +71,12 @@ import torch
 from tqdm.auto import tqdm
 
 from gessl.backbones import build_backbone, load_backbone
-from gessl.config import read_run_config
+from gessl.config import read_run_config, seed_range
 from gessl.device import resolve_device
 from gessl.distributed import Processes
+from gessl.run_folder import evaluating
 from tasks.common.errors import UserError, run_cli
-from tasks.common.io import append_jsonl, write_npz
+from tasks.common.io import append_jsonl, read_text, refuse_links, update_npz, write_npz
 from tasks.data.omniglot import WAYS as LAKE_WAYS
 from tasks.data.registry import fetch_missing, get_dataset, load_split
 from tasks.evaluation.crowding import crowding_metrics
@@ -85,6 +91,7 @@ EPISODE_FIELDS = ("run", "dataset", "split", "axis", "classifier", "ways", "shot
                   "seed", "labels")
 SAMPLE_CLASSES, SAMPLE_PER_CLASS = 20, 20
 TRANSFER_SETS = ("mnist", "fashion-mnist", "kanjivg")  # fetched on first use for the transferability axis
+WRITTEN = ("results.jsonl", "episodes.npz", ".episodes.npz.lock", "feature_sample.npz")  # an evaluation's files
 
 
 def labels_digest(labels):
@@ -100,19 +107,13 @@ def episode_key(**fields):
 
 
 def save_episode_accuracies(path, accuracies):
-    """Merge ``{episode_key: accuracies}`` into the ``episodes.npz`` at ``path`` (written atomically).
+    """Merge ``{episode_key: accuracies}`` into the ``episodes.npz`` at ``path`` (``update_npz``: under
+    its lock, written atomically).
 
     Entries already there with other keys are kept; an unreadable old file is replaced.
     """
-    arrays = {}
-    if Path(path).is_file():
-        try:
-            with np.load(path) as old:
-                arrays = {name: old[name] for name in old.files if name != "fields"}
-        except (OSError, ValueError, zipfile.BadZipFile):
-            arrays = {}
-    arrays.update({key: np.asarray(values, dtype=np.float64) for key, values in accuracies.items()})
-    write_npz(path, {"fields": np.array(EPISODE_FIELDS), **arrays})
+    new = {key: np.asarray(values, dtype=np.float64) for key, values in accuracies.items()}
+    update_npz(path, lambda old: {**old, **new, "fields": np.array(EPISODE_FIELDS)})
 
 
 def feature_sample_index(labels, seed, classes=SAMPLE_CLASSES, per_class=SAMPLE_PER_CLASS):
@@ -289,12 +290,34 @@ def sigma_records(sigmas, targets, suite, common, classifier):
 
 
 def check_run_dir(run_dir):
-    """``run_dir`` as a Path; a ``UserError`` unless it is a run folder."""
+    """``run_dir`` as a Path; a ``UserError`` unless it is a run folder that no training holds and
+    whose files an evaluation writes are not symbolic links."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
                         f"`python -m gessl.train --out {run_dir}`")
-    return run_dir
+    refuse_links(run_dir, WRITTEN)
+    with evaluating(run_dir):
+        return run_dir
+
+
+def check_seed(seed):
+    """A ``UserError`` for a seed outside ``gessl.config.seed_range``."""
+    problem = seed_range(seed)
+    if problem:
+        raise UserError(f"--seed {problem}, got {seed}")
+
+
+def _training_fingerprint(run_dir):
+    """The fingerprint of the training data in ``run_dir/data.json`` (``gessl.train``'s record), or None."""
+    path = run_dir / "data.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(read_text(path))["fingerprint"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is damaged (no JSON object with a fingerprint); delete it (its records "
+                        f"then name no training data) or train the run again") from None
 
 
 def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Processes(), data_root=None,
@@ -310,16 +333,30 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     embedded. Notes on axes without data are printed. On Lake's one-shot runs the pixel baseline
     (modified Hausdorff distance) is recorded too, as the model ``RUN (pixels: modified Hausdorff)``.
     ``processes`` (in their process group) share the embedding and the episodes; every one returns
-    the records, rank 0 alone writes the files, prints and shows progress.
+    the records, rank 0 alone writes the files, prints and shows progress. A run folder being
+    trained (``gessl.run_folder.evaluating``), a config.yaml that names another backbone than
+    backbone.pt, and axes of which none has data are ``UserError``s, before anything is written.
     """
     run_dir = check_run_dir(run_dir)
+    check_seed(seed)
     suite = get_suite(suite, **changes)
+    with evaluating(run_dir):
+        return _evaluate_run(run_dir, suite, seed, device, processes, data_root, offline)
+
+
+def _evaluate_run(run_dir, suite, seed, device, processes, data_root, offline):
     cfg = read_run_config(run_dir)
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=str(data_root))
     offline = os.environ.get("GESSL_OFFLINE") == "1" if offline is None else offline
     dev = processes.place(resolve_device(device))
     backbone, meta = load_backbone(run_dir / "backbone.pt")
+    if (meta["name"], meta["image_size"]) != (cfg.backbone, cfg.image_size):
+        raise UserError(f"{run_dir / 'config.yaml'} names backbone {cfg.backbone} at {cfg.image_size} px but "
+                        f"{run_dir / 'backbone.pt'} holds {meta['name']} at {meta['image_size']} px: restore the "
+                        f"run's config.yaml (or its backbone.pt)")
+    scored = {run_dir.name: {"train_step": meta["step"], "backbone_sha256": meta["sha256"]},
+              run_dir.name + RANDOM_SUFFIX: {"train_step": 0, "backbone_sha256": None}}
     torch.manual_seed(seed)
     models = {run_dir.name: backbone,
               run_dir.name + RANDOM_SUFFIX: build_backbone(cfg.backbone, meta["in_channels"], cfg.image_size)}
@@ -339,10 +376,12 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
             if target.dataset == cfg.dataset:
                 raise
             notes.append(f"{target.axis} on {target.dataset} skipped: {e}")
+    if not data:
+        raise UserError(f"none of the axes asked for ({', '.join(suite.axes)}) has data for {run_dir}"
+                        f"{': ' if notes else ''}{'; '.join(notes)}; install their data sets or choose other --axes")
     targets = [d.target for d in data]
-    trained_on = run_dir / "data.json"  # gessl.train's record of the training data
     common = {"seed": seed, "suite": suite.name, "version": version("gessl"),
-              "train_data": json.loads(trained_on.read_text())["fingerprint"] if trained_on.is_file() else None}
+              "train_data": _training_fingerprint(run_dir)}
     records, accuracies, samples = [], {}, []
     with tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
               disable=not processes.main) as progress:  # closed before a stop's one-line message
@@ -350,8 +389,8 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
             net, sigmas = net.to(dev), {}
             for d in data:
                 progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
-                found, episodes, per_shots, features = measure(net, d, suite, seed, dev, {**common, "run": name},
-                                                               processes)
+                found, episodes, per_shots, features = measure(net, d, suite, seed, dev,
+                                                               {**common, "run": name, **scored[name]}, processes)
                 records += found
                 accuracies.update(episodes)
                 for k, values in per_shots.items():
@@ -360,7 +399,8 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
                 if d.target.axis == "generalization" and d.target.protocol == "episodes":
                     sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
                     samples.append((d, sample, features[sample].numpy().astype(np.float32)))
-            records += sigma_records(sigmas, targets, suite, {**common, "run": name}, suite.classifiers[0])
+            records += sigma_records(sigmas, targets, suite, {**common, "run": name, **scored[name]},
+                                     suite.classifiers[0])
     for d in data:
         if d.target.protocol == "runs":
             where = {**common, "run": run_dir.name + PIXELS_SUFFIX, "dataset": d.target.dataset,
@@ -472,7 +512,8 @@ def main(argv=None):
     parser.add_argument("--axes", nargs="+", choices=AXES, default=argparse.SUPPRESS, help="axes to measure (default: all three)")
     parser.add_argument("--classes", type=int, default=argparse.SUPPRESS, help="at most this many classes of each split, drawn with the seed "
                                                     "(default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes, subsamples and random backbone")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes, subsamples and random backbone "
+                                                            "(0 to 2**32 - 1)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to embed")
     parser.add_argument("--data-root", default=None, help="data folder(s) to read, several separated by ':', e.g. "
                                                          "~/.cache/gessl:../omniglot; None: the run's")
@@ -490,6 +531,7 @@ def main(argv=None):
     # Bad flags and folders fail on every process before any work. The runs to evaluate are chosen
     # before the first is, so every process evaluates the same ones whatever rank 0 writes.
     get_suite(args.suite, **changes)
+    check_seed(args.seed)
     processes = Processes.from_environment()
     device = processes.place(resolve_device(args.device))
     runs = list(map(Path, args.run_dirs))

@@ -324,7 +324,7 @@ class Trainer:
         save_torch_file(state, self.checkpoint_path)
         self.saved_step = self.step
         save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size,
-                      self.run_dir / "backbone.pt")
+                      self.run_dir / "backbone.pt", step=self.step)
 
     def train_step(self):
         """One optimiser step; returns its logs (tensors or numbers, read only when logged)."""

@@ -5,14 +5,22 @@
   neither a killed process nor a machine that loses power leaves a half-written file under the
   target's name; the previous file stays whole until the rename. A temporary left by a killed
   process (``.NAME.*.tmp``) is removed by ``remove_temporaries`` when its writer starts again.
-- ``append_jsonl`` / ``read_jsonl``: JSON lines, each append one ``write`` of whole lines. A killed
-  writer can leave only its last line torn: the reader skips it and the next append removes it;
-  any other bad line is an error naming the file and line. Values are standard JSON: a float that
-  is not finite is written as ``null`` and named, with its value, under ``null_reason``.
-- ``write_npz`` / ``read_npz``: NumPy archives written atomically; read back with every expected
-  array present (no pickles).
-- ``try_lock`` / ``locked``: an exclusive ``flock`` on a lock file, which the kernel drops when its
+- ``append_jsonl`` / ``read_jsonl``: JSON lines. Each append opens the file with ``O_APPEND``,
+  holds an exclusive ``flock`` on it and writes its whole lines in one ``write``, so appends of
+  several processes never mix or cut each other's lines (docs/run_folders.md). A killed writer can
+  leave only its last line torn: the reader skips it and the next append, under the lock, removes
+  it; any other bad line is an error naming the file and line. Values are standard JSON: a float
+  that is not finite is written as ``null`` and named, with its value, under ``null_reason``.
+- ``write_npz`` / ``read_npz`` / ``update_npz``: NumPy archives written atomically; read back with
+  every expected array present (no pickles); ``update_npz`` reads, changes and rewrites one under
+  an exclusive ``flock`` on its lock file ``.NAME.lock`` beside it, so no other process's change is lost.
+- ``try_lock`` (exclusive or shared) / ``locked``: ``flock`` on a lock file, which the kernel drops when its
   process ends however it ends (even ``kill -9``), so a killed holder never leaves it stuck.
+- Files are written and locked without following a symbolic link in their place (``O_NOFOLLOW``;
+  ``atomic_path`` renames over the link itself), so nothing outside their folder is touched: a
+  link where such a file should be is a ``UserError``.
+- Text files a user may hand over (JSON lines, YAML) are read with ``read_text``: bytes that are
+  not UTF-8 are a ``UserError`` naming the file.
 - A full disk, a read-only file system, a missing permission or a file where a folder should be is
   a ``WriteError`` (a ``UserError``: one line, exit status 2) that names the path and what to do.
 """
@@ -22,6 +30,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,12 +46,38 @@ class WriteError(UserError):
     """A file or folder could not be written for a reason outside the program (see the module docstring)."""
 
 
-def try_lock(path):
-    """Take an exclusive ``flock`` on ``path`` (created when missing) without waiting: its open file
-    descriptor (close it to release the lock), or ``None`` when another process holds the lock."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+def open_here(path, flags, mode=0o666):
+    """``os.open`` of ``path`` that refuses a symbolic link in its place (``O_NOFOLLOW``) with a
+    ``UserError``: a link could lead a write, a truncation or a new lock file out of its folder."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            refuse_links(Path(path).parent, [Path(path).name])
+        raise
+
+
+def refuse_links(folder, names):
+    """A ``UserError`` (the one of ``open_here``) when one of the files ``names`` of ``folder`` is a
+    symbolic link: checked before a program writes any of them, so it writes all or none."""
+    for name in names:
+        if (Path(folder) / name).is_symlink():
+            raise UserError(f"{Path(folder) / name} is a symbolic link; it must be a plain file of its folder "
+                            f"(nothing is written through a link): remove the link")
+
+
+def try_lock(path, shared=False):
+    """Take an exclusive (or ``shared``) ``flock`` on ``path`` (created when missing) without
+    waiting: its open file descriptor (close it to release the lock), or ``None`` when another
+    process holds a lock that excludes it."""
+    try:
+        fd = open_here(path, os.O_RDONLY | os.O_CREAT)
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise _write_error(path, exc) from None
+        raise
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BaseException as exc:  # busy, or a signal came: nothing is left open or locked
         os.close(fd)
         if isinstance(exc, BlockingIOError):
@@ -54,7 +89,7 @@ def try_lock(path):
 @contextmanager
 def locked(path):
     """Hold an exclusive ``flock`` on ``path`` (created when missing) for the block, waiting for it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fd = open_here(path, os.O_RDONLY | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -152,6 +187,28 @@ def write_npz(path, arrays, compressed=False):
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
+def update_npz(path, change, compressed=False):
+    """Rewrite the ``.npz`` at ``path`` as ``change(arrays)`` returns it, ``arrays`` the dict of what it
+    holds (empty when it is missing or unreadable), under an exclusive ``flock`` on ``.NAME.lock``
+    beside it: concurrent updates each see the others' (see the module docstring)."""
+    path = Path(path)
+    make_folder(path.parent)
+    with locked(path.parent / f".{path.name}.lock"):
+        arrays = {}
+        try:
+            fd = open_here(path, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            with open(fd, "rb") as f:
+                try:
+                    with np.load(f, allow_pickle=False) as old:
+                        arrays = {name: old[name] for name in old.files}
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                    arrays = {}
+        write_npz(path, change(arrays), compressed)
+
+
 def read_npz(path, keys):
     """``{key: array}`` of ``keys`` from the ``.npz`` at ``path``, pickles refused; a ``KeyError``
     naming the missing ones, or NumPy's ``ValueError`` / zip error for a damaged file."""
@@ -172,14 +229,16 @@ def standard_json(record):
 
 
 def append_jsonl(path, records):
-    """Append JSON objects as lines with one ``write`` of whole lines, flushed to the disk.
+    """Append JSON objects as lines with one ``write`` of whole lines, flushed to the disk, holding
+    an exclusive ``flock`` on the file (opened with ``O_APPEND``, never through a symbolic link).
 
-    A torn last line (a killed writer's) is cut off first. When the disk refuses the write the
-    file is cut back to its whole lines and a ``WriteError`` is raised.
+    A torn last line (a killed writer's: a living one holds the lock) is cut off first. When the
+    disk refuses the write the file is cut back to its whole lines and a ``WriteError`` is raised.
     """
     data = "".join(json.dumps(standard_json(r), allow_nan=False) + "\n" for r in records).encode()
     try:
-        with open(path, "a+b") as f:
+        with open(open_here(path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             size = f.seek(0, os.SEEK_END)
             whole = _whole_lines_length(f, size)
             f.seek(whole)
@@ -220,14 +279,23 @@ def _parses(text):
     return True
 
 
+def read_text(path):
+    """The text of the UTF-8 file ``path``; bytes that are not UTF-8 are a ``UserError`` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded): it is damaged or not "
+                        f"the file it should be; repair or delete it") from None
+
+
 def read_jsonl(path):
     """Read a JSON-lines file into a list of dicts.
 
     A last line that is torn (no line end and not valid JSON: its writer was killed) is skipped;
-    any other line that is not a JSON object is a ``UserError`` naming the file and line.
+    any other line that is not a JSON object, or bytes that are not UTF-8, are a ``UserError``
+    naming the file (and line).
     """
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = read_text(path).split("\n")
     last = lines.pop()  # "" when the file ends with a line end
     if last and _parses(last):
         lines.append(last)

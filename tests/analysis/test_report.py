@@ -1,5 +1,6 @@
 """The report reads run folders into tables, figures and a page; it skips missing pieces with a
 note and fails cleanly on unreadable results."""
+import json
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def assert_failed_cleanly(code, err, out):
     ("missing_columns", "lack required field(s) ci95, time"),
     ("no_valid_values", "no valid records"),
     ("unknown_pair", "no model named 'nobody'; the models are: m"),
+    ("not_utf8", "results.jsonl is not UTF-8 text"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(case, message, tmp_path, capsys):
     target = tmp_path / "target"
@@ -190,6 +192,9 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(case, message, tmp_p
         write_jsonl(target / "results.jsonl", [bad])
     elif case == "no_valid_values":
         write_jsonl(target / "results.jsonl", [record("m", "n/a", 1.0)])
+    elif case == "not_utf8":
+        write_jsonl(target / "results.jsonl", [record("m\udcff", 70.0, 1.0)])
+        (target / "results.jsonl").write_bytes((target / "results.jsonl").read_bytes().replace(b"\\udcff", b"\xff"))
     elif case == "unknown_pair":
         write_jsonl(target / "results.jsonl", [record("m", 70.0, 1.0)])
         extra = ["--pair", "m", "nobody"]
@@ -239,3 +244,51 @@ def test_an_out_that_is_a_file_is_one_line_and_exit_2(runs, tmp_path, capsys):
     code, err = run_main([runs, "--out", tmp_path / "out"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "a file of that name is in the way" in err
     assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_records_of_other_suites_episodes_and_seeds_each_get_their_own_column_and_panel(tmp_path, capsys):
+    settings = [{"suite": "quick", "episodes": 10, "seed": 0}, {"suite": "standard", "episodes": 40, "seed": 0},
+                {"suite": "standard", "episodes": 40, "seed": 1}]
+    records = [record(run, 50.0 + i + 10 * (run == "b"), 1.0, shots=shots, **how)
+               for i, how in enumerate(settings) for run in ("a", "b") for shots in (1, 5)]
+    records += [record(run, 0.5 + i / 10, 0.1, protocol="crowding", metric="crowding_ratio", classifier=None,
+                       ways=None, shots=None, queries=None, **how) for i, how in enumerate(settings) for run in "ab"]
+    write_jsonl(tmp_path / "run" / "results.jsonl", records)
+    out = tmp_path / "out"
+    code = report.main([str(tmp_path / "run"), "--out", str(out)]) or 0
+    assert code == 0
+    for name in ("fig1_fewshot_accuracy", "fig2_accuracy_vs_shots", "fig4_crowding"):
+        assert (out / f"{name}.png").is_file()
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == len(records)  # none replaced another
+    markdown = (out / "results.md").read_text()
+    for how in ("quick suite, 10 episodes, seed 0", "standard suite, 40 episodes, seed 0",
+                "standard suite, 40 episodes, seed 1"):
+        assert f"generalization: 5-way 1-shot ({how})" in markdown
+    # the best of each column is the best of that setting alone: b, 10 points above a, in every one
+    fewshot = table[table["protocol"] == "fewshot"]
+    assert fewshot.loc[fewshot["best"], "model"].eq("b").all() and fewshot["best"].sum() == 6
+
+
+def test_a_dollar_in_a_run_name_is_drawn_as_written(tmp_path):
+    names = ["e2e/${BASE}_${SEED}", "cost $5 and $6"]
+    write_jsonl(tmp_path / "run" / "results.jsonl",
+                [record(run, 60.0 + i, 1.0, shots=shots) for i, run in enumerate(names) for shots in (1, 5)])
+    out = tmp_path / "out"
+    report.main([str(tmp_path / "run"), "--out", str(out)])
+    assert (out / "fig1_fewshot_accuracy.png").is_file() and (out / "fig2_accuracy_vs_shots.png").is_file()
+    assert all(name in pd.read_csv(out / "results.csv")["model"].tolist() for name in names)
+
+
+def test_values_that_are_not_finite_and_negative_intervals_are_left_out_with_a_note(tmp_path, capsys):
+    records = [record("inf", float("inf"), 1.0), record("nan-ci", 65.0, float("nan")), record("real", 70.0, 1.0),
+               record("other", 60.0, 1.0), record("negative-ci", 80.0, -1.0), record("inf-ci", 90.0, float("inf"))]
+    path = tmp_path / "run" / "results.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))  # Infinity and NaN as Python writes them
+    out = tmp_path / "out"
+    report.main([str(tmp_path / "run"), "--out", str(out)])
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["model"]) == ["nan-ci", "other", "real"]  # an interval that is not known stays
+    assert table.set_index("model")["best"].to_dict() == {"nan-ci": False, "other": False, "real": True}
+    assert "skipped 3 record(s) without run, metric, a finite value" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Evaluation of a run folder: records, the random baseline on the same episodes, bad folders."""
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -26,7 +27,8 @@ from tests.gessl.conftest import fake_mnist
 from tests.tasks.test_omniglot import fake_runs, fake_small
 
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
-          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time", "train_data"}
+          "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time", "train_data", "train_step",
+          "backbone_sha256"}
 EARLIER = {"run": "run", "note": "a record from an earlier evaluation"}
 SUITE = {"episodes": 30, "classes": 40, "probe_train": 300, "sigma_shots": (1, 5)}  # the standard suite, small
 RANDOM = "run (random init)"
@@ -58,6 +60,8 @@ def test_records_cover_every_axis_and_protocol_with_every_field(evaluated):
     lines = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert lines == [EARLIER] + records
     assert all(r.keys() - {"c_reg"} == FIELDS and r["seed"] == 3 and r["suite"] == "standard" for r in records)
+    scored = {(r["run"], r["train_step"], r["backbone_sha256"]) for r in records}
+    assert scored == {("run", 2, hashlib.sha256((run_dir / "backbone.pt").read_bytes()).hexdigest()), (RANDOM, 0, None)}
     targets = {("discriminability", "glyphs", "heldout"), ("generalization", "glyphs", "evaluation"),
                ("transferability", "mnist", "test")}
     for run in ("run", RANDOM):
@@ -243,7 +247,7 @@ def test_episode_file_keeps_other_entries_and_replaces_the_same_key(tmp_path):
     path.write_bytes(b"not a zip file")  # an unreadable old file is replaced, not a crash
     save_episode_accuracies(path, {"d/1": [7.0]})
     assert sorted(np.load(path).files) == ["d/1", "fields"]
-    assert [p.name for p in tmp_path.iterdir()] == ["episodes.npz"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".episodes.npz.lock", "episodes.npz"]  # no temporary left
 
 
 # ---------------------------------------------------------------- Omniglot: Lake's runs, fetching
@@ -310,8 +314,9 @@ def test_missing_transfer_sets_are_fetched_on_first_use_unless_offline(trained_r
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)
     settings = {"episodes": 5, "axes": ["transferability"], "data_root": str(root)}
-    offline = evaluate_run(out, "quick", offline=True, **settings)
-    assert not fetched and not rows_of(offline, dataset="mnist")
+    with pytest.raises(UserError, match=r"none of the axes asked for \(transferability\) has data"):
+        evaluate_run(out, "quick", offline=True, **settings)
+    assert not fetched and not (out / "results.jsonl").exists()
     records = evaluate_run(out, "quick", offline=False, **settings)
     assert fetched == [root] and rows_of(records, dataset="mnist", run="run", protocol="fewshot")
     err = capsys.readouterr().err

@@ -1,12 +1,15 @@
 """Atomic writes, JSON lines and the disk saying no: torn last lines only are skipped, a full or
 read-only disk is one clear error with the old file intact, writes reach the disk (fsync)."""
 import json
+import multiprocessing
 import os
 
+import numpy as np
 import pytest
 
 from tasks.common.errors import UserError
-from tasks.common.io import WriteError, append_jsonl, atomic_path, atomic_write_text, make_folder, read_jsonl
+from tasks.common.io import (WriteError, append_jsonl, atomic_path, atomic_write_text, make_folder, read_jsonl,
+                             try_lock, update_npz)
 from tests.disk import read_only_disk, small_disk
 
 
@@ -86,6 +89,8 @@ def test_a_read_only_disk_or_a_file_in_the_way_is_one_clear_error(tmp_path):
             make_folder(tmp_path / "ro" / "run")
         with pytest.raises(WriteError, match="Read-only file system"):
             append_jsonl(tmp_path / "ro" / "log.jsonl", [{"step": 1}])
+        with pytest.raises(WriteError, match="Read-only file system"):
+            try_lock(tmp_path / "ro" / ".lock", shared=True)
 
 
 def test_atomic_path_keeps_other_errors_as_they_are(tmp_path):
@@ -93,3 +98,69 @@ def test_atomic_path_keeps_other_errors_as_they_are(tmp_path):
         with atomic_path(tmp_path / "a"):
             1 / 0
     assert list(tmp_path.iterdir()) == []
+
+
+def _append_lines(path, writer, count, start):
+    start.wait()
+    for i in range(count):
+        append_jsonl(path, [{"writer": writer, "i": i, "pad": "x" * (i % 50)}])
+
+
+def _add_keys(path, writer, count, start):
+    start.wait()
+    for i in range(count):
+        update_npz(path, lambda old: {**old, f"{writer}/{i}": np.full(3, i)})
+
+
+def _together(target, path, count):
+    """``target(path, writer, count, start)`` in two processes released at once."""
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    workers = [context.Process(target=target, args=(path, writer, count, start)) for writer in "ab"]
+    for w in workers:
+        w.start()
+    start.set()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+
+
+def test_two_processes_appending_at_once_keep_every_line_whole(tmp_path):
+    path = tmp_path / "results.jsonl"
+    _together(_append_lines, path, 400)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # each line whole JSON
+    assert sorted((r["writer"], r["i"]) for r in lines) == [(w, i) for w in "ab" for i in range(400)]
+
+
+def test_two_processes_updating_one_npz_at_once_lose_no_change(tmp_path):
+    path = tmp_path / "episodes.npz"
+    _together(_add_keys, path, 60)
+    with np.load(path) as saved:
+        assert sorted(saved.files) == sorted(f"{w}/{i}" for w in "ab" for i in range(60))
+
+
+def test_no_write_or_lock_goes_through_a_symbolic_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "theirs.jsonl"
+    target.write_text('{"keep": 1}\n{"unterminated": 2}')
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.jsonl").symlink_to(target)
+    (folder / ".lock").symlink_to(outside / "made.lock")
+    (folder / "episodes.npz").symlink_to(outside / "theirs.npz")
+    with pytest.raises(UserError, match="results.jsonl is a symbolic link"):
+        append_jsonl(folder / "results.jsonl", [{"a": 1}])
+    with pytest.raises(UserError, match=r"\.lock is a symbolic link"):
+        try_lock(folder / ".lock")
+    with pytest.raises(UserError, match="episodes.npz is a symbolic link"):
+        update_npz(folder / "episodes.npz", lambda old: {"a": np.zeros(1)})
+    assert target.read_text() == '{"keep": 1}\n{"unterminated": 2}'
+    assert sorted(p.name for p in outside.iterdir()) == ["theirs.jsonl"]
+
+
+def test_text_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "\xff\xfe"}\n')
+    with pytest.raises(UserError, match=r"results.jsonl is not UTF-8 text \(byte 16"):
+        read_jsonl(path)
