@@ -20,16 +20,19 @@
 A cell is (dataset, budget, variant, seed); its run folder is
 ``RUNS/DATASET-BUDGET/VARIANT-seedSEED``. Cells run one after another: ``python -m gessl.train``
 (``--max-steps`` the budget's steps, its learning-rate schedule ending there; ``--resume`` when a
-stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A
-finished cell is recorded in ``RESULTS/cells.jsonl`` (its steps, training seconds, or the one-line
-reason ``gessl.train`` refused it) and its evaluation (``config.yaml``, ``results.jsonl``,
-``episodes.npz``, some 50 KB) is kept under ``RESULTS/cells/DATASET-BUDGET/VARIANT-seedSEED``.
-Both are committed with the summaries, so the study outlives the run folders: a rerun, in this
-checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell runs again
-(from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget
-in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this machine
-(median after one warm-up), every variant of the (dataset, budget) back to back when its first cell
-starts, so they are timed under the same load; the steps chosen are recorded in
+stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A finished
+cell is recorded in ``RESULTS/cells.jsonl`` (its steps, training seconds, or the one-line reason
+``gessl.train`` refused it) and its evaluation is kept in two files of the grid, compactly:
+``RESULTS/episode_counts.npz`` (compressed) holds every kept cell's per-episode answers, the correct
+(Lake's runs: wrong) answers of each episode of ``ways × queries``, from which ``gessl.evaluate``'s
+accuracies (%) come back bit for bit, and ``RESULTS/evaluations.jsonl.xz`` holds each cell's
+``config.yaml`` and ``results.jsonl`` (one line per cell: ``cell``, ``config``, ``results``; read
+with ``xzcat``). Both are committed with the summaries, so the study outlives the run folders: a
+rerun, in this checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell
+runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions.
+A budget in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this
+machine (median after one warm-up), every variant of the (dataset, budget) back to back when its
+first cell starts, so they are timed under the same load; the steps chosen are recorded in
 ``RESULTS/calibration.json`` and reused by every rerun.
 
 Several runners may work on one grid at once (``python benchmarks/study.py GRID.yaml`` started once
@@ -39,12 +42,13 @@ holds; records, summaries and calibrations are written under the lock ``RESULTS/
 are ``flock``s, which the kernel drops when their runner ends, so a killed runner leaves its cell to
 the next.
 
-Summaries (``RESULTS/summary.json``, ``summary.md`` and ``per_seed.jsonl``, one line per cell,
-setting and comparison) are the paired differences variant − reference on identical episodes, from
-the kept cells' ``episodes.npz`` (``gessl.evaluate.paired_differences``): per seed, the mean
-difference ± 1.96 s/√n over episodes (Lake's runs: over the 20 runs); across seeds, the mean of the
-per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds. With ``random: true`` they also hold each
-variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
+Summaries (``RESULTS/summary.json``, ``summary.md`` and the per-seed rows, one line per cell,
+setting and comparison; compressed: ``per_seed.jsonl.xz``) are the paired differences variant −
+reference on identical episodes: each kept cell's ``episodes.npz`` is rebuilt from
+``episode_counts.npz`` in a temporary folder and read by ``gessl.evaluate.paired_differences``: per
+seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over the 20 runs); across seeds,
+the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds. With ``random: true`` they also
+hold each variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
 ``gessl.evaluate.random_differences``), and the runner ends with a one-line error (exit 2) naming
 every variant and setting whose mean is not above it: the check that each base method learns
 something. ``--summarise`` rewrites them from the cells recorded so far, training nothing.
@@ -54,7 +58,9 @@ seeds (``analysis.figures.fig_study``) into ``RESULTS/differences.png`` and ``.p
 """
 import argparse
 import collections
+import contextlib
 import json
+import lzma
 import os
 import shlex
 import shutil
@@ -72,7 +78,8 @@ from analysis import figures
 from gessl import evaluate, train
 from gessl.config import resolve_config
 from tasks.common.errors import UserError, run_cli
-from tasks.common.io import append_jsonl, atomic_write_text, locked, read_jsonl, try_lock
+from tasks.common.io import (append_jsonl, atomic_write_bytes, atomic_write_text, locked, read_jsonl, read_npz,
+                             try_lock, write_npz)
 
 KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "random",
         "variants"}
@@ -184,20 +191,107 @@ def finished(grid):
     return {r["folder"]: r for r in read_jsonl(path)} if path.is_file() else {}
 
 
-KEPT = ("config.yaml", "results.jsonl", "episodes.npz")  # what a cell's evaluation leaves, kept with the results
+STORE = "episode_counts.npz"          # every kept cell's per-episode answers, one compressed file
+EVALUATIONS = "evaluations.jsonl.xz"  # every kept cell's config.yaml and results.jsonl, one line per cell
+DECODE = {  # how a kind of stored count gives back gessl.evaluate's accuracy (%) of an episode of n answers
+    "correct": lambda counts, n: 100 * (counts / n),         # few-shot episodes: 100 · mean(correct)
+    "wrong": lambda counts, n: 100 - 100 * (counts / n),     # Lake's runs: 100 − error, error = 100 · mean(wrong)
+}
 
 
-def kept(grid, cell):
-    """Where the evaluation files of ``cell`` are kept: ``RESULTS/cells/DATASET-BUDGET/VARIANT-seedSEED``."""
-    return Path(grid["results"]) / "cells" / cell.folder(grid["runs"]).relative_to(grid["runs"])
+def cell_name(grid, cell):
+    """The cell's name in the kept results: ``DATASET-BUDGET/VARIANT-seedSEED``."""
+    return cell.folder(grid["runs"]).relative_to(grid["runs"]).as_posix()
 
 
-def keep(grid, cell):
-    """Copy the evaluation files of a finished cell from its run folder to ``kept``."""
-    target = kept(grid, cell)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in KEPT:
-        shutil.copyfile(cell.folder(grid["runs"]) / name, target / name)
+def encode(key, values):
+    """``(kind, counts)`` whose ``DECODE`` gives ``values`` back exactly: the correct (or wrong) answers of
+    each episode of ``ways × queries`` answers; ``("percent", values)`` where no count does."""
+    fields = dict(zip(evaluate.EPISODE_FIELDS, key.split("/")))
+    n = int(fields["ways"]) * int(fields["queries"])
+    correct = np.rint(np.asarray(values, np.float64) * n / 100)
+    for kind, counts in (("correct", correct), ("wrong", n - correct)):
+        if np.array_equal(DECODE[kind](counts, n), values):
+            return kind, counts.astype(np.uint16)
+    return "percent", np.asarray(values, np.float64)
+
+
+def read_store(grid):
+    """``{cell name: {episodes.npz key: per-episode accuracies}}`` from ``RESULTS/episode_counts.npz``."""
+    path = Path(grid["results"]) / STORE
+    if not path.is_file():
+        return {}
+    z = read_npz(path, ["cells", "keys", "kinds", "lengths", "counts", "percents"])
+    store, streams, at = {}, {"count": z["counts"], "percent": z["percents"]}, {"count": 0, "percent": 0}
+    for cell, key, kind, length in zip(z["cells"], z["keys"], z["kinds"], z["lengths"]):
+        stream = "percent" if kind == "percent" else "count"
+        values = streams[stream][at[stream]:at[stream] + length]
+        at[stream] += length
+        if kind != "percent":
+            fields = dict(zip(evaluate.EPISODE_FIELDS, key.split("/")))
+            values = DECODE[kind](values.astype(np.float64), int(fields["ways"]) * int(fields["queries"]))
+        store.setdefault(str(cell), {})[str(key)] = values
+    return store
+
+
+def write_store(grid, store):
+    """Write ``store`` (as ``read_store`` returns it) to ``RESULTS/episode_counts.npz``, compressed."""
+    entries = [(cell, key, *encode(key, values)) for cell, accuracies in store.items()
+               for key, values in accuracies.items()]
+    counts = [c for *_, kind, c in entries if kind != "percent"]
+    percents = [c for *_, kind, c in entries if kind == "percent"]
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.uint16)
+    write_npz(Path(grid["results"]) / STORE, {
+        "cells": np.array([e[0] for e in entries], dtype=str), "keys": np.array([e[1] for e in entries], dtype=str),
+        "kinds": np.array([e[2] for e in entries], dtype=str),
+        "lengths": np.array([len(e[3]) for e in entries], dtype=np.int64),
+        "counts": counts.astype(np.uint8) if counts.size and counts.max() < 256 else counts,
+        "percents": np.concatenate(percents) if percents else np.zeros(0)}, compressed=True)
+
+
+def xz_lines(records):
+    """The JSON lines of ``records``, xz-compressed."""
+    return lzma.compress("".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def read_evaluations(grid):
+    """``{cell name: {"config": config.yaml's text, "results": results.jsonl's records}}``."""
+    path = Path(grid["results"]) / EVALUATIONS
+    if not path.is_file():
+        return {}
+    lines = lzma.decompress(path.read_bytes()).decode().splitlines()
+    return {line["cell"]: line for line in map(json.loads, lines)}
+
+
+def keep(grid, cell, folder):
+    """Keep the evaluation of ``cell`` from its run ``folder`` (``episodes.npz``, ``config.yaml``,
+    ``results.jsonl``) in the grid's two files: its episodes' answers in ``RESULTS/episode_counts.npz``,
+    its config and records in ``RESULTS/evaluations.jsonl.xz``; what an earlier run of the cell kept
+    is replaced. The caller holds the results lock."""
+    name = cell_name(grid, cell)
+    with np.load(folder / "episodes.npz", allow_pickle=False) as saved:
+        accuracies = {key: saved[key] for key in saved.files if key != "fields"}
+    write_store(grid, {**read_store(grid), name: accuracies})
+    evaluations = {**read_evaluations(grid), name: {"cell": name, "config": (folder / "config.yaml").read_text(),
+                                                    "results": read_jsonl(folder / "results.jsonl")}}
+    atomic_write_bytes(Path(grid["results"]) / EVALUATIONS, xz_lines(evaluations.values()))
+
+
+@contextlib.contextmanager
+def episode_folders(grid, names):
+    """Yield a temporary folder holding, for each cell name of ``names``, ``NAME/episodes.npz`` rebuilt
+    from the kept answers (``gessl.evaluate``'s format, read by ``paired_differences``); a
+    ``UserError`` names a recorded cell whose answers are not kept."""
+    store = read_store(grid)
+    missing = [name for name in names if name not in store]
+    if missing:
+        raise UserError(f"{Path(grid['results']) / STORE} keeps no episodes of the recorded cells {missing}; "
+                        f"delete their lines from {Path(grid['results']) / 'cells.jsonl'} to run them again")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in names:
+            (Path(scratch) / name).mkdir(parents=True)
+            evaluate.save_episode_accuracies(Path(scratch) / name / "episodes.npz", store[name])
+        yield Path(scratch)
 
 
 def run_cell(grid, cell, calibration_steps):
@@ -238,19 +332,20 @@ def summarise(grid, done):
     as rows whose ``against`` is ``random``."""
     rows = []
     by_folder = {r["folder"]: r for r in done.values() if "refused" not in r}
-    for cell in cells(grid):
-        reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
-        a, b = str(cell.folder(grid["runs"])), str(reference.folder(grid["runs"]))
-        if a not in by_folder:
-            continue
-        pairs = []
-        if cell.variant != grid["reference"] and b in by_folder:
-            pairs += [{"against": grid["reference"], **r}
-                      for r in evaluate.paired_differences(kept(grid, cell), kept(grid, reference))]
-        if grid["random"]:
-            pairs += [{"against": "random", **r} for r in evaluate.random_differences(kept(grid, cell))]
-        rows += [{"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant, "train_seed": cell.seed,
-                  "steps": by_folder[a]["steps"], "train_seconds": by_folder[a]["train_seconds"], **r} for r in pairs]
+    recorded = [cell for cell in cells(grid) if str(cell.folder(grid["runs"])) in by_folder]
+    with episode_folders(grid, [cell_name(grid, cell) for cell in recorded]) as episodes:
+        for cell in recorded:
+            reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
+            run, against = episodes / cell_name(grid, cell), episodes / cell_name(grid, reference)
+            pairs = []
+            if cell.variant != grid["reference"] and str(reference.folder(grid["runs"])) in by_folder:
+                pairs += [{"against": grid["reference"], **r} for r in evaluate.paired_differences(run, against)]
+            if grid["random"]:
+                pairs += [{"against": "random", **r} for r in evaluate.random_differences(run)]
+            record = by_folder[str(cell.folder(grid["runs"]))]
+            rows += [{"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant,
+                      "train_seed": cell.seed, "steps": record["steps"], "train_seconds": record["train_seconds"], **r}
+                     for r in pairs]
     return rows
 
 
@@ -356,7 +451,7 @@ def write_summaries(grid, done):
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "summary.json", json.dumps({"grid": grid, "cells": list(done.values()),
                                                              "table": table}, indent=2))
-    atomic_write_text(results / "per_seed.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_bytes(results / "per_seed.jsonl.xz", xz_lines(rows))
     atomic_write_text(results / "summary.md", markdown(grid, table, done))
     return table
 
@@ -391,9 +486,9 @@ def main(argv=None):
                     continue
                 print(f"study {grid['name']}: {cell}", flush=True)
                 record = run_cell(grid, cell, args.calibration_steps)
-                if "refused" not in record:
-                    keep(grid, cell)
                 with locked(results_lock(grid)):
+                    if "refused" not in record:
+                        keep(grid, cell, folder)
                     append_jsonl(Path(grid["results"]) / "cells.jsonl", [{**record, "time": time.time()}])
                     write_summaries(grid, finished(grid))
             finally:
