@@ -16,6 +16,7 @@
     variants:                             # name: gessl.train flags (after common)
       simclr: --meta none
       gessl: ""
+    curve: {minutes: [5, 10], targets: [omniglot-lake]}  # optional: points of a time-to-accuracy curve
 
 A cell is (dataset, budget, variant, seed); its run folder is
 ``RUNS/DATASET-BUDGET/VARIANT-seedSEED``. Cells run one after another: ``python -m gessl.train``
@@ -34,6 +35,20 @@ A budget in minutes becomes steps by timing ``--calibration-steps`` steps of the
 machine (median after one warm-up), every variant of the (dataset, budget) back to back when its
 first cell starts, so they are timed under the same load; the steps chosen are recorded in
 ``RESULTS/calibration.json`` and reused by every rerun.
+
+A variant whose flags ``gessl.train`` does not take (an option it lacks) is not run and not
+recorded: the runner names it and ends with a one-line error (exit 2), and a rerun runs it once
+``gessl.train`` takes its flags. A refusal of ``gessl.train`` past its flags (a setting it cannot
+train) is recorded, and the cell is not run again.
+
+With ``curve`` (budgets in minutes only), every cell also keeps its backbone at the curve's minutes of
+its steps: ``--ckpt-every`` the first point's steps, each point's checkpoint copied (``config.yaml``,
+``backbone.pt``) to the run folder of a point cell of the budget ``BUDGET-atMmin``, all in one
+uninterrupted ``gessl.train`` run whose learning-rate schedule spans the cell's steps. After training,
+each point is evaluated like the cell, kept, and recorded in ``cells.jsonl`` (``point_of``: the
+cell's folder), so the summaries hold a table per point, paired as any cell, and the runner draws the
+accuracy of every variant against the minutes of training (``fig_curve``) into ``RESULTS/curve.png``
+and ``.pdf``, for the 1-shot settings of the curve's ``targets`` (all when none are named).
 
 Several runners may work on one grid at once (``python benchmarks/study.py GRID.yaml`` started once
 per free core, each with ``OMP_NUM_THREADS=1``): a runner claims a cell with a lock file beside its
@@ -59,6 +74,7 @@ seeds (``analysis.figures.fig_study``) into ``RESULTS/differences.png`` and ``.p
 import argparse
 import collections
 import contextlib
+import io
 import json
 import lzma
 import os
@@ -72,6 +88,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.stats
+import seaborn as sns
 import yaml
 
 from analysis import figures
@@ -82,7 +99,7 @@ from tasks.common.io import (append_jsonl, atomic_write_bytes, atomic_write_text
                              try_lock, write_npz)
 
 KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "random",
-        "variants"}
+        "variants", "curve"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,16 @@ def read_grid(path):
         if not (isinstance(budget, dict) and len(budget) == 1 and set(budget) <= {"steps", "minutes"}
                 and budget[next(iter(budget))] > 0):
             raise UserError(f"grid file {path}: a budget is {{steps: N}} or {{minutes: M}}, positive; got {budget!r}")
+    if "curve" in grid:
+        curve = grid["curve"]
+        minutes = curve.get("minutes") if isinstance(curve, dict) and set(curve) <= {"minutes", "targets"} else None
+        if not (isinstance(minutes, list) and minutes and all(isinstance(m, (int, float)) and m > 0 for m in minutes)
+                and all(abs(m / minutes[0] - round(m / minutes[0])) < 1e-9 for m in minutes)
+                and all(max(minutes) < b.get("minutes", 0) for b in grid["budgets"])):
+            raise UserError(f"grid file {path}: curve is {{minutes: [M1, M2, ...], targets: [DATASET, ...]}}, each "
+                            f"minute a multiple of the first and below every budget, which are all in minutes; "
+                            f"got {curve!r}")
+        grid["curve"] = {"targets": [], **curve}
     return grid
 
 
@@ -131,6 +158,53 @@ def cells(grid):
     names = [grid["reference"]] + [v for v in grid["variants"] if v != grid["reference"]]
     return [Cell(d, budget_label(b), v, s) for d in grid["datasets"] for b in grid["budgets"]
             for s in grid["seeds"] for v in names]
+
+
+def curve_points(grid, cell, steps):
+    """``{step: point cell}`` of the cell's time-to-accuracy curve (grid key ``curve``): at each of its
+    minutes M, the step ``round(M / M1) · ⌊steps · M1 / budget minutes⌋`` (M1 the first), a multiple of
+    the first point's, so checkpoints every first-point steps reach them all (points at or past the
+    cell's steps are left out); the point is the cell of the budget ``BUDGET-atMmin`` (its folder
+    ``RUNS/DATASET-BUDGET-atMmin/VARIANT-seedSEED``)."""
+    if "curve" not in grid:
+        return {}
+    minutes = grid["curve"]["minutes"]
+    budget = next(b for b in grid["budgets"] if budget_label(b) == cell.budget)
+    unit = max(1, int(steps * minutes[0] / budget["minutes"]))
+    points = {unit * round(m / minutes[0]): f"{cell.budget}-at{m:g}min" for m in minutes}
+    return {step: Cell(cell.dataset, label, cell.variant, cell.seed) for step, label in points.items() if step < steps}
+
+
+@contextlib.contextmanager
+def keeping_backbones(run, points):
+    """While ``gessl.train`` trains in ``run`` (in this process): after each checkpoint it saves at a step of
+    ``points`` (``{step: folder}``), the run's ``config.yaml`` and ``backbone.pt`` copied into that folder,
+    a run folder ``gessl.evaluate`` scores, and the training seconds so far in ``seconds[step]``."""
+    save, started, seconds = train.Trainer.save_checkpoint, time.time(), {}
+
+    def save_and_keep(trainer):
+        save(trainer)
+        if trainer.processes.main and trainer.step in points:
+            seconds[trainer.step] = time.time() - started
+            points[trainer.step].mkdir(parents=True, exist_ok=True)
+            for name in ("config.yaml", "backbone.pt"):
+                shutil.copyfile(run / name, points[trainer.step] / name)
+    train.Trainer.save_checkpoint = save_and_keep
+    try:
+        yield seconds
+    finally:
+        train.Trainer.save_checkpoint = save
+
+
+def flags_refusal(flags):
+    """``None`` when ``gessl.train`` takes ``flags``, else its one-line complaint (an unknown option)."""
+    complaint = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(complaint):
+            train.parse_args(flags)
+    except SystemExit:
+        return complaint.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    return None
 
 
 def cell_flags(grid, cell):
@@ -168,7 +242,7 @@ def steps_of(grid, cell, calibration_steps):
     with locked(results_lock(grid)):
         table = json.loads(path.read_text()) if path.is_file() else {}
         for variant in grid["variants"]:
-            if key.format(variant) not in table:
+            if key.format(variant) not in table and not flags_refusal(shlex.split(grid["variants"][variant])):
                 print(f"study {grid['name']}: timing {calibration_steps} steps of {variant} on {cell.dataset}",
                       flush=True)
                 flags = cell_flags(grid, Cell(cell.dataset, cell.budget, variant, cell.seed))
@@ -304,19 +378,37 @@ def run_cell(grid, cell, calibration_steps):
               "seed": cell.seed}
     try:
         steps = steps_of(grid, cell, calibration_steps)
+        points = curve_points(grid, cell, steps)
         args = [*cell_flags(grid, cell), "--max-steps", str(steps), "--epochs", "1000000", "--out", str(folder)]
+        if points:
+            args += ["--ckpt-every", str(min(points))]
         resume = (folder / "checkpoint.pt").is_file()
         if folder.exists() and not resume:  # killed before its first checkpoint: its log would be appended to
             shutil.rmtree(folder)
         started = time.time()
-        train.main(args + (["--resume"] if resume else []))
+        with keeping_backbones(folder, {step: p.folder(grid["runs"]) for step, p in points.items()}) as seconds_at:
+            train.main(args + (["--resume"] if resume else []))
         seconds = time.time() - started
-        evaluate.main([str(folder), *shlex.split(grid["evaluate"])])
+        for run in [folder, *(p.folder(grid["runs"]) for p in points.values())]:
+            evaluate.main([str(run), *shlex.split(grid["evaluate"])])
     except UserError as exc:
         if (folder / "checkpoint.pt").is_file():  # stopped (a signal, a full disk) mid-run: not a refusal
             raise
         return {**record, "refused": str(exc)}
-    return {**record, "steps": steps, "train_seconds": seconds}
+    curve = [{"folder": str(p.folder(grid["runs"])), "dataset": p.dataset, "budget": p.budget, "variant": p.variant,
+              "seed": p.seed, "steps": step, "train_seconds": seconds_at.get(step, seconds * step / steps),
+              "point_of": str(folder)}
+             for step, p in points.items()]
+    return {**record, "steps": steps, "train_seconds": seconds, "curve": curve}
+
+
+def recorded_cells(grid, done):
+    """The grid's cells, each followed by the curve points recorded of it (``curve_points``)."""
+    points = {}
+    for r in done.values():
+        if "point_of" in r:
+            points.setdefault(r["point_of"], []).append(Cell(r["dataset"], r["budget"], r["variant"], r["seed"]))
+    return [c for cell in cells(grid) for c in [cell, *points.get(str(cell.folder(grid["runs"])), [])]]
 
 
 def interval(values):
@@ -332,7 +424,7 @@ def summarise(grid, done):
     as rows whose ``against`` is ``random``."""
     rows = []
     by_folder = {r["folder"]: r for r in done.values() if "refused" not in r}
-    recorded = [cell for cell in cells(grid) if str(cell.folder(grid["runs"])) in by_folder]
+    recorded = [cell for cell in recorded_cells(grid, done) if str(cell.folder(grid["runs"])) in by_folder]
     with episode_folders(grid, [cell_name(grid, cell) for cell in recorded]) as episodes:
         for cell in recorded:
             reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
@@ -456,13 +548,60 @@ def write_summaries(grid, done):
     return table
 
 
+def budget_minutes(budget):
+    """The minutes of training a budget label in minutes stands for: ``30min`` 30, a curve point's
+    ``30min-at5min`` 5; ``None`` for a budget in steps."""
+    last = budget.rsplit("-at", 1)[-1]
+    return float(last[:-3]) if last.endswith("min") else None
+
+
+def fig_curve(table, reference, targets=()):
+    """Time-to-accuracy: per training set (rows) and 1-shot setting of ``targets`` (columns; all when empty),
+    each variant's accuracy (mean over seeds) against the minutes of training of the budgets in minutes and
+    their curve points (``reference``'s from the rows against it); ``None`` when there is none."""
+    rows = [r for r in table if r["against"] == reference and "1-shot" in r["setting"]
+            and budget_minutes(r["budget"]) is not None
+            and (not targets or r["setting"].split(" ")[1].rstrip(":") in targets)]
+    if not rows:
+        return None
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    variants = [reference] + list(dict.fromkeys(r["variant"] for r in rows))
+    colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
+    fig = figures.new_figure(figures.WIDTH, 1.9 * len(datasets) + 0.5)
+    axes = fig.subplots(len(datasets), len(settings), squeeze=False)
+    for i, dataset in enumerate(datasets):
+        for j, (setting, label) in enumerate(zip(settings, short_settings(settings))):
+            ax, part = axes[i, j], [r for r in rows if r["dataset"] == dataset and r["setting"] == setting]
+            curves = {v: sorted((budget_minutes(r["budget"]), r["mean"]) for r in part if r["variant"] == v)
+                      for v in variants[1:]}
+            curves[reference] = sorted({(budget_minutes(r["budget"]), r["reference"]) for r in part})
+            for variant in variants:
+                if curves[variant]:
+                    x, y = zip(*curves[variant])
+                    ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=colors[variant], label=variant)
+            ax.set_title(f"trained on {dataset}\n{label}", fontsize=8)
+            ax.tick_params(labelsize=7.5)
+            if i == len(datasets) - 1:
+                ax.set_xlabel("minutes of training", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("1-shot accuracy (%)", fontsize=8)
+    axes[0, -1].legend(fontsize=7, frameon=False)
+    return fig
+
+
 def write_figure(grid, table):
-    """``RESULTS/differences.png`` and ``.pdf``: ``analysis.figures.fig_study`` of the table."""
+    """``RESULTS/differences.png`` and ``.pdf``: ``analysis.figures.fig_study`` of the table, curve points
+    left out; with a ``curve`` in the grid, ``RESULTS/curve.png`` and ``.pdf``: ``fig_curve``."""
     figures.apply_theme()
-    settings = list(dict.fromkeys(r["setting"] for r in table))
-    made = figures.fig_study(table, grid["reference"], dict(zip(settings, short_settings(settings))).get)
+    budgets = [r for r in table if "-at" not in r["budget"]]
+    settings = list(dict.fromkeys(r["setting"] for r in budgets))
+    made = figures.fig_study(budgets, grid["reference"], dict(zip(settings, short_settings(settings))).get)
     if made is not None:
         figures.save(made[0], Path(grid["results"]), "differences")
+    curve = fig_curve(table, grid["reference"], grid["curve"]["targets"]) if "curve" in grid else None
+    if curve is not None:
+        figures.save(curve, Path(grid["results"]), "curve")
 
 
 def main(argv=None):
@@ -474,6 +613,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     grid = read_grid(args.grid)
     Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
+    unrunnable = []
     if not args.summarise:
         for cell in cells(grid):
             folder = cell.folder(grid["runs"])
@@ -484,12 +624,22 @@ def main(argv=None):
             try:
                 if str(folder) in finished(grid):
                     continue
+                refusal = flags_refusal(cell_flags(grid, cell))
+                if refusal:  # an option gessl.train lacks: not recorded, so the cell runs once it has it
+                    print(f"study {grid['name']}: {cell} not run, gessl.train refuses its flags: {refusal}", flush=True)
+                    unrunnable.append(f"{cell.variant} ({refusal})")
+                    continue
                 print(f"study {grid['name']}: {cell}", flush=True)
                 record = run_cell(grid, cell, args.calibration_steps)
+                curve = record.pop("curve", [])
                 with locked(results_lock(grid)):
                     if "refused" not in record:
                         keep(grid, cell, folder)
-                    append_jsonl(Path(grid["results"]) / "cells.jsonl", [{**record, "time": time.time()}])
+                        for point in curve:
+                            keep(grid, Cell(cell.dataset, point["budget"], cell.variant, cell.seed),
+                                 Path(point["folder"]))
+                    append_jsonl(Path(grid["results"]) / "cells.jsonl",
+                                 [{**r, "time": time.time()} for r in [record, *curve]])
                     write_summaries(grid, finished(grid))
             finally:
                 os.close(claim)
@@ -498,6 +648,9 @@ def main(argv=None):
         table = write_summaries(grid, done)
         write_figure(grid, table)
     print(markdown(grid, table, done))
+    if unrunnable:
+        raise UserError("not run, as gessl.train does not take their flags (rerun once it does): "
+                        + "; ".join(dict.fromkeys(unrunnable)))
     below = below_random(table)
     if below:
         raise UserError("not above the random backbone: " + "; ".join(

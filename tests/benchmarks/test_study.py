@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from gessl import evaluate, train
+from gessl.backbones import load_backbone
+from gessl.config import resolve_config
 from tasks.common.errors import UserError
 from tests.tasks.test_omniglot import fake_runs, fake_small
 
@@ -288,3 +291,56 @@ def test_two_runners_on_one_grid_share_its_cells_each_trained_once(glyph_root, t
         steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert steps == [1, 2]
     assert len(per_seed(tmp_path)) == 2
+
+
+def test_a_curve_keeps_the_backbone_at_its_points_with_the_schedule_of_the_whole_budget(glyph_root, tmp_path):
+    """Curve points: backbones of the one uninterrupted run at the steps of the curve's minutes, whose
+    learning-rate schedule spans the cell's steps (not the point's), evaluated, recorded and paired."""
+    common = f"--meta none --batch-size 16 --log-every 1 --warmup-steps 1 --data-root {glyph_root}"
+    grid = write_grid(tmp_path, glyph_root, common=common, budgets=[{"minutes": 1}],
+                      curve={"minutes": [0.25, 0.5], "targets": ["glyphs"]})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "calibration.json").write_text(json.dumps(  # 12 steps a minute, so points at 3 and 6
+        {f"glyphs/1min/{v}": {"seconds_per_step": 5.0, "steps": 12} for v in ("plain", "slower")}))
+    study.main([str(grid)])
+    assert sorted((r["budget"], r["variant"], r["steps"]) for r in records(tmp_path)) == sorted(
+        (b, v, s) for v in ("plain", "slower") for b, s in [("1min", 12), ("1min-at0.25min", 3), ("1min-at0.5min", 6)])
+    point = tmp_path / "runs" / "glyphs-1min-at0.25min" / "plain-seed0"
+    kept, _ = load_backbone(point / "backbone.pt")
+
+    def trained(steps, total):  # the plain cell's training, stopped after ``steps`` of a schedule over ``total``
+        options = train.parse_args([*study.cell_flags(study.read_grid(grid), study.Cell("glyphs", "1min", "plain", 0)),
+                                    "--max-steps", str(total)])
+        options.pop("resume")
+        trainer = train.Trainer(resolve_config(options), tmp_path / "scratch")
+        for _ in range(steps):
+            trainer.train_step()
+        return trainer.model.backbone.state_dict()
+
+    whole, segment = trained(3, 12), trained(3, 3)
+    assert all(torch.equal(kept.state_dict()[k], whole[k]) for k in whole)
+    assert not all(torch.equal(whole[k], segment[k]) for k in whole)  # a schedule over 3 steps trains otherwise
+    with np.load(point / "episodes.npz") as saved:
+        assert any(k.startswith("plain-seed0/glyphs/") for k in saved.files)
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "### Trained on glyphs, 1min-at0.25min" in text and "| slower | 1 | 3 | " in text
+    table = json.loads((tmp_path / "results" / "summary.json").read_text())["table"]
+    assert {r["budget"] for r in table} == {"1min", "1min-at0.25min", "1min-at0.5min"}
+    assert (tmp_path / "results" / "curve.png").stat().st_size > 10_000
+    before = per_seed(tmp_path)
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the points are kept with the results
+    study.main([str(grid), "--summarise"])
+    assert per_seed(tmp_path) == before
+
+
+def test_a_variant_whose_flags_gessl_train_does_not_take_is_not_run_nor_recorded(glyph_root, tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, glyph_root, variants={"plain": "", "later": "--option-to-come head"})
+    with pytest.raises(UserError, match=r"not run.*later \(.*unrecognized arguments: --option-to-come head\)"):
+        study.main([str(grid)])
+    assert [r["variant"] for r in records(tmp_path)] == ["plain"]
+    grid.write_text(grid.read_text().replace("--option-to-come head", "--lr 1e-4"))  # gessl.train takes it now
+    calls = []
+    real_train = train.main
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv) or real_train(argv))
+    study.main([str(grid)])
+    assert len(calls) == 1 and [r["variant"] for r in records(tmp_path)] == ["plain", "later"]
