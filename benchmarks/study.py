@@ -16,21 +16,39 @@
     variants:                             # name: gessl.train flags (after common)
       simclr: --meta none
       gessl: ""
+    curve: {minutes: [5, 10], targets: [omniglot-lake]}  # optional: points of a time-to-accuracy curve
 
 A cell is (dataset, budget, variant, seed); its run folder is
 ``RUNS/DATASET-BUDGET/VARIANT-seedSEED``. Cells run one after another: ``python -m gessl.train``
 (``--max-steps`` the budget's steps, its learning-rate schedule ending there; ``--resume`` when a
-stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A
-finished cell is recorded in ``RESULTS/cells.jsonl`` (its steps, training seconds, or the one-line
-reason ``gessl.train`` refused it) and its evaluation (``config.yaml``, ``results.jsonl``,
-``episodes.npz``, some 50 KB) is kept under ``RESULTS/cells/DATASET-BUDGET/VARIANT-seedSEED``.
-Both are committed with the summaries, so the study outlives the run folders: a rerun, in this
-checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell runs again
-(from its checkpoint, or afresh when it had none) and the grid can grow across sessions. A budget
-in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this machine
-(median after one warm-up), every variant of the (dataset, budget) back to back when its first cell
-starts, so they are timed under the same load; the steps chosen are recorded in
+stopped cell left a checkpoint), then ``python -m gessl.evaluate``, both in this process. A finished
+cell is recorded in ``RESULTS/cells.jsonl`` (its steps, training seconds, or the one-line reason
+``gessl.train`` refused it) and its evaluation is kept in two files of the grid, compactly:
+``RESULTS/episode_counts.npz`` (compressed) holds every kept cell's per-episode answers, the correct
+(Lake's runs: wrong) answers of each episode of ``ways × queries``, from which ``gessl.evaluate``'s
+accuracies (%) come back bit for bit, and ``RESULTS/evaluations.jsonl.xz`` holds each cell's
+``config.yaml`` and ``results.jsonl`` (one line per cell: ``cell``, ``config``, ``results``; read
+with ``xzcat``). Both are committed with the summaries, so the study outlives the run folders: a
+rerun, in this checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell
+runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions.
+A budget in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this
+machine (median after one warm-up), every variant of the (dataset, budget) back to back when its
+first cell starts, so they are timed under the same load; the steps chosen are recorded in
 ``RESULTS/calibration.json`` and reused by every rerun.
+
+A variant whose flags ``gessl.train`` does not take (an option it lacks) is not run and not
+recorded: the runner names it and ends with a one-line error (exit 2), and a rerun runs it once
+``gessl.train`` takes its flags. A refusal of ``gessl.train`` past its flags (a setting it cannot
+train) is recorded, and the cell is not run again.
+
+With ``curve`` (budgets in minutes only), every cell also keeps its backbone at the curve's minutes of
+its steps: ``--ckpt-every`` the first point's steps, each point's checkpoint copied (``config.yaml``,
+``backbone.pt``) to the run folder of a point cell of the budget ``BUDGET-atMmin``, all in one
+uninterrupted ``gessl.train`` run whose learning-rate schedule spans the cell's steps. After training,
+each point is evaluated like the cell, kept, and recorded in ``cells.jsonl`` (``point_of``: the
+cell's folder), so the summaries hold a table per point, paired as any cell, and the runner draws the
+accuracy of every variant against the minutes of training (``fig_curve``) into ``RESULTS/curve.png``
+and ``.pdf``, for the 1-shot settings of the curve's ``targets`` (all when none are named).
 
 Several runners may work on one grid at once (``python benchmarks/study.py GRID.yaml`` started once
 per free core, each with ``OMP_NUM_THREADS=1``): a runner claims a cell with a lock file beside its
@@ -39,12 +57,13 @@ holds; records, summaries and calibrations are written under the lock ``RESULTS/
 are ``flock``s, which the kernel drops when their runner ends, so a killed runner leaves its cell to
 the next.
 
-Summaries (``RESULTS/summary.json``, ``summary.md`` and ``per_seed.jsonl``, one line per cell,
-setting and comparison) are the paired differences variant − reference on identical episodes, from
-the kept cells' ``episodes.npz`` (``gessl.evaluate.paired_differences``): per seed, the mean
-difference ± 1.96 s/√n over episodes (Lake's runs: over the 20 runs); across seeds, the mean of the
-per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds. With ``random: true`` they also hold each
-variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
+Summaries (``RESULTS/summary.json``, ``summary.md`` and the per-seed rows, one line per cell,
+setting and comparison; compressed: ``per_seed.jsonl.xz``) are the paired differences variant −
+reference on identical episodes: each kept cell's ``episodes.npz`` is rebuilt from
+``episode_counts.npz`` in a temporary folder and read by ``gessl.evaluate.paired_differences``: per
+seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over the 20 runs); across seeds,
+the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds. With ``random: true`` they also
+hold each variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
 ``gessl.evaluate.random_differences``), and the runner ends with a one-line error (exit 2) naming
 every variant and setting whose mean is not above it: the check that each base method learns
 something. ``--summarise`` rewrites them from the cells recorded so far, training nothing.
@@ -54,7 +73,10 @@ seeds (``analysis.figures.fig_study``) into ``RESULTS/differences.png`` and ``.p
 """
 import argparse
 import collections
+import contextlib
+import io
 import json
+import lzma
 import os
 import shlex
 import shutil
@@ -66,16 +88,18 @@ from pathlib import Path
 
 import numpy as np
 import scipy.stats
+import seaborn as sns
 import yaml
 
 from analysis import figures
 from gessl import evaluate, train
 from gessl.config import resolve_config
 from tasks.common.errors import UserError, run_cli
-from tasks.common.io import append_jsonl, atomic_write_text, locked, read_jsonl, try_lock
+from tasks.common.io import (append_jsonl, atomic_write_bytes, atomic_write_text, locked, read_jsonl, read_npz,
+                             try_lock, write_npz)
 
 KEYS = {"name", "runs", "results", "datasets", "seeds", "budgets", "common", "evaluate", "reference", "random",
-        "variants"}
+        "variants", "curve"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,16 @@ def read_grid(path):
         if not (isinstance(budget, dict) and len(budget) == 1 and set(budget) <= {"steps", "minutes"}
                 and budget[next(iter(budget))] > 0):
             raise UserError(f"grid file {path}: a budget is {{steps: N}} or {{minutes: M}}, positive; got {budget!r}")
+    if "curve" in grid:
+        curve = grid["curve"]
+        minutes = curve.get("minutes") if isinstance(curve, dict) and set(curve) <= {"minutes", "targets"} else None
+        if not (isinstance(minutes, list) and minutes and all(isinstance(m, (int, float)) and m > 0 for m in minutes)
+                and all(abs(m / minutes[0] - round(m / minutes[0])) < 1e-9 for m in minutes)
+                and all(max(minutes) < b.get("minutes", 0) for b in grid["budgets"])):
+            raise UserError(f"grid file {path}: curve is {{minutes: [M1, M2, ...], targets: [DATASET, ...]}}, each "
+                            f"minute a multiple of the first and below every budget, which are all in minutes; "
+                            f"got {curve!r}")
+        grid["curve"] = {"targets": [], **curve}
     return grid
 
 
@@ -124,6 +158,53 @@ def cells(grid):
     names = [grid["reference"]] + [v for v in grid["variants"] if v != grid["reference"]]
     return [Cell(d, budget_label(b), v, s) for d in grid["datasets"] for b in grid["budgets"]
             for s in grid["seeds"] for v in names]
+
+
+def curve_points(grid, cell, steps):
+    """``{step: point cell}`` of the cell's time-to-accuracy curve (grid key ``curve``): at each of its
+    minutes M, the step ``round(M / M1) · ⌊steps · M1 / budget minutes⌋`` (M1 the first), a multiple of
+    the first point's, so checkpoints every first-point steps reach them all (points at or past the
+    cell's steps are left out); the point is the cell of the budget ``BUDGET-atMmin`` (its folder
+    ``RUNS/DATASET-BUDGET-atMmin/VARIANT-seedSEED``)."""
+    if "curve" not in grid:
+        return {}
+    minutes = grid["curve"]["minutes"]
+    budget = next(b for b in grid["budgets"] if budget_label(b) == cell.budget)
+    unit = max(1, int(steps * minutes[0] / budget["minutes"]))
+    points = {unit * round(m / minutes[0]): f"{cell.budget}-at{m:g}min" for m in minutes}
+    return {step: Cell(cell.dataset, label, cell.variant, cell.seed) for step, label in points.items() if step < steps}
+
+
+@contextlib.contextmanager
+def keeping_backbones(run, points):
+    """While ``gessl.train`` trains in ``run`` (in this process): after each checkpoint it saves at a step of
+    ``points`` (``{step: folder}``), the run's ``config.yaml`` and ``backbone.pt`` copied into that folder,
+    a run folder ``gessl.evaluate`` scores, and the training seconds so far in ``seconds[step]``."""
+    save, started, seconds = train.Trainer.save_checkpoint, time.time(), {}
+
+    def save_and_keep(trainer):
+        save(trainer)
+        if trainer.processes.main and trainer.step in points:
+            seconds[trainer.step] = time.time() - started
+            points[trainer.step].mkdir(parents=True, exist_ok=True)
+            for name in ("config.yaml", "backbone.pt"):
+                shutil.copyfile(run / name, points[trainer.step] / name)
+    train.Trainer.save_checkpoint = save_and_keep
+    try:
+        yield seconds
+    finally:
+        train.Trainer.save_checkpoint = save
+
+
+def flags_refusal(flags):
+    """``None`` when ``gessl.train`` takes ``flags``, else its one-line complaint (an unknown option)."""
+    complaint = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(complaint):
+            train.parse_args(flags)
+    except SystemExit:
+        return complaint.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    return None
 
 
 def cell_flags(grid, cell):
@@ -161,7 +242,7 @@ def steps_of(grid, cell, calibration_steps):
     with locked(results_lock(grid)):
         table = json.loads(path.read_text()) if path.is_file() else {}
         for variant in grid["variants"]:
-            if key.format(variant) not in table:
+            if key.format(variant) not in table and not flags_refusal(shlex.split(grid["variants"][variant])):
                 print(f"study {grid['name']}: timing {calibration_steps} steps of {variant} on {cell.dataset}",
                       flush=True)
                 flags = cell_flags(grid, Cell(cell.dataset, cell.budget, variant, cell.seed))
@@ -184,20 +265,107 @@ def finished(grid):
     return {r["folder"]: r for r in read_jsonl(path)} if path.is_file() else {}
 
 
-KEPT = ("config.yaml", "results.jsonl", "episodes.npz")  # what a cell's evaluation leaves, kept with the results
+STORE = "episode_counts.npz"          # every kept cell's per-episode answers, one compressed file
+EVALUATIONS = "evaluations.jsonl.xz"  # every kept cell's config.yaml and results.jsonl, one line per cell
+DECODE = {  # how a kind of stored count gives back gessl.evaluate's accuracy (%) of an episode of n answers
+    "correct": lambda counts, n: 100 * (counts / n),         # few-shot episodes: 100 · mean(correct)
+    "wrong": lambda counts, n: 100 - 100 * (counts / n),     # Lake's runs: 100 − error, error = 100 · mean(wrong)
+}
 
 
-def kept(grid, cell):
-    """Where the evaluation files of ``cell`` are kept: ``RESULTS/cells/DATASET-BUDGET/VARIANT-seedSEED``."""
-    return Path(grid["results"]) / "cells" / cell.folder(grid["runs"]).relative_to(grid["runs"])
+def cell_name(grid, cell):
+    """The cell's name in the kept results: ``DATASET-BUDGET/VARIANT-seedSEED``."""
+    return cell.folder(grid["runs"]).relative_to(grid["runs"]).as_posix()
 
 
-def keep(grid, cell):
-    """Copy the evaluation files of a finished cell from its run folder to ``kept``."""
-    target = kept(grid, cell)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in KEPT:
-        shutil.copyfile(cell.folder(grid["runs"]) / name, target / name)
+def encode(key, values):
+    """``(kind, counts)`` whose ``DECODE`` gives ``values`` back exactly: the correct (or wrong) answers of
+    each episode of ``ways × queries`` answers; ``("percent", values)`` where no count does."""
+    fields = dict(zip(evaluate.EPISODE_FIELDS, key.split("/")))
+    n = int(fields["ways"]) * int(fields["queries"])
+    correct = np.rint(np.asarray(values, np.float64) * n / 100)
+    for kind, counts in (("correct", correct), ("wrong", n - correct)):
+        if np.array_equal(DECODE[kind](counts, n), values):
+            return kind, counts.astype(np.uint16)
+    return "percent", np.asarray(values, np.float64)
+
+
+def read_store(grid):
+    """``{cell name: {episodes.npz key: per-episode accuracies}}`` from ``RESULTS/episode_counts.npz``."""
+    path = Path(grid["results"]) / STORE
+    if not path.is_file():
+        return {}
+    z = read_npz(path, ["cells", "keys", "kinds", "lengths", "counts", "percents"])
+    store, streams, at = {}, {"count": z["counts"], "percent": z["percents"]}, {"count": 0, "percent": 0}
+    for cell, key, kind, length in zip(z["cells"], z["keys"], z["kinds"], z["lengths"]):
+        stream = "percent" if kind == "percent" else "count"
+        values = streams[stream][at[stream]:at[stream] + length]
+        at[stream] += length
+        if kind != "percent":
+            fields = dict(zip(evaluate.EPISODE_FIELDS, key.split("/")))
+            values = DECODE[kind](values.astype(np.float64), int(fields["ways"]) * int(fields["queries"]))
+        store.setdefault(str(cell), {})[str(key)] = values
+    return store
+
+
+def write_store(grid, store):
+    """Write ``store`` (as ``read_store`` returns it) to ``RESULTS/episode_counts.npz``, compressed."""
+    entries = [(cell, key, *encode(key, values)) for cell, accuracies in store.items()
+               for key, values in accuracies.items()]
+    counts = [c for *_, kind, c in entries if kind != "percent"]
+    percents = [c for *_, kind, c in entries if kind == "percent"]
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.uint16)
+    write_npz(Path(grid["results"]) / STORE, {
+        "cells": np.array([e[0] for e in entries], dtype=str), "keys": np.array([e[1] for e in entries], dtype=str),
+        "kinds": np.array([e[2] for e in entries], dtype=str),
+        "lengths": np.array([len(e[3]) for e in entries], dtype=np.int64),
+        "counts": counts.astype(np.uint8) if counts.size and counts.max() < 256 else counts,
+        "percents": np.concatenate(percents) if percents else np.zeros(0)}, compressed=True)
+
+
+def xz_lines(records):
+    """The JSON lines of ``records``, xz-compressed."""
+    return lzma.compress("".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def read_evaluations(grid):
+    """``{cell name: {"config": config.yaml's text, "results": results.jsonl's records}}``."""
+    path = Path(grid["results"]) / EVALUATIONS
+    if not path.is_file():
+        return {}
+    lines = lzma.decompress(path.read_bytes()).decode().splitlines()
+    return {line["cell"]: line for line in map(json.loads, lines)}
+
+
+def keep(grid, cell, folder):
+    """Keep the evaluation of ``cell`` from its run ``folder`` (``episodes.npz``, ``config.yaml``,
+    ``results.jsonl``) in the grid's two files: its episodes' answers in ``RESULTS/episode_counts.npz``,
+    its config and records in ``RESULTS/evaluations.jsonl.xz``; what an earlier run of the cell kept
+    is replaced. The caller holds the results lock."""
+    name = cell_name(grid, cell)
+    with np.load(folder / "episodes.npz", allow_pickle=False) as saved:
+        accuracies = {key: saved[key] for key in saved.files if key != "fields"}
+    write_store(grid, {**read_store(grid), name: accuracies})
+    evaluations = {**read_evaluations(grid), name: {"cell": name, "config": (folder / "config.yaml").read_text(),
+                                                    "results": read_jsonl(folder / "results.jsonl")}}
+    atomic_write_bytes(Path(grid["results"]) / EVALUATIONS, xz_lines(evaluations.values()))
+
+
+@contextlib.contextmanager
+def episode_folders(grid, names):
+    """Yield a temporary folder holding, for each cell name of ``names``, ``NAME/episodes.npz`` rebuilt
+    from the kept answers (``gessl.evaluate``'s format, read by ``paired_differences``); a
+    ``UserError`` names a recorded cell whose answers are not kept."""
+    store = read_store(grid)
+    missing = [name for name in names if name not in store]
+    if missing:
+        raise UserError(f"{Path(grid['results']) / STORE} keeps no episodes of the recorded cells {missing}; "
+                        f"delete their lines from {Path(grid['results']) / 'cells.jsonl'} to run them again")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in names:
+            (Path(scratch) / name).mkdir(parents=True)
+            evaluate.save_episode_accuracies(Path(scratch) / name / "episodes.npz", store[name])
+        yield Path(scratch)
 
 
 def run_cell(grid, cell, calibration_steps):
@@ -210,19 +378,37 @@ def run_cell(grid, cell, calibration_steps):
               "seed": cell.seed}
     try:
         steps = steps_of(grid, cell, calibration_steps)
+        points = curve_points(grid, cell, steps)
         args = [*cell_flags(grid, cell), "--max-steps", str(steps), "--epochs", "1000000", "--out", str(folder)]
+        if points:
+            args += ["--ckpt-every", str(min(points))]
         resume = (folder / "checkpoint.pt").is_file()
         if folder.exists() and not resume:  # killed before its first checkpoint: its log would be appended to
             shutil.rmtree(folder)
         started = time.time()
-        train.main(args + (["--resume"] if resume else []))
+        with keeping_backbones(folder, {step: p.folder(grid["runs"]) for step, p in points.items()}) as seconds_at:
+            train.main(args + (["--resume"] if resume else []))
         seconds = time.time() - started
-        evaluate.main([str(folder), *shlex.split(grid["evaluate"])])
+        for run in [folder, *(p.folder(grid["runs"]) for p in points.values())]:
+            evaluate.main([str(run), *shlex.split(grid["evaluate"])])
     except UserError as exc:
         if (folder / "checkpoint.pt").is_file():  # stopped (a signal, a full disk) mid-run: not a refusal
             raise
         return {**record, "refused": str(exc)}
-    return {**record, "steps": steps, "train_seconds": seconds}
+    curve = [{"folder": str(p.folder(grid["runs"])), "dataset": p.dataset, "budget": p.budget, "variant": p.variant,
+              "seed": p.seed, "steps": step, "train_seconds": seconds_at.get(step, seconds * step / steps),
+              "point_of": str(folder)}
+             for step, p in points.items()]
+    return {**record, "steps": steps, "train_seconds": seconds, "curve": curve}
+
+
+def recorded_cells(grid, done):
+    """The grid's cells, each followed by the curve points recorded of it (``curve_points``)."""
+    points = {}
+    for r in done.values():
+        if "point_of" in r:
+            points.setdefault(r["point_of"], []).append(Cell(r["dataset"], r["budget"], r["variant"], r["seed"]))
+    return [c for cell in cells(grid) for c in [cell, *points.get(str(cell.folder(grid["runs"])), [])]]
 
 
 def interval(values):
@@ -238,19 +424,20 @@ def summarise(grid, done):
     as rows whose ``against`` is ``random``."""
     rows = []
     by_folder = {r["folder"]: r for r in done.values() if "refused" not in r}
-    for cell in cells(grid):
-        reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
-        a, b = str(cell.folder(grid["runs"])), str(reference.folder(grid["runs"]))
-        if a not in by_folder:
-            continue
-        pairs = []
-        if cell.variant != grid["reference"] and b in by_folder:
-            pairs += [{"against": grid["reference"], **r}
-                      for r in evaluate.paired_differences(kept(grid, cell), kept(grid, reference))]
-        if grid["random"]:
-            pairs += [{"against": "random", **r} for r in evaluate.random_differences(kept(grid, cell))]
-        rows += [{"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant, "train_seed": cell.seed,
-                  "steps": by_folder[a]["steps"], "train_seconds": by_folder[a]["train_seconds"], **r} for r in pairs]
+    recorded = [cell for cell in recorded_cells(grid, done) if str(cell.folder(grid["runs"])) in by_folder]
+    with episode_folders(grid, [cell_name(grid, cell) for cell in recorded]) as episodes:
+        for cell in recorded:
+            reference = Cell(cell.dataset, cell.budget, grid["reference"], cell.seed)
+            run, against = episodes / cell_name(grid, cell), episodes / cell_name(grid, reference)
+            pairs = []
+            if cell.variant != grid["reference"] and str(reference.folder(grid["runs"])) in by_folder:
+                pairs += [{"against": grid["reference"], **r} for r in evaluate.paired_differences(run, against)]
+            if grid["random"]:
+                pairs += [{"against": "random", **r} for r in evaluate.random_differences(run)]
+            record = by_folder[str(cell.folder(grid["runs"]))]
+            rows += [{"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant,
+                      "train_seed": cell.seed, "steps": record["steps"], "train_seconds": record["train_seconds"], **r}
+                     for r in pairs]
     return rows
 
 
@@ -356,18 +543,65 @@ def write_summaries(grid, done):
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "summary.json", json.dumps({"grid": grid, "cells": list(done.values()),
                                                              "table": table}, indent=2))
-    atomic_write_text(results / "per_seed.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_bytes(results / "per_seed.jsonl.xz", xz_lines(rows))
     atomic_write_text(results / "summary.md", markdown(grid, table, done))
     return table
 
 
+def budget_minutes(budget):
+    """The minutes of training a budget label in minutes stands for: ``30min`` 30, a curve point's
+    ``30min-at5min`` 5; ``None`` for a budget in steps."""
+    last = budget.rsplit("-at", 1)[-1]
+    return float(last[:-3]) if last.endswith("min") else None
+
+
+def fig_curve(table, reference, targets=()):
+    """Time-to-accuracy: per training set (rows) and 1-shot setting of ``targets`` (columns; all when empty),
+    each variant's accuracy (mean over seeds) against the minutes of training of the budgets in minutes and
+    their curve points (``reference``'s from the rows against it); ``None`` when there is none."""
+    rows = [r for r in table if r["against"] == reference and "1-shot" in r["setting"]
+            and budget_minutes(r["budget"]) is not None
+            and (not targets or r["setting"].split(" ")[1].rstrip(":") in targets)]
+    if not rows:
+        return None
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    variants = [reference] + list(dict.fromkeys(r["variant"] for r in rows))
+    colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
+    fig = figures.new_figure(figures.WIDTH, 1.9 * len(datasets) + 0.5)
+    axes = fig.subplots(len(datasets), len(settings), squeeze=False)
+    for i, dataset in enumerate(datasets):
+        for j, (setting, label) in enumerate(zip(settings, short_settings(settings))):
+            ax, part = axes[i, j], [r for r in rows if r["dataset"] == dataset and r["setting"] == setting]
+            curves = {v: sorted((budget_minutes(r["budget"]), r["mean"]) for r in part if r["variant"] == v)
+                      for v in variants[1:]}
+            curves[reference] = sorted({(budget_minutes(r["budget"]), r["reference"]) for r in part})
+            for variant in variants:
+                if curves[variant]:
+                    x, y = zip(*curves[variant])
+                    ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=colors[variant], label=variant)
+            ax.set_title(f"trained on {dataset}\n{label}", fontsize=8)
+            ax.tick_params(labelsize=7.5)
+            if i == len(datasets) - 1:
+                ax.set_xlabel("minutes of training", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("1-shot accuracy (%)", fontsize=8)
+    axes[0, -1].legend(fontsize=7, frameon=False)
+    return fig
+
+
 def write_figure(grid, table):
-    """``RESULTS/differences.png`` and ``.pdf``: ``analysis.figures.fig_study`` of the table."""
+    """``RESULTS/differences.png`` and ``.pdf``: ``analysis.figures.fig_study`` of the table, curve points
+    left out; with a ``curve`` in the grid, ``RESULTS/curve.png`` and ``.pdf``: ``fig_curve``."""
     figures.apply_theme()
-    settings = list(dict.fromkeys(r["setting"] for r in table))
-    made = figures.fig_study(table, grid["reference"], dict(zip(settings, short_settings(settings))).get)
+    budgets = [r for r in table if "-at" not in r["budget"]]
+    settings = list(dict.fromkeys(r["setting"] for r in budgets))
+    made = figures.fig_study(budgets, grid["reference"], dict(zip(settings, short_settings(settings))).get)
     if made is not None:
         figures.save(made[0], Path(grid["results"]), "differences")
+    curve = fig_curve(table, grid["reference"], grid["curve"]["targets"]) if "curve" in grid else None
+    if curve is not None:
+        figures.save(curve, Path(grid["results"]), "curve")
 
 
 def main(argv=None):
@@ -379,6 +613,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     grid = read_grid(args.grid)
     Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
+    unrunnable = []
     if not args.summarise:
         for cell in cells(grid):
             folder = cell.folder(grid["runs"])
@@ -389,12 +624,22 @@ def main(argv=None):
             try:
                 if str(folder) in finished(grid):
                     continue
+                refusal = flags_refusal(cell_flags(grid, cell))
+                if refusal:  # an option gessl.train lacks: not recorded, so the cell runs once it has it
+                    print(f"study {grid['name']}: {cell} not run, gessl.train refuses its flags: {refusal}", flush=True)
+                    unrunnable.append(f"{cell.variant} ({refusal})")
+                    continue
                 print(f"study {grid['name']}: {cell}", flush=True)
                 record = run_cell(grid, cell, args.calibration_steps)
-                if "refused" not in record:
-                    keep(grid, cell)
+                curve = record.pop("curve", [])
                 with locked(results_lock(grid)):
-                    append_jsonl(Path(grid["results"]) / "cells.jsonl", [{**record, "time": time.time()}])
+                    if "refused" not in record:
+                        keep(grid, cell, folder)
+                        for point in curve:
+                            keep(grid, Cell(cell.dataset, point["budget"], cell.variant, cell.seed),
+                                 Path(point["folder"]))
+                    append_jsonl(Path(grid["results"]) / "cells.jsonl",
+                                 [{**r, "time": time.time()} for r in [record, *curve]])
                     write_summaries(grid, finished(grid))
             finally:
                 os.close(claim)
@@ -403,6 +648,9 @@ def main(argv=None):
         table = write_summaries(grid, done)
         write_figure(grid, table)
     print(markdown(grid, table, done))
+    if unrunnable:
+        raise UserError("not run, as gessl.train does not take their flags (rerun once it does): "
+                        + "; ".join(dict.fromkeys(unrunnable)))
     below = below_random(table)
     if below:
         raise UserError("not above the random backbone: " + "; ".join(

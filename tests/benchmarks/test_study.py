@@ -3,6 +3,7 @@ gessl.train and gessl.evaluate, summarised against episodes read back here; a re
 cells and reruns one that was killed."""
 import importlib.util
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -11,10 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from gessl import evaluate, train
+from gessl.backbones import load_backbone
+from gessl.config import resolve_config
 from tasks.common.errors import UserError
+from tests.tasks.test_omniglot import fake_runs, fake_small
 
 spec = importlib.util.spec_from_file_location("study", Path(__file__).resolve().parents[2] / "benchmarks" / "study.py")
 study = importlib.util.module_from_spec(spec)
@@ -41,7 +46,8 @@ def records(tmp_path):
 
 
 def per_seed(tmp_path):
-    return lines(tmp_path, "per_seed.jsonl")
+    text = lzma.decompress((tmp_path / "results" / "per_seed.jsonl.xz").read_bytes()).decode()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def accuracies(folder):
@@ -184,18 +190,76 @@ def test_every_variant_of_a_budget_in_minutes_is_timed_before_its_first_cell_tra
                                                        calibration["glyphs/0.02min/slower"]["steps"]]
 
 
+def main_past_random_check(argv):
+    """``study.main``, past its closing error when a variant is not above its random backbone (2 steps may not be)."""
+    try:
+        study.main(argv)
+    except UserError as exc:
+        if "not above the random backbone" not in str(exc):
+            raise
+
+
 def test_a_fresh_checkout_without_the_run_folders_resumes_from_the_kept_results(glyph_root, tmp_path, monkeypatch):
-    grid = write_grid(tmp_path, glyph_root)
-    study.main([str(grid)])
-    before = per_seed(tmp_path)
+    omniglot = fake_runs(fake_small(tmp_path / "omniglot"))  # Lake's runs: accuracies of 20 answers, 100 − error
+    grid = write_grid(tmp_path, glyph_root, random=True, evaluate="--suite quick --episodes 6 --offline",
+                      common=f"--meta none --batch-size 16 --log-every 1 --data-root {glyph_root}{os.pathsep}{omniglot}")
+    main_past_random_check([str(grid)])
+    before, table = per_seed(tmp_path), (tmp_path / "results" / "summary.md").read_text()
+    runs = tmp_path / "runs" / "glyphs-2steps"
+    run_episodes = {}
+    for folder in runs.glob("*-seed0"):
+        with np.load(folder / "episodes.npz") as saved:
+            run_episodes[folder.name] = {key: saved[key] for key in saved.files if key != "fields"}
+    run_files = {folder.name: {"config": (folder / "config.yaml").read_text(),
+                               "results": [json.loads(line) for line in (folder / "results.jsonl").open()]}
+                 for folder in runs.glob("*-seed0")}
+    expected = [{"against": against, **row} for variant, against, row in
+                [("slower", "plain", r) for r in evaluate.paired_differences(runs / "slower-seed0", runs / "plain-seed0")]
+                + [(v, "random", r) for v in ("plain", "slower")
+                   for r in evaluate.random_differences(runs / f"{v}-seed0")]]
     shutil.rmtree(tmp_path / "runs")  # run folders are not committed; the results folder is
     calls = []
     monkeypatch.setattr(train, "main", lambda argv: calls.append(argv))
-    study.main([str(grid)])
+    main_past_random_check([str(grid)])
     assert not calls  # every cell is recorded with the results
-    assert per_seed(tmp_path) == before and len(before) == 2
-    assert sorted(p.name for p in (tmp_path / "results" / "cells" / "glyphs-2steps" / "slower-seed0").iterdir()) == [
-        "config.yaml", "episodes.npz", "results.jsonl"]
+    assert per_seed(tmp_path) == before and (tmp_path / "results" / "summary.md").read_text() == table
+    assert sorted(p.name for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")) == [
+        "cells.jsonl", "differences.pdf", "differences.png", "episode_counts.npz", "evaluations.jsonl.xz",
+        "per_seed.jsonl.xz", "summary.json", "summary.md"]
+    # the rows are those gessl.evaluate pairs from the run folders' own episodes.npz, on identical episodes
+    got = [{k: v for k, v in r.items() if k not in ("trained_on", "budget", "variant", "train_seed", "steps",
+                                                    "train_seconds")} for r in before]
+    assert sorted(got, key=json.dumps) == sorted(expected, key=json.dumps) and len(got) >= 3 * 2
+    # the kept answers give back every stored accuracy bit for bit, Lake's runs included
+    kept = study.read_store(study.read_grid(grid))
+    for name, saved in run_episodes.items():
+        entries = kept[f"glyphs-2steps/{name}"]
+        assert sorted(entries) == sorted(saved)
+        assert any("/runs/" in k for k in entries)
+        for key in entries:
+            assert entries[key].dtype == np.float64 and entries[key].tobytes() == saved[key].tobytes()
+    evaluations = study.read_evaluations(study.read_grid(grid))  # each cell's config.yaml and results.jsonl
+    assert {name: {k: evaluations[f"glyphs-2steps/{name}"][k] for k in ("config", "results")}
+            for name in run_files} == run_files and len(run_files) == 2
+
+
+def test_stored_answers_decode_to_the_accuracies_and_other_values_are_kept_as_they_are(tmp_path):
+    grid = {"results": str(tmp_path)}
+    few = "run/d/s/a/proto/5/1/15/4/0/abc"          # 5 ways × 15 queries: 75 answers an episode
+    lake = "run/l/runs/a/nearest/20/1/1/3/0/abc"     # 20 ways × 1 query: 20 answers a run
+    correct = np.array([0, 1, 74, 75])
+    wrong = np.array([0, 9, 11])  # 100 − 100 · w/20 ≠ 100 · (20 − w)/20 in float64 for 9 and 11
+    store = {"c/x-seed0": {few: 100 * (correct / 75), lake: 100 - 100 * (wrong / 20)},
+             "c/y-seed0": {few: np.array([12.5, 1 / 3, 99.0, 50.0])}}  # no count of 75 answers gives these
+    study.write_store(grid, store)
+    assert study.encode(few, store["c/x-seed0"][few])[0] == "correct"
+    assert 100 * ((20 - wrong) / 20)[1] != store["c/x-seed0"][lake][1]
+    assert list(study.encode(lake, store["c/x-seed0"][lake])[1]) == [0, 9, 11]
+    back = study.read_store(grid)
+    assert {c: {k: v.tobytes() for k, v in e.items()} for c, e in back.items()} == {
+        c: {k: np.asarray(v, np.float64).tobytes() for k, v in e.items()} for c, e in store.items()}
+    with np.load(tmp_path / study.STORE) as saved:
+        assert saved["counts"].dtype == np.uint8 and list(saved["kinds"]) == ["correct", "wrong", "percent"]
 
 
 def test_a_cell_stopped_after_its_first_checkpoint_is_not_recorded_as_refused(glyph_root, tmp_path, monkeypatch):
@@ -227,3 +291,56 @@ def test_two_runners_on_one_grid_share_its_cells_each_trained_once(glyph_root, t
         steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert steps == [1, 2]
     assert len(per_seed(tmp_path)) == 2
+
+
+def test_a_curve_keeps_the_backbone_at_its_points_with_the_schedule_of_the_whole_budget(glyph_root, tmp_path):
+    """Curve points: backbones of the one uninterrupted run at the steps of the curve's minutes, whose
+    learning-rate schedule spans the cell's steps (not the point's), evaluated, recorded and paired."""
+    common = f"--meta none --batch-size 16 --log-every 1 --warmup-steps 1 --data-root {glyph_root}"
+    grid = write_grid(tmp_path, glyph_root, common=common, budgets=[{"minutes": 1}],
+                      curve={"minutes": [0.25, 0.5], "targets": ["glyphs"]})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "calibration.json").write_text(json.dumps(  # 12 steps a minute, so points at 3 and 6
+        {f"glyphs/1min/{v}": {"seconds_per_step": 5.0, "steps": 12} for v in ("plain", "slower")}))
+    study.main([str(grid)])
+    assert sorted((r["budget"], r["variant"], r["steps"]) for r in records(tmp_path)) == sorted(
+        (b, v, s) for v in ("plain", "slower") for b, s in [("1min", 12), ("1min-at0.25min", 3), ("1min-at0.5min", 6)])
+    point = tmp_path / "runs" / "glyphs-1min-at0.25min" / "plain-seed0"
+    kept, _ = load_backbone(point / "backbone.pt")
+
+    def trained(steps, total):  # the plain cell's training, stopped after ``steps`` of a schedule over ``total``
+        options = train.parse_args([*study.cell_flags(study.read_grid(grid), study.Cell("glyphs", "1min", "plain", 0)),
+                                    "--max-steps", str(total)])
+        options.pop("resume")
+        trainer = train.Trainer(resolve_config(options), tmp_path / "scratch")
+        for _ in range(steps):
+            trainer.train_step()
+        return trainer.model.backbone.state_dict()
+
+    whole, segment = trained(3, 12), trained(3, 3)
+    assert all(torch.equal(kept.state_dict()[k], whole[k]) for k in whole)
+    assert not all(torch.equal(whole[k], segment[k]) for k in whole)  # a schedule over 3 steps trains otherwise
+    with np.load(point / "episodes.npz") as saved:
+        assert any(k.startswith("plain-seed0/glyphs/") for k in saved.files)
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert "### Trained on glyphs, 1min-at0.25min" in text and "| slower | 1 | 3 | " in text
+    table = json.loads((tmp_path / "results" / "summary.json").read_text())["table"]
+    assert {r["budget"] for r in table} == {"1min", "1min-at0.25min", "1min-at0.5min"}
+    assert (tmp_path / "results" / "curve.png").stat().st_size > 10_000
+    before = per_seed(tmp_path)
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout: the points are kept with the results
+    study.main([str(grid), "--summarise"])
+    assert per_seed(tmp_path) == before
+
+
+def test_a_variant_whose_flags_gessl_train_does_not_take_is_not_run_nor_recorded(glyph_root, tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, glyph_root, variants={"plain": "", "later": "--option-to-come head"})
+    with pytest.raises(UserError, match=r"not run.*later \(.*unrecognized arguments: --option-to-come head\)"):
+        study.main([str(grid)])
+    assert [r["variant"] for r in records(tmp_path)] == ["plain"]
+    grid.write_text(grid.read_text().replace("--option-to-come head", "--lr 1e-4"))  # gessl.train takes it now
+    calls = []
+    real_train = train.main
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv) or real_train(argv))
+    study.main([str(grid)])
+    assert len(calls) == 1 and [r["variant"] for r in records(tmp_path)] == ["plain", "later"]
