@@ -42,12 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from baselines import BASE_METHODS
 from baselines.distributed import per_process, world_size
 from gessl.collapse import collapse_metrics
 from gessl.config import INNER_LR, TrainConfig
 from gessl.device import clock
 from gessl.distributed import average_gradients
-from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
+from gessl.inner_loop import (ENGINES, backbone_features, batch_size, check_head_split, head_model, lookahead,
+                              scratch_buffers, sgd_update, take, trainable)
 from gessl.shares import support_size, task_slices
 
 
@@ -101,12 +103,20 @@ class GeSSL:
     sigma_weight: float = TrainConfig.sigma_weight          # w_σ
     sigma_temperature: float = TrainConfig.sigma_temperature  # τ_σ of the posteriors
     first_order: bool = TrainConfig.first_order
+    inner_params: str = TrainConfig.inner_params            # "all" (θ) or "head" (φ, on backbone features)
     outer_set: str = TrainConfig.outer_set                  # O: "query" (Q) or "task" (S ∪ Q)
     inner_backend: str = TrainConfig.inner_backend
 
     @classmethod
     def from_config(cls, cfg):
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+    @staticmethod
+    def check_config(cfg):
+        """``ValueError`` for a config GeSSL cannot train: ``--inner-params head`` around a base method
+        that cannot run on backbone features (``gessl.inner_loop.check_head_split``)."""
+        if cfg.inner_params == "head":
+            check_head_split(BASE_METHODS[cfg.base], cfg.base)
 
     def compute_gradients(self, model, batch, diagnose=False):
         """Back-propagate the outer loss into θ's ``.grad``, averaged over processes; return the logs
@@ -124,6 +134,10 @@ class GeSSL:
 
     def _compute_gradients(self, model, batch, diagnose):
         params = trainable(model)
+        net, adapted = model, params  # the network the inner loop runs, and the parameters it adapts
+        if self.inner_params == "head":
+            net = head_model(model)
+            adapted = {n: p for n, p in params.items() if not n.startswith("backbone.")}
         adapt = ENGINES[self.inner_backend]
         device = batch["views"][0].device
         world = world_size()
@@ -131,30 +145,42 @@ class GeSSL:
         logs, sigma_grads = {}, None
         seconds = {"time_inner": 0.0, "time_target": 0.0, "time_outer": 0.0}
         for index in tasks:
+            start = clock(device, diagnose)
             task = take(batch, index)
+            if net is not model:
+                task = backbone_features(model.backbone, task)
             n_support = support_size(index.stop - index.start, self.support_ratio)
             support = take(task, slice(0, n_support))
             outer = take(task, slice(n_support, None)) if self.outer_set == "query" else task
-            start = clock(device, diagnose)
-            fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)
-            adapted = clock(device, diagnose)
-            target = lookahead(model, fast, task, self.lookahead, self.inner_lr)
+            buffers = scratch_buffers(net)  # as the outer forward finds them: the target's forward runs on a copy
+            fast, inner_losses = adapt(net, adapted, support, self.inner_steps, self.inner_lr, self.first_order)
+            adapted_at = clock(device, diagnose)
+            out, target, loss_grads = self._outer_forward_and_target(net, fast, task, outer)
             with torch.no_grad():
-                target_out = functional_call(model, (target, scratch_buffers(model)), (outer,))
+                target_out = functional_call(net, (target, buffers), (outer,))
                 target_log_p = instance_log_posteriors(target_out.projections, self.sigma_temperature)
             targeted = clock(device, diagnose)
-            out = functional_call(model, fast, (outer,))
             sigma = sigma_kl(target_log_p, instance_log_posteriors(out.projections, self.sigma_temperature))
             sigma_term = self.sigma_weight * sigma / len(tasks)
             loss = sigma_term + self.gamma * out.loss / len(tasks)
+            # First order: ∇_θ is the gradient at θ_K, whose fast tensors are leaves (under
+            # inner_params="head" the backbone's parameters are θ's own).
+            roots = {n: fast.get(n, p) for n, p in params.items()} if self.first_order else params
+            reuse = loss_grads is not None and self.first_order and net is model
+            task_sigma_grads = _grads(sigma_term, roots, retain_graph=True) if diagnose or reuse else None
+            if reuse:  # ∇_θ L(θ_K; O) = ∇_θK L(θ_K; O): the look-ahead's first gradient, scaled
+                scale = self.gamma / len(tasks)
+                grads = {n: _sum(g, None if loss_grads[n] is None else scale * loss_grads[n])
+                         for n, g in task_sigma_grads.items()}
+            else:
+                grads = _grads(loss, roots)
+            for n, g in grads.items():
+                params[n].grad = _sum(params[n].grad, g)
             if diagnose:
-                grads = torch.autograd.grad(sigma_term, list(params.values()), retain_graph=True,
-                                            allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+                grads = [torch.zeros_like(params[n]) if g is None else g for n, g in task_sigma_grads.items()]
                 sigma_grads = grads if sigma_grads is None else [a + b for a, b in zip(sigma_grads, grads)]
-            loss.backward()
-            seconds["time_inner"] += adapted - start
-            seconds["time_target"] += targeted - adapted
+            seconds["time_inner"] += adapted_at - start
+            seconds["time_target"] += targeted - adapted_at
             seconds["time_outer"] += clock(device, diagnose) - targeted
             # in float64, so that the sums over tasks are those of Python floats
             task_logs = {"loss": loss.detach().double(), "sigma_kl": sigma.detach().double() / len(tasks),
@@ -170,6 +196,37 @@ class GeSSL:
             average_gradients(sigma_grads)
             logs.update(_grad_norms(sigma_grads, [p.grad for p in params.values()]))
         return {**logs, **seconds}
+
+    def _outer_forward_and_target(self, net, fast, task, outer):
+        """The outer forward pass at θ_K on O (the one that updates the running statistics), the
+        look-ahead's θ*, and the look-ahead's first gradient ∇_θK L(θ_K; S ∪ Q) by name, or None.
+
+        With O = S ∪ Q that gradient is the outer base loss's at θ_K: taken from the outer forward
+        pass (kept for the outer backward), it saves the look-ahead a forward pass. Its remaining
+        λ − 1 steps then start from buffers that have seen one forward pass on the task at θ_K, as
+        the look-ahead's own first step would have left them.
+        """
+        if self.outer_set != "task" or self.lookahead == 0:
+            target = lookahead(net, fast, task, self.lookahead, self.inner_lr)
+            return functional_call(net, fast, (outer,)), target, None
+        out = functional_call(net, fast, (outer,))
+        grads = torch.autograd.grad(out.loss, list(fast.values()), retain_graph=True, allow_unused=True)
+        first = sgd_update({n: p.detach() for n, p in fast.items()}, [g if g is None else g.detach() for g in grads],
+                           self.inner_lr)
+        target = lookahead(net, first, task, self.lookahead - 1, self.inner_lr)
+        return out, target, dict(zip(fast, grads))
+
+
+def _grads(loss, roots, retain_graph=False):
+    """∂loss/∂root by name (None where the loss does not depend on it: the parameter's ``.grad`` is
+    then left as it is, as ``backward`` leaves it)."""
+    return dict(zip(roots, torch.autograd.grad(loss, list(roots.values()), retain_graph=retain_graph,
+                                               allow_unused=True)))
+
+
+def _sum(a, b):
+    """a + b, where None stands for no gradient."""
+    return a if b is None else b if a is None else a + b
 
 
 def collapse_logs(out):
