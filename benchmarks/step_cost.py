@@ -1,9 +1,12 @@
 """Wall time and peak memory of one training step: the base method alone vs GeSSL or DSA.
 
-Three suites of settings:
+The suites of settings:
 
 - ``--suite gessl``: per backbone, the base method alone (``--meta none``) and GeSSL with each
   engine, K inner steps, λ look-ahead steps, first or second order (``GESSL_SETTINGS``);
+- ``--suite variants``: per backbone, SimCLR alone and GeSSL at its defaults (second order, every
+  parameter adapted), with ``--first-order``, with ``--inner-params head`` and with both
+  (``VARIANTS``);
 - ``--suite dsa``: per batch size, SimCLR alone and SimCLR + DSA (``--reg dsa``, no GeSSL) with the
   default EMA prior and with the ``pixels`` prior;
 - ``--suite bases``: training throughput (images/s) and peak memory of every base method that
@@ -33,6 +36,7 @@ ratios are against the plain step of the same base method, backbone and batch si
 Usage (commands and results in ``benchmarks/README.md``)::
 
     python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
+    python benchmarks/step_cost.py --suite variants --backbones conv4 resnet18 --batch-sizes 128
     python benchmarks/step_cost.py --suite dsa --batch-sizes 64 256 512
     python benchmarks/step_cost.py --suite bases --backbones conv4 resnet18
     python benchmarks/step_cost.py --suite meta --batch-sizes 128
@@ -63,6 +67,8 @@ SSL_BASES = ["simclr", "moco", "byol", "simsiam", "barlow", "vicreg", "swav", "m
 META_BASES = ["simclr", "umtra", "psco", "cactus", "protonet", "maml"]  # suite meta: SimCLR first, the reference
 GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)
     (1, 1, False), (2, 1, False), (4, 1, False), (1, 2, False), (1, 1, True), (4, 1, True)]
+VARIANTS = [  # suite variants: GeSSL's cheaper options, (--inner-params, --first-order)
+    ("all", False), ("all", True), ("head", False), ("head", True)]
 
 
 def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
@@ -79,6 +85,10 @@ def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
                                 {**common, "base": base, "meta": "gessl"})
                 continue
             yield common
+            if suite == "variants":
+                yield from ({**common, "meta": "gessl", "inner_params": params, "first_order": first}
+                            for params, first in VARIANTS)
+                continue
             if suite == "dsa":
                 yield {**common, "reg": "dsa"}
                 yield {**common, "reg": "dsa", "dsa_prior": "pixels"}
@@ -182,6 +192,8 @@ def label(setting):
             return f"SimCLR + DSA ({setting.get('dsa_prior', 'ema')} prior)"
         return "base (SimCLR)"
     order = "1st" if setting["first_order"] else "2nd"
+    if "inner_params" in setting:  # suite variants: the defaults but for these two options
+        return f"GeSSL {setting['inner_params']} params {order}"
     return f"GeSSL {setting['inner_backend']} K={setting['inner_steps']} λ={setting['lookahead']} {order}"
 
 
@@ -193,7 +205,7 @@ def _step_key(record, base=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--suite", choices=["gessl", "dsa", "bases", "meta"], default="gessl")
+    parser.add_argument("--suite", choices=["gessl", "variants", "dsa", "bases", "meta"], default="gessl")
     parser.add_argument("--backbones", nargs="+", default=["conv4"])
     parser.add_argument("--engines", nargs="+", default=["higher", "func"], help="GeSSL engines (suite gessl)")
     parser.add_argument("--bases", nargs="+", choices=SSL_BASES, default=SSL_BASES, help="base methods (suite bases)")

@@ -23,9 +23,22 @@ of real handwriting) GeSSL is within about a point of SimCLR on Omniglot's minim
 base method's (``gessl.config.INNER_LR``): a step's move scales with the base loss, and 0.001 moved
 Barlow Twins' model 123 times as far as SimCLR's, costing it 10-14 points; its α is 8e-6.
 
+With O = S ∪ Q the look-ahead's first gradient, ∇L(θ_K; S ∪ Q), is the outer base loss's gradient
+at θ_K, taken from the outer forward pass rather than a forward pass of its own (``docs/gessl.md``).
+
+``inner_params="head"`` [choice] (ANIL's feature reuse, Raghu et al. 2020; ``docs/gessl.md`` says
+why): θ = (θ_b, φ), the backbone's parameters and the rest (heads, a regulariser's); per task the
+features h = f_θb(views of S ∪ Q) come from one backbone pass, with their graph, and steps 2-5 run
+on them with φ alone adapted::
+
+    φ_{k+1} = φ_k − α ∇_φ L(φ_k; h_S),   φ* = λ more steps from φ_K on h_{S∪Q}, detached,
+    outer loss = w_σ · σ(φ*, φ_K; h_O) + γ · L(φ_K; h_O),  differentiated w.r.t. φ and θ_b
+
+(θ_b through h, and in second order also through the inner steps' dependence on h).
+
 BatchNorm uses batch statistics everywhere; the inner loop and the target run on scratch copies of
 its running statistics (and of any other buffer, such as a queue), so only the outer forward pass
-on O updates them. Parameters without ``requires_grad`` (EMA copies) are never adapted.
+on O updates them (the backbone's, with ``inner_params="head"``, its one pass per task). Parameters without ``requires_grad`` (EMA copies) are never adapted.
 
 Under several processes (``gessl.distributed``) each process runs its own M / processes tasks of
 its share of the batch, with losses that do not gather across processes, and the outer gradients
@@ -124,8 +137,8 @@ class GeSSL:
 
         Logs (detached tensors): ``loss`` (the outer loss), ``sigma_kl`` (σ, the KL gap to the target), ``query_loss`` (L(θ_K; O)),
         ``inner_loss_k`` (the support loss before inner step k), the outer set's named base terms, and the
-        seconds spent in the inner loop, the target and the outer forward and backward (measured on
-        ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
+        seconds spent in the inner loop (with ``inner_params="head"``, the backbone's pass), the outer
+        forward pass with the target, and the outer backward pass (measured on ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
         query-loss term, σ's share of their sum, and the collapse diagnostics of the outer set's
         projections (``collapse_logs``).
         """
