@@ -21,7 +21,9 @@ Each setting is measured in its own fresh subprocess, so that peak memory is tha
 
 - time: median over ``--steps`` timed steps (after ``--warmup`` untimed ones) of
   ``model.prepare_batch`` + ``objective.compute_gradients`` + ``optimizer.step`` on a fixed batch
-  of images and two views;
+  of images and two views, in wall seconds and in the process's CPU seconds (``time.process_time``;
+  with one thread, ``OMP_NUM_THREADS=1``, the CPU seconds hardly move when other processes load a
+  shared machine, and their ratios are the ones to read there);
 - arithmetic: the floating-point operations of one more step, counted by torch's
   ``FlopCounterMode`` (matrix products and convolutions, forward and every backward, the inner
   loop's included), and the rate the timed step reaches (GFLOP/s), to set against the device's peak;
@@ -135,18 +137,19 @@ def measure(setting, steps, warmup, device):
         torch.cuda.reset_peak_memory_stats()
     else:
         before = _rss_bytes()
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024
     with FlopCounterMode(display=False) as counter:  # after the peak: counting adds its own memory
         step()
     seconds = statistics.median(times)
-    return {"seconds": seconds, "images": batch_size, "peak_mib": (peak - before) / 2**20,
+    return {"seconds": seconds, "cpu_seconds": statistics.median(cpu_times), "images": batch_size, "peak_mib": (peak - before) / 2**20,
             "gflop": counter.get_total_flops() / 1e9,
             "gflop_per_s": counter.get_total_flops() / 1e9 / seconds}
 
@@ -223,11 +226,12 @@ def main():
             samples[i].append(run_isolated(setting, args))
             last = samples[i][-1]
             print(f"round {r + 1}/{args.rounds} {setting['backbone']:>8} {setting['batch_size']:>4} "
-                  f"{label(setting):<32} {last['seconds']:.3f} s  {last['peak_mib']:.0f} MiB", flush=True)
+                  f"{label(setting):<32} {last['seconds']:.3f} s  {last['cpu_seconds']:.3f} CPU s  {last['peak_mib']:.0f} MiB", flush=True)
     records = []
     for setting, runs in zip(todo, samples):
         records.append({**setting, "label": label(setting), "device": args.device, "images": runs[0]["images"],
                         "seconds": statistics.median(r["seconds"] for r in runs),
+                        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
                         "peak_mib": statistics.median(r["peak_mib"] for r in runs), "gflop": runs[0]["gflop"],
                         "gflop_per_s": statistics.median(r["gflop_per_s"] for r in runs)})
     # Each setting against the plain step (neither GeSSL nor a regulariser) of its base method; the
@@ -237,16 +241,18 @@ def main():
     peak, dtype = matmul_gflops(args.device)
     print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{dtype} 4096² matrix product: {peak:.0f} GFLOP/s\n")
-    print("| backbone | images | setting | s/step | img/s | × plain | peak MiB | × plain | GFLOP/step | GFLOP/s | "
-          "% of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| backbone | images | setting | s/step | img/s | × plain | CPU s/step | × plain | peak MiB | × plain | "
+          "GFLOP/step | GFLOP/s | % of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         b = plain[_step_key(r, reference_base)]
         r["images_per_s"] = r["images"] / r["seconds"]  # an episodic method's step: one episode
         r["time_ratio"] = r["seconds"] / b["seconds"]
+        r["cpu_time_ratio"] = r["cpu_seconds"] / b["cpu_seconds"]
         r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)
         r["share_of_matmul_peak"] = r["gflop_per_s"] / peak
         print(f"| {r['backbone']} | {r['images']} | {r['label']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | "
-              f"{r['time_ratio']:.2f} | {r['peak_mib']:.0f} | {r['memory_ratio']:.2f} | {r['gflop']:.1f} | "
+              f"{r['time_ratio']:.2f} | {r['cpu_seconds']:.3f} | {r['cpu_time_ratio']:.2f} | {r['peak_mib']:.0f} | "
+              f"{r['memory_ratio']:.2f} | {r['gflop']:.1f} | "
               f"{r['gflop_per_s']:.0f} | {100 * r['share_of_matmul_peak']:.0f} |")
     out = Path(args.out or f"benchmarks/results/{args.suite}_step.json")
     out.parent.mkdir(parents=True, exist_ok=True)
