@@ -1,9 +1,12 @@
 """Wall time and peak memory of one training step: the base method alone vs GeSSL or DSA.
 
-Three suites of settings:
+The suites of settings:
 
 - ``--suite gessl``: per backbone, the base method alone (``--meta none``) and GeSSL with each
   engine, K inner steps, λ look-ahead steps, first or second order (``GESSL_SETTINGS``);
+- ``--suite variants``: per backbone, SimCLR alone and GeSSL at its defaults (second order, every
+  parameter adapted), with ``--first-order``, with ``--inner-params head`` and with both
+  (``VARIANTS``);
 - ``--suite dsa``: per batch size, SimCLR alone and SimCLR + DSA (``--reg dsa``, no GeSSL) with the
   default EMA prior and with the ``pixels`` prior;
 - ``--suite bases``: training throughput (images/s) and peak memory of every base method that
@@ -18,7 +21,9 @@ Each setting is measured in its own fresh subprocess, so that peak memory is tha
 
 - time: median over ``--steps`` timed steps (after ``--warmup`` untimed ones) of
   ``model.prepare_batch`` + ``objective.compute_gradients`` + ``optimizer.step`` on a fixed batch
-  of images and two views;
+  of images and two views, in wall seconds and in the process's CPU seconds (``time.process_time``;
+  with one thread, ``OMP_NUM_THREADS=1``, the CPU seconds hardly move when other processes load a
+  shared machine, and their ratios are the ones to read there);
 - arithmetic: the floating-point operations of one more step, counted by torch's
   ``FlopCounterMode`` (matrix products and convolutions, forward and every backward, the inner
   loop's included), and the rate the timed step reaches (GFLOP/s), to set against the device's peak;
@@ -33,6 +38,7 @@ ratios are against the plain step of the same base method, backbone and batch si
 Usage (commands and results in ``benchmarks/README.md``)::
 
     python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
+    python benchmarks/step_cost.py --suite variants --backbones conv4 resnet18 --batch-sizes 128
     python benchmarks/step_cost.py --suite dsa --batch-sizes 64 256 512
     python benchmarks/step_cost.py --suite bases --backbones conv4 resnet18
     python benchmarks/step_cost.py --suite meta --batch-sizes 128
@@ -63,6 +69,8 @@ SSL_BASES = ["simclr", "moco", "byol", "simsiam", "barlow", "vicreg", "swav", "m
 META_BASES = ["simclr", "umtra", "psco", "cactus", "protonet", "maml"]  # suite meta: SimCLR first, the reference
 GESSL_SETTINGS = [  # (K inner steps, λ look-ahead steps, first order)
     (1, 1, False), (2, 1, False), (4, 1, False), (1, 2, False), (1, 1, True), (4, 1, True)]
+VARIANTS = [  # suite variants: GeSSL's cheaper options, (--inner-params, --first-order)
+    ("all", False), ("all", True), ("head", False), ("head", True)]
 
 
 def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
@@ -79,6 +87,10 @@ def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
                                 {**common, "base": base, "meta": "gessl"})
                 continue
             yield common
+            if suite == "variants":
+                yield from ({**common, "meta": "gessl", "inner_params": params, "first_order": first}
+                            for params, first in VARIANTS)
+                continue
             if suite == "dsa":
                 yield {**common, "reg": "dsa"}
                 yield {**common, "reg": "dsa", "dsa_prior": "pixels"}
@@ -125,18 +137,19 @@ def measure(setting, steps, warmup, device):
         torch.cuda.reset_peak_memory_stats()
     else:
         before = _rss_bytes()
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024
     with FlopCounterMode(display=False) as counter:  # after the peak: counting adds its own memory
         step()
     seconds = statistics.median(times)
-    return {"seconds": seconds, "images": batch_size, "peak_mib": (peak - before) / 2**20,
+    return {"seconds": seconds, "cpu_seconds": statistics.median(cpu_times), "images": batch_size, "peak_mib": (peak - before) / 2**20,
             "gflop": counter.get_total_flops() / 1e9,
             "gflop_per_s": counter.get_total_flops() / 1e9 / seconds}
 
@@ -182,6 +195,8 @@ def label(setting):
             return f"SimCLR + DSA ({setting.get('dsa_prior', 'ema')} prior)"
         return "base (SimCLR)"
     order = "1st" if setting["first_order"] else "2nd"
+    if "inner_params" in setting:  # suite variants: the defaults but for these two options
+        return f"GeSSL {setting['inner_params']} params {order}"
     return f"GeSSL {setting['inner_backend']} K={setting['inner_steps']} λ={setting['lookahead']} {order}"
 
 
@@ -193,7 +208,7 @@ def _step_key(record, base=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--suite", choices=["gessl", "dsa", "bases", "meta"], default="gessl")
+    parser.add_argument("--suite", choices=["gessl", "variants", "dsa", "bases", "meta"], default="gessl")
     parser.add_argument("--backbones", nargs="+", default=["conv4"])
     parser.add_argument("--engines", nargs="+", default=["higher", "func"], help="GeSSL engines (suite gessl)")
     parser.add_argument("--bases", nargs="+", choices=SSL_BASES, default=SSL_BASES, help="base methods (suite bases)")
@@ -211,11 +226,12 @@ def main():
             samples[i].append(run_isolated(setting, args))
             last = samples[i][-1]
             print(f"round {r + 1}/{args.rounds} {setting['backbone']:>8} {setting['batch_size']:>4} "
-                  f"{label(setting):<32} {last['seconds']:.3f} s  {last['peak_mib']:.0f} MiB", flush=True)
+                  f"{label(setting):<32} {last['seconds']:.3f} s  {last['cpu_seconds']:.3f} CPU s  {last['peak_mib']:.0f} MiB", flush=True)
     records = []
     for setting, runs in zip(todo, samples):
         records.append({**setting, "label": label(setting), "device": args.device, "images": runs[0]["images"],
                         "seconds": statistics.median(r["seconds"] for r in runs),
+                        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
                         "peak_mib": statistics.median(r["peak_mib"] for r in runs), "gflop": runs[0]["gflop"],
                         "gflop_per_s": statistics.median(r["gflop_per_s"] for r in runs)})
     # Each setting against the plain step (neither GeSSL nor a regulariser) of its base method; the
@@ -225,16 +241,18 @@ def main():
     peak, dtype = matmul_gflops(args.device)
     print(f"\ndevice {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{dtype} 4096² matrix product: {peak:.0f} GFLOP/s\n")
-    print("| backbone | images | setting | s/step | img/s | × plain | peak MiB | × plain | GFLOP/step | GFLOP/s | "
-          "% of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| backbone | images | setting | s/step | img/s | × plain | CPU s/step | × plain | peak MiB | × plain | "
+          "GFLOP/step | GFLOP/s | % of matmul |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         b = plain[_step_key(r, reference_base)]
         r["images_per_s"] = r["images"] / r["seconds"]  # an episodic method's step: one episode
         r["time_ratio"] = r["seconds"] / b["seconds"]
+        r["cpu_time_ratio"] = r["cpu_seconds"] / b["cpu_seconds"]
         r["memory_ratio"] = r["peak_mib"] / max(b["peak_mib"], 1e-9)
         r["share_of_matmul_peak"] = r["gflop_per_s"] / peak
         print(f"| {r['backbone']} | {r['images']} | {r['label']} | {r['seconds']:.3f} | {r['images_per_s']:.0f} | "
-              f"{r['time_ratio']:.2f} | {r['peak_mib']:.0f} | {r['memory_ratio']:.2f} | {r['gflop']:.1f} | "
+              f"{r['time_ratio']:.2f} | {r['cpu_seconds']:.3f} | {r['cpu_time_ratio']:.2f} | {r['peak_mib']:.0f} | "
+              f"{r['memory_ratio']:.2f} | {r['gflop']:.1f} | "
               f"{r['gflop_per_s']:.0f} | {100 * r['share_of_matmul_peak']:.0f} |")
     out = Path(args.out or f"benchmarks/results/{args.suite}_step.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,22 @@ of real handwriting) GeSSL is within about a point of SimCLR on Omniglot's minim
 base method's (``gessl.config.INNER_LR``): a step's move scales with the base loss, and 0.001 moved
 Barlow Twins' model 123 times as far as SimCLR's, costing it 10-14 points; its α is 8e-6.
 
+With O = S ∪ Q the look-ahead's first gradient, ∇L(θ_K; S ∪ Q), is the outer base loss's gradient
+at θ_K, taken from the outer forward pass rather than a forward pass of its own (``docs/gessl.md``).
+
+``inner_params="head"`` [choice] (ANIL's feature reuse, Raghu et al. 2020; ``docs/gessl.md`` says
+why): θ = (θ_b, φ), the backbone's parameters and the rest (heads, a regulariser's); per task the
+features h = f_θb(views of S ∪ Q) come from one backbone pass, with their graph, and steps 2-5 run
+on them with φ alone adapted::
+
+    φ_{k+1} = φ_k − α ∇_φ L(φ_k; h_S),   φ* = λ more steps from φ_K on h_{S∪Q}, detached,
+    outer loss = w_σ · σ(φ*, φ_K; h_O) + γ · L(φ_K; h_O),  differentiated w.r.t. φ and θ_b
+
+(θ_b through h, and in second order also through the inner steps' dependence on h).
+
 BatchNorm uses batch statistics everywhere; the inner loop and the target run on scratch copies of
 its running statistics (and of any other buffer, such as a queue), so only the outer forward pass
-on O updates them. Parameters without ``requires_grad`` (EMA copies) are never adapted.
+on O updates them (the backbone's, with ``inner_params="head"``, its one pass per task). Parameters without ``requires_grad`` (EMA copies) are never adapted.
 
 Under several processes (``gessl.distributed``) each process runs its own M / processes tasks of
 its share of the batch, with losses that do not gather across processes, and the outer gradients
@@ -42,12 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from baselines import BASE_METHODS
 from baselines.distributed import per_process, world_size
 from gessl.collapse import collapse_metrics
 from gessl.config import INNER_LR, TrainConfig
 from gessl.device import clock
 from gessl.distributed import average_gradients
-from gessl.inner_loop import ENGINES, batch_size, lookahead, scratch_buffers, take, trainable
+from gessl.inner_loop import (ENGINES, backbone_features, batch_size, check_head_split, head_model, lookahead,
+                              scratch_buffers, sgd_update, take, trainable)
 from gessl.shares import support_size, task_slices
 
 
@@ -101,6 +116,7 @@ class GeSSL:
     sigma_weight: float = TrainConfig.sigma_weight          # w_σ
     sigma_temperature: float = TrainConfig.sigma_temperature  # τ_σ of the posteriors
     first_order: bool = TrainConfig.first_order
+    inner_params: str = TrainConfig.inner_params            # "all" (θ) or "head" (φ, on backbone features)
     outer_set: str = TrainConfig.outer_set                  # O: "query" (Q) or "task" (S ∪ Q)
     inner_backend: str = TrainConfig.inner_backend
 
@@ -108,14 +124,21 @@ class GeSSL:
     def from_config(cls, cfg):
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
+    @staticmethod
+    def check_config(cfg):
+        """``ValueError`` for a config GeSSL cannot train: ``--inner-params head`` around a base method
+        that cannot run on backbone features (``gessl.inner_loop.check_head_split``)."""
+        if cfg.inner_params == "head":
+            check_head_split(BASE_METHODS[cfg.base], cfg.base)
+
     def compute_gradients(self, model, batch, diagnose=False):
         """Back-propagate the outer loss into θ's ``.grad``, averaged over processes; return the logs
         (of this process's tasks).
 
         Logs (detached tensors): ``loss`` (the outer loss), ``sigma_kl`` (σ, the KL gap to the target), ``query_loss`` (L(θ_K; O)),
         ``inner_loss_k`` (the support loss before inner step k), the outer set's named base terms, and the
-        seconds spent in the inner loop, the target and the outer forward and backward (measured on
-        ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
+        seconds spent in the inner loop (with ``inner_params="head"``, the backbone's pass), the outer
+        forward pass with the target, and the outer backward pass (measured on ``diagnose`` steps). With ``diagnose``, also the gradient norms of the σ term and of the
         query-loss term, σ's share of their sum, and the collapse diagnostics of the outer set's
         projections (``collapse_logs``).
         """
@@ -124,6 +147,10 @@ class GeSSL:
 
     def _compute_gradients(self, model, batch, diagnose):
         params = trainable(model)
+        net, adapted = model, params  # the network the inner loop runs, and the parameters it adapts
+        if self.inner_params == "head":
+            net = head_model(model)
+            adapted = {n: p for n, p in params.items() if not n.startswith("backbone.")}
         adapt = ENGINES[self.inner_backend]
         device = batch["views"][0].device
         world = world_size()
@@ -131,30 +158,42 @@ class GeSSL:
         logs, sigma_grads = {}, None
         seconds = {"time_inner": 0.0, "time_target": 0.0, "time_outer": 0.0}
         for index in tasks:
+            start = clock(device, diagnose)
             task = take(batch, index)
+            if net is not model:
+                task = backbone_features(model.backbone, task)
             n_support = support_size(index.stop - index.start, self.support_ratio)
             support = take(task, slice(0, n_support))
             outer = take(task, slice(n_support, None)) if self.outer_set == "query" else task
-            start = clock(device, diagnose)
-            fast, inner_losses = adapt(model, params, support, self.inner_steps, self.inner_lr, self.first_order)
-            adapted = clock(device, diagnose)
-            target = lookahead(model, fast, task, self.lookahead, self.inner_lr)
+            buffers = scratch_buffers(net)  # as the outer forward finds them: the target's forward runs on a copy
+            fast, inner_losses = adapt(net, adapted, support, self.inner_steps, self.inner_lr, self.first_order)
+            adapted_at = clock(device, diagnose)
+            out, target, loss_grads = self._outer_forward_and_target(net, fast, task, outer)
             with torch.no_grad():
-                target_out = functional_call(model, (target, scratch_buffers(model)), (outer,))
+                target_out = functional_call(net, (target, buffers), (outer,))
                 target_log_p = instance_log_posteriors(target_out.projections, self.sigma_temperature)
             targeted = clock(device, diagnose)
-            out = functional_call(model, fast, (outer,))
             sigma = sigma_kl(target_log_p, instance_log_posteriors(out.projections, self.sigma_temperature))
             sigma_term = self.sigma_weight * sigma / len(tasks)
             loss = sigma_term + self.gamma * out.loss / len(tasks)
+            # First order: ∇_θ is the gradient at θ_K, whose fast tensors are leaves (under
+            # inner_params="head" the backbone's parameters are θ's own).
+            roots = {n: fast.get(n, p) for n, p in params.items()} if self.first_order else params
+            reuse = loss_grads is not None and self.first_order and net is model
+            task_sigma_grads = _grads(sigma_term, roots, retain_graph=True) if diagnose or reuse else None
+            if reuse:  # ∇_θ L(θ_K; O) = ∇_θK L(θ_K; O): the look-ahead's first gradient, scaled
+                scale = self.gamma / len(tasks)
+                grads = {n: _sum(g, None if loss_grads[n] is None else scale * loss_grads[n])
+                         for n, g in task_sigma_grads.items()}
+            else:
+                grads = _grads(loss, roots)
+            for n, g in grads.items():
+                params[n].grad = _sum(params[n].grad, g)
             if diagnose:
-                grads = torch.autograd.grad(sigma_term, list(params.values()), retain_graph=True,
-                                            allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+                grads = [torch.zeros_like(params[n]) if g is None else g for n, g in task_sigma_grads.items()]
                 sigma_grads = grads if sigma_grads is None else [a + b for a, b in zip(sigma_grads, grads)]
-            loss.backward()
-            seconds["time_inner"] += adapted - start
-            seconds["time_target"] += targeted - adapted
+            seconds["time_inner"] += adapted_at - start
+            seconds["time_target"] += targeted - adapted_at
             seconds["time_outer"] += clock(device, diagnose) - targeted
             # in float64, so that the sums over tasks are those of Python floats
             task_logs = {"loss": loss.detach().double(), "sigma_kl": sigma.detach().double() / len(tasks),
@@ -170,6 +209,37 @@ class GeSSL:
             average_gradients(sigma_grads)
             logs.update(_grad_norms(sigma_grads, [p.grad for p in params.values()]))
         return {**logs, **seconds}
+
+    def _outer_forward_and_target(self, net, fast, task, outer):
+        """The outer forward pass at θ_K on O (the one that updates the running statistics), the
+        look-ahead's θ*, and the look-ahead's first gradient ∇_θK L(θ_K; S ∪ Q) by name, or None.
+
+        With O = S ∪ Q that gradient is the outer base loss's at θ_K: taken from the outer forward
+        pass (kept for the outer backward), it saves the look-ahead a forward pass. Its remaining
+        λ − 1 steps then start from buffers that have seen one forward pass on the task at θ_K, as
+        the look-ahead's own first step would have left them.
+        """
+        if self.outer_set != "task" or self.lookahead == 0:
+            target = lookahead(net, fast, task, self.lookahead, self.inner_lr)
+            return functional_call(net, fast, (outer,)), target, None
+        out = functional_call(net, fast, (outer,))
+        grads = torch.autograd.grad(out.loss, list(fast.values()), retain_graph=True, allow_unused=True)
+        first = sgd_update({n: p.detach() for n, p in fast.items()}, [g if g is None else g.detach() for g in grads],
+                           self.inner_lr)
+        target = lookahead(net, first, task, self.lookahead - 1, self.inner_lr)
+        return out, target, dict(zip(fast, grads))
+
+
+def _grads(loss, roots, retain_graph=False):
+    """∂loss/∂root by name (None where the loss does not depend on it: the parameter's ``.grad`` is
+    then left as it is, as ``backward`` leaves it)."""
+    return dict(zip(roots, torch.autograd.grad(loss, list(roots.values()), retain_graph=retain_graph,
+                                               allow_unused=True)))
+
+
+def _sum(a, b):
+    """a + b, where None stands for no gradient."""
+    return a if b is None else b if a is None else a + b
 
 
 def collapse_logs(out):

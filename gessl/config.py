@@ -138,6 +138,7 @@ class TrainConfig:
     sigma_weight: float = dataclasses.field(default=4.0, metadata={"help": "GeSSL: weight of the sigma-measurement in the outer loss", "check": non_negative})
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares", "check": positive})
     first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
+    inner_params: str = dataclasses.field(default="all", metadata={"help": "GeSSL: the parameters the inner loop, the look-ahead and sigma adapt: all, or head (every trainable parameter outside the backbone, on backbone features computed once per task; ANIL's feature reuse, Raghu et al. 2020; the outer gradient still reaches the backbone) [choice; docs/gessl.md]", "check": one_of("all", "head")})
     outer_set: str = dataclasses.field(default="task", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: task (all of them: twice the negatives of a contrastive base; the default since December 2026, benchmarks/grids/defaults.yaml) or query (the images the inner loop did not see)", "check": one_of("query", "task")})
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func", "check": one_of("higher", "func")})
     dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})

@@ -114,6 +114,7 @@ def check_episodic(cfg):
     method_cls = BASE_METHODS[cfg.base]
     try:
         getattr(method_cls, "check_config", lambda cfg: None)(cfg)  # a method's own up-front check
+        getattr(META_OPTIMISERS[cfg.meta], "check_config", lambda cfg: None)(cfg)  # and the objective's
     except ValueError as error:
         raise UserError(str(error)) from None
     if cfg.meta != "none" and getattr(method_cls, "meta_learner", False):

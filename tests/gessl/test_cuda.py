@@ -21,8 +21,9 @@ from gessl.config import resolve_config
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
 
-@pytest.mark.parametrize("flags", [{"meta": "none"}, {"meta": "none", "reg": "dsa"}, {"meta": "gessl", "reg": "dsa"}],
-                         ids=["plain", "dsa", "gessl-dsa"])
+@pytest.mark.parametrize("flags", [{"meta": "none"}, {"meta": "none", "reg": "dsa"}, {"meta": "gessl", "reg": "dsa"},
+                                   {"meta": "gessl", "inner_params": "head"}],
+                         ids=["plain", "dsa", "gessl-dsa", "gessl-head"])
 def test_training_steps_between_logs_never_wait_for_the_gpu(glyph_root, tmp_path, flags):
     cfg = resolve_config({"device": "cuda", "batch_size": 64, "log_every": 1000, "eval_episodes": 0, **flags})
     trainer = train.Trainer(cfg, tmp_path)
@@ -37,11 +38,12 @@ def test_training_steps_between_logs_never_wait_for_the_gpu(glyph_root, tmp_path
     torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("meta", ["none", "gessl"])
-def test_a_step_on_the_gpu_computes_what_it_computes_on_the_cpu(meta, monkeypatch):
+@pytest.mark.parametrize("flags", [{"meta": "none"}, {"meta": "gessl"}, {"meta": "gessl", "inner_params": "head"}],
+                         ids=["plain", "gessl", "gessl-head"])
+def test_a_step_on_the_gpu_computes_what_it_computes_on_the_cpu(flags, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    cfg = resolve_config({"meta": meta, "reg": "dsa", "amp": "off", "channels_last": "off"})
+    cfg = resolve_config({**flags, "reg": "dsa", "amp": "off", "channels_last": "off"})
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(32, 1, 28, 28, generator=gen) for _ in range(3)]
     results = []
@@ -49,7 +51,7 @@ def test_a_step_on_the_gpu_computes_what_it_computes_on_the_cpu(meta, monkeypatc
         model = train.build_model(cfg, in_channels=1, num_classes=10).to(device).train()
         batch = {"images": images[0].to(device), "views": [v.to(device) for v in images[1:]],
                  "labels": torch.arange(32).remainder(10).to(device)}
-        logs = META_OPTIMISERS[meta].from_config(cfg).compute_gradients(model, model.prepare_batch(batch))
+        logs = META_OPTIMISERS[cfg.meta].from_config(cfg).compute_gradients(model, model.prepare_batch(batch))
         results.append((float(logs["loss"]), [p.grad.cpu() for p in model.parameters() if p.grad is not None]))
     (cpu_loss, cpu_grads), (gpu_loss, gpu_grads) = results
     assert gpu_loss == pytest.approx(cpu_loss, rel=1e-4)
