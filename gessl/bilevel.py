@@ -86,6 +86,10 @@ class PlainStep:
         logs = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
         return {**logs, **(collapse_logs(out) if diagnose else {})}
 
+    def __call__(self, model, batch, diagnose=False):
+        """``compute_gradients(model, batch, diagnose)``, the call ``GeSSL`` has too."""
+        return self.compute_gradients(model, batch, diagnose)
+
 
 @dataclass
 class GeSSL:
