@@ -152,13 +152,14 @@ class GeSSL:
         forward pass without gradients, on scratch buffers and a forked random state, so training
         goes on as if it had not run)."""
         views = batch.get("views") if isinstance(batch, dict) else None
-        if not (isinstance(views, (list, tuple)) and len(views) == 2 and all(map(torch.is_tensor, views))):
+        if not (isinstance(views, (list, tuple)) and len(views) == 2
+                and all(torch.is_tensor(v) and v.dim() > 0 for v in views)):
             raise ValueError("GeSSL needs a batch dict whose 'views' is a list of two tensors (the two augmented "
                              f"views of the same images, [B, ...] each), got {_describe(batch)}")
         n = batch_size(batch)
         for key, value in batch.items():
             for row, part in enumerate(value if isinstance(value, (list, tuple)) else [value]):
-                if not torch.is_tensor(part) or len(part) != n:
+                if not torch.is_tensor(part) or tuple(part.shape[:1]) != (n,):
                     raise ValueError(f"GeSSL needs every entry of the batch indexed by image: batch[{key!r}]"
                                      f"{f'[{row}]' if isinstance(value, (list, tuple)) else ''} is "
                                      f"{_describe(part)}, not a tensor of {n} rows like the views")
