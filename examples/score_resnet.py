@@ -33,13 +33,15 @@ def main():
     parser.add_argument("--out", default="results/resnet18", help="where results.jsonl goes")
     parser.add_argument("--data-root", default=None, help="data folder(s) of the registry sets")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per setting (default: the suite's)")
+    parser.add_argument("--classes", type=int, default=None, help="at most this many classes of each set")
     args = parser.parse_args()
     model = headless_resnet18(args.weights)
     torch.manual_seed(0)
     twin = headless_resnet18()  # the same architecture, seeded random weights
-    records = gessl.evaluate_backbone(model, datasets=[*args.datasets, f"folder:{Path(args.folder).resolve()}"], out=args.out,
-                                      random_twin=twin, in_channels=3, image_size=32, suite="quick",
-                                      data_root=args.data_root, episodes=args.episodes)
+    datasets = [*args.datasets, f"folder:{Path(args.folder).resolve()}"]
+    records = gessl.evaluate_backbone(model, datasets=datasets, out=args.out, random_twin=twin, in_channels=3,
+                                      image_size=32, suite="quick", data_root=args.data_root,
+                                      episodes=args.episodes, classes=args.classes)
     for r in records:
         if r["protocol"] == "fewshot":
             print(f"{r['run']:<28} {r['dataset']:<24} {r['ways']}-way {r['shots']}-shot  "

@@ -26,13 +26,13 @@ def image_folder(root, classes=5, per_class=20, size=12):
     return root
 
 
-def test_score_resnet_scores_two_registry_sets_and_an_image_folder_as_the_command_line_does(data_root, tmp_path):  # noqa: F811
+def test_score_resnet_scores_two_registry_sets_and_a_folder_like_the_command_line(data_root, tmp_path):  # noqa: F811
     torch.manual_seed(4)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
     folder = image_folder(tmp_path / "tree")
     done = subprocess.run([sys.executable, str(REPO / "examples" / "score_resnet.py"), "--weights", "resnet18.pt",
                            "--datasets", "glyphs", "mnist", "--folder", "tree", "--out", "example",
-                           "--data-root", str(data_root), "--episodes", "3"],
+                           "--data-root", str(data_root), "--episodes", "3", "--classes", "5"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
@@ -45,6 +45,6 @@ def test_score_resnet_scores_two_registry_sets_and_an_image_folder_as_the_comman
     evaluate.main(["--backbone", "torchvision:resnet18", "--weights", str(tmp_path / "resnet18.pt"),
                    "--in-channels", "3", "--image-size", "32", "--datasets", *datasets, "--out",
                    str(tmp_path / "cli" / "example"), "--data-root", str(data_root), "--suite", "quick",
-                   "--episodes", "3"])
+                   "--episodes", "3", "--classes", "5"])
     cli = jsonl(tmp_path / "cli" / "example" / "results.jsonl")
     assert fewshot == {(r["run"], r["dataset"], r["shots"]): r["value"] for r in cli if r["protocol"] == "fewshot"}

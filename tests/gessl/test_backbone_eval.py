@@ -129,7 +129,8 @@ def test_a_factory_in_the_users_own_module(data_root, tmp_path):
     (["--backbone", "torchvision:resnet18", "--weights", "conv4.pt"],
      "conv4.pt does not fit --backbone torchvision:resnet18 (missing conv1.weight, bn1.weight, bn1.bias and 117 "
      "more; unexpected features.0.weight,"),
-    (["--backbone", "conv4", "--weights", "conv4.pt", "--in-channels", "3"], "misshapen features.0.weight [64, 1, 3, 3], not [64, 3, 3, 3]"),
+    (["--backbone", "conv4", "--weights", "conv4.pt", "--in-channels", "3"],
+     "misshapen features.0.weight [64, 1, 3, 3], not [64, 3, 3, 3]"),
     (["--backbone", "nosuchmodule:make"], "cannot import nosuchmodule"),
     (["--backbone", "torchvision:nosuchnet"], "unknown torchvision model 'nosuchnet'"),
     (["--backbone", "conv4", "--datasets", "nosuchset"], "unknown dataset 'nosuchset'"),
