@@ -27,6 +27,7 @@ name) and its random-initialised twin (the same SPEC built after ``torch.manual_
 per-episode accuracies merged into ``OUT/episodes.npz``, as for a run folder; ``analysis.report`` reads
 OUT like one.
 """
+import argparse
 import copy
 import importlib
 import inspect
@@ -244,26 +245,32 @@ def evaluate_backbone(model, datasets, out, *, random_twin=None, name=None, in_c
     return records
 
 
+FLAGS = ("backbone", "weights", "image_size", "in_channels", "datasets", "out")
+
+
 def add_flags(parser):
-    """The flags of ``python -m gessl.evaluate --backbone``."""
+    """The flags of ``python -m gessl.evaluate --backbone`` (absent from the namespace until ``check_flags``)."""
     group = parser.add_argument_group("a backbone instead of run folders (docs/api.md)")
-    group.add_argument("--backbone", metavar="SPEC", help=f"{' | '.join(BACKBONES)} | torchvision:NAME (its "
-                       "classifier removed) | MODULE:FACTORY (a callable returning an nn.Module)")
-    group.add_argument("--weights", metavar="FILE", help="a state dict, or a file with one under 'state_dict' "
-                       "(a run's backbone.pt); default: the backbone's random initialisation")
-    group.add_argument("--image-size", type=int, help="side the images are resized to (default: a run's "
-                       "backbone.pt's, 28 for conv4/resnet18, else each data set's own)")
-    group.add_argument("--in-channels", type=int, choices=[1, 3], help="channels of the images; the first "
-                       "convolution is adapted to them (default: those it takes)")
-    group.add_argument("--datasets", nargs="+", metavar="NAME", help="registry names or folder:PATH "
-                       "(ImageFolder trees), each scored as a transfer target")
-    group.add_argument("--out", metavar="DIR", help="folder of the results (default: eval/SPEC, ':' as '-')")
+    flag = lambda name, **kwargs: group.add_argument(name, default=argparse.SUPPRESS, **kwargs)  # noqa: E731
+    flag("--backbone", metavar="SPEC", help=f"{' | '.join(BACKBONES)} | torchvision:NAME (its classifier removed) | "
+         "MODULE:FACTORY (a callable returning an nn.Module)")
+    flag("--weights", metavar="FILE", help="a state dict, or a file with one under 'state_dict' (a run's "
+         "backbone.pt); default: the backbone's random initialisation")
+    flag("--image-size", type=int, metavar="N", help="side the images are resized to (default: a run's "
+         "backbone.pt's, 28 for conv4/resnet18, else each data set's own)")
+    flag("--in-channels", type=int, choices=[1, 3], help="channels of the images; the first convolution is "
+         "adapted to them (default: those it takes)")
+    flag("--datasets", nargs="+", metavar="NAME", help="registry names or folder:PATH (ImageFolder trees), each "
+         "scored as a transfer target")
+    flag("--out", metavar="DIR", help="folder of the results (default: eval/SPEC, ':' as '-')")
 
 
 def check_flags(parser, args):
-    """``parser.error`` for flags that do not go together."""
+    """Set the flags not given to None; ``parser.error`` for flags that do not go together."""
+    for name in FLAGS:
+        setattr(args, name, getattr(args, name, None))
     if args.backbone is None:
-        given = [f for f in ("weights", "image_size", "in_channels", "datasets", "out") if getattr(args, f)]
+        given = [name for name in FLAGS if getattr(args, name)]
         if given:
             parser.error(f"--{given[0].replace('_', '-')} goes with --backbone")
     elif args.run_dirs or getattr(args, "compare", None):

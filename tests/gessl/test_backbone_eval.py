@@ -167,3 +167,14 @@ def test_a_backbone_without_convolutions_needs_its_channels(tmp_path):
     with pytest.raises(UserError, match="give them"):
         evaluate_backbone(nn.Flatten(), ["glyphs"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "x"], "--out goes with --backbone"),
+    (["some-run", "--backbone", "conv4", "--datasets", "glyphs"], "RUN_DIRs (or --compare) or --backbone, not both"),
+    (["--backbone", "conv4"], "--backbone needs --datasets"),
+])
+def test_flags_that_do_not_go_together(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
