@@ -204,7 +204,8 @@ def evaluate_backbone(model, datasets, out, *, random_twin=None, name=None, in_c
     records to ``out/results.jsonl``, merge the per-episode accuracies into ``out/episodes.npz`` and return
     the records (see the module docstring).
 
-    ``model``: an ``nn.Module`` (or callable) mapping images ``[B, C, H, W]`` in [0, 1] to features.
+    ``model``: an ``nn.Module`` (or callable) mapping images ``[B, C, H, W]`` in [0, 1] to features; a module
+    is moved to ``device``.
     ``random_twin``: the same architecture randomly initialised (None: ``reinitialised(model, seed)``).
     ``name``: the model's name in the records (None: ``out``'s folder name). ``in_channels``: the images'
     channels (None: those of the model's first convolution). ``image_size``: the side images are resized

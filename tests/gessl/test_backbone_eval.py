@@ -14,7 +14,7 @@ from torch import nn
 
 from analysis.load import Notes, load_episodes, load_results
 from gessl import evaluate, evaluate_backbone
-from gessl.backbone_eval import adapt_first_conv
+from gessl.backbone_eval import adapt_first_conv, reinitialised
 from gessl.backbones import Conv4
 from gessl.evaluate import evaluate_run
 from tasks.common.errors import UserError
@@ -178,3 +178,14 @@ def test_flags_that_do_not_go_together(args, message, capsys):
     with pytest.raises(SystemExit) as stop:
         evaluate.main(args)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_default_twin_is_the_architecture_initialised_anew_from_the_seed():
+    def make():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    trained = perturbed_statistics(make(), 1)
+    twin = reinitialised(trained, seed=9)
+    torch.manual_seed(9)
+    fresh = make()
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), fresh.state_dict().values()))
+    assert not torch.equal(twin[1].running_mean, trained[1].running_mean)  # the copy, not the model, is reset
