@@ -7,18 +7,22 @@
 - ``evaluate_backbone``: the universality suite on any feature extractor and the data sets named.
 
 The command lines (``python -m gessl.train``, ``python -m gessl.evaluate``) are thin layers over them.
+Each name is imported on first use, so that ``import gessl`` loads nothing else, ``baselines`` (some
+of whose methods use ``gessl.backbones``) can be imported first, and ``python -m gessl.evaluate``
+runs its module once.
 """
-from baselines import BASE_METHODS
-from baselines.base import SSLOutput
-from gessl.bilevel import GeSSL, PlainStep
+import importlib
 
-__all__ = ["BASE_METHODS", "GeSSL", "PlainStep", "SSLOutput", "evaluate_backbone"]
+PUBLIC = {"GeSSL": "gessl.bilevel", "PlainStep": "gessl.bilevel", "SSLOutput": "baselines.base",
+          "BASE_METHODS": "baselines", "evaluate_backbone": "gessl.backbone_eval"}  # name -> its module
+__all__ = sorted(PUBLIC)
 
 
 def __getattr__(name):
-    """``evaluate_backbone``, imported on first use: the evaluation modules are not loaded by ``import gessl``
-    (nor before ``python -m gessl.evaluate`` runs its own module)."""
-    if name == "evaluate_backbone":
-        from gessl.backbone_eval import evaluate_backbone
-        return evaluate_backbone
+    if name in PUBLIC:
+        return getattr(importlib.import_module(PUBLIC[name]), name)
     raise AttributeError(f"module 'gessl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(PUBLIC))
