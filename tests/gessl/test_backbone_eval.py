@@ -125,23 +125,39 @@ def test_a_factory_in_the_users_own_module(data_root, tmp_path):
     assert jsonl(tmp_path / "api" / "mine" / "results.jsonl") == expected  # the Python call returns what it wrote
 
 
+WRONG_ARCHITECTURE = ("conv4.pt does not fit --backbone torchvision:resnet18 (missing conv1.weight, bn1.weight, "
+                      "bn1.bias and 117 more; unexpected features.0.weight,")
+
+
+def test_weights_of_the_wrong_architecture_are_one_line_exit_2_and_nothing_written(data_root, tmp_path):
+    torch.save(Conv4().state_dict(), tmp_path / "conv4.pt")
+    done = subprocess.run([sys.executable, "-m", "gessl.evaluate", "--backbone", "torchvision:resnet18", "--weights",
+                           "conv4.pt", "--datasets", "glyphs", "--out", "out", "--data-root", str(data_root), *TINY],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and WRONG_ARCHITECTURE in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--backbone", "torchvision:resnet18", "--weights", "conv4.pt"],
-     "conv4.pt does not fit --backbone torchvision:resnet18 (missing conv1.weight, bn1.weight, bn1.bias and 117 "
-     "more; unexpected features.0.weight,"),
     (["--backbone", "conv4", "--weights", "conv4.pt", "--in-channels", "3"],
      "misshapen features.0.weight [64, 1, 3, 3], not [64, 3, 3, 3]"),
     (["--backbone", "nosuchmodule:make"], "cannot import nosuchmodule"),
     (["--backbone", "torchvision:nosuchnet"], "unknown torchvision model 'nosuchnet'"),
+    (["--backbone", "conv4", "--weights", "missing.pt"], "no weights file at missing.pt"),
+    (["--backbone", "conv4", "--weights", "notes.pt"], "notes.pt holds no state dict"),
     (["--backbone", "conv4", "--datasets", "nosuchset"], "unknown dataset 'nosuchset'"),
 ])
-def test_wrong_weights_or_names_are_one_line_and_nothing_is_written(data_root, tmp_path, args, message):
-    torch.save(Conv4().state_dict(), tmp_path / "conv4.pt")
+def test_wrong_weights_or_names_are_a_user_error_before_anything_is_written(data_root, tmp_path, monkeypatch,
+                                                                            args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a MODULE:FACTORY is looked for in the folder too
+    torch.save(Conv4().state_dict(), "conv4.pt")
+    torch.save({"note": "not weights"}, "notes.pt")
     args = args if "--datasets" in args else [*args, "--datasets", "glyphs"]
-    done = subprocess.run([sys.executable, "-m", "gessl.evaluate", *args, "--out", "out", "--data-root",
-                           str(data_root), *TINY], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    with pytest.raises(UserError) as error:
+        evaluate.main([*args, "--out", "out", "--data-root", str(data_root), *TINY])
+    assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
 
 
