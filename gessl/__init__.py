@@ -1,0 +1,28 @@
+"""gessl as a library: the public pieces (``docs/api.md``).
+
+- ``GeSSL``: the bi-level step around any ``nn.Module`` whose ``forward(batch)`` returns an
+  ``SSLOutput``; ``PlainStep``: the base loss alone, with the same call;
+- ``SSLOutput``: what such a model returns (the loss, its named terms, the two views' projections);
+- ``BASE_METHODS``: the registry of the project's base methods (name → class);
+- ``evaluate_backbone``: the universality suite on any feature extractor and the data sets named.
+
+The command lines (``python -m gessl.train``, ``python -m gessl.evaluate``) are thin layers over them.
+Each name is imported on first use, so that ``import gessl`` loads nothing else, ``baselines`` (some
+of whose methods use ``gessl.backbones``) can be imported first, and ``python -m gessl.evaluate``
+runs its module once.
+"""
+import importlib
+
+PUBLIC = {"GeSSL": "gessl.bilevel", "PlainStep": "gessl.bilevel", "SSLOutput": "baselines.base",
+          "BASE_METHODS": "baselines", "evaluate_backbone": "gessl.backbone_eval"}  # name -> its module
+__all__ = sorted(PUBLIC)
+
+
+def __getattr__(name):
+    if name in PUBLIC:
+        return getattr(importlib.import_module(PUBLIC[name]), name)
+    raise AttributeError(f"module 'gessl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(PUBLIC))

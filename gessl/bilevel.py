@@ -49,6 +49,8 @@ reads them every ``--log-every`` steps (and times the parts of the step, waiting
 on the ``diagnose`` steps that it logs).
 """
 import dataclasses
+import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +65,7 @@ from gessl.device import clock
 from gessl.distributed import average_gradients
 from gessl.inner_loop import (ENGINES, backbone_features, batch_size, check_head_split, head_model, lookahead,
                               scratch_buffers, sgd_update, take, trainable)
-from gessl.shares import support_size, task_slices
+from gessl.shares import smallest_set, support_size, task_slices
 
 
 def instance_log_posteriors(projections, temperature):
@@ -99,12 +101,28 @@ class PlainStep:
         logs = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.terms.items()}}
         return {**logs, **(collapse_logs(out) if diagnose else {})}
 
+    def __call__(self, model, batch, diagnose=False):
+        """``compute_gradients(model, batch, diagnose)``, the call ``GeSSL`` has too."""
+        return self.compute_gradients(model, batch, diagnose)
+
 
 @dataclass
 class GeSSL:
-    """GeSSL's outer step around any base method (see the module docstring).
+    """GeSSL's outer step around any model whose ``forward(batch)`` returns an ``SSLOutput``.
 
-    The options and their defaults are those of ``TrainConfig`` (the README explains the choices).
+    The public object of ``gessl`` (``docs/api.md``) and the one ``gessl.train --meta gessl`` uses. In
+    a user's loop, with the user's own optimiser::
+
+        step = GeSSL(inner_lr=1e-3)
+        optimizer.zero_grad()
+        logs = step(model, batch)      # back-propagates the outer loss into .grad, returns the logs
+        optimizer.step()
+
+    ``batch`` is a dict of tensors (or lists of tensors) indexed by image, with ``batch["views"]``
+    the two augmented views ([B, ...] each); ``model(batch)`` returns an ``SSLOutput`` whose
+    ``loss`` is the base loss and whose ``projections`` are the two views' projector outputs
+    ([B, D] each). The options (see the module docstring) default to ``TrainConfig``'s; ``inner_lr``
+    to SimCLR's α (``docs/gessl.md`` says why a base method may need another).
     """
 
     inner_steps: int = TrainConfig.inner_steps              # K
@@ -143,7 +161,51 @@ class GeSSL:
         projections (``collapse_logs``).
         """
         with per_process():
+            self._check_inputs(model, batch)
             return self._compute_gradients(model, batch, diagnose)
+
+    def __call__(self, model, batch, diagnose=False):
+        """``compute_gradients(model, batch, diagnose)``: one outer step's gradients, the logs returned."""
+        return self.compute_gradients(model, batch, diagnose)
+
+    def _check_inputs(self, model, batch):
+        """A one-sentence ``ValueError`` for a batch that is not a dict of views indexed by image or
+        too small to cut into tasks, and, on the first call with ``model``, for a model whose
+        ``forward(batch)`` gives no projections of the two views or a loss that is not finite (one
+        forward pass without gradients, on scratch buffers and a forked random state, so training
+        goes on as if it had not run)."""
+        views = batch.get("views") if isinstance(batch, dict) else None
+        if not (isinstance(views, (list, tuple)) and len(views) == 2
+                and all(torch.is_tensor(v) and v.dim() > 0 for v in views)):
+            raise ValueError("GeSSL needs a batch dict whose 'views' is a list of two tensors (the two augmented "
+                             f"views of the same images, [B, ...] each), got {_describe(batch)}")
+        n = batch_size(batch)
+        for key, value in batch.items():
+            for row, part in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+                if not torch.is_tensor(part) or tuple(part.shape[:1]) != (n,):
+                    raise ValueError(f"GeSSL needs every entry of the batch indexed by image: batch[{key!r}]"
+                                     f"{f'[{row}]' if isinstance(value, (list, tuple)) else ''} is "
+                                     f"{_describe(part)}, not a tensor of {n} rows like the views")
+        tasks = max(1, (self.tasks_per_step or world_size()) // world_size())
+        if smallest_set(n, tasks, self.support_ratio) < 2:
+            raise ValueError(f"a batch of {n} images cut into {tasks} tasks (support_ratio {self.support_ratio}) "
+                             "leaves fewer than 2 images in a support or query set; use a larger batch or "
+                             "fewer tasks_per_step")
+        checked = getattr(self, "_checked_model", None)
+        if checked is not None and checked() is model:
+            return
+        device = views[0].device
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            out = functional_call(model, scratch_buffers(model), (batch,))
+        projections = getattr(out, "projections", None)
+        if not (isinstance(projections, (list, tuple)) and len(projections) == 2
+                and all(torch.is_tensor(z) and z.dim() == 2 and len(z) == n for z in projections)):
+            raise ValueError("GeSSL needs model(batch) to return an SSLOutput whose projections are the two views' "
+                             f"projector outputs ([{n}, D] each), got projections {_describe(projections)}")
+        loss = getattr(out, "loss", None)
+        if not (torch.is_tensor(loss) and loss.numel() == 1 and math.isfinite(loss.item())):
+            raise ValueError(f"GeSSL needs model(batch) to return a finite scalar loss, got {_describe(loss)}")
+        self._checked_model = weakref.ref(model)
 
     def _compute_gradients(self, model, batch, diagnose):
         params = trainable(model)
@@ -240,6 +302,17 @@ def _grads(loss, roots, retain_graph=False):
 def _sum(a, b):
     """a + b, where None stands for no gradient."""
     return a if b is None else b if a is None else a + b
+
+
+def _describe(value):
+    """A short description of ``value`` for an error message: a tensor's shape and values, else its type."""
+    if torch.is_tensor(value):
+        return f"a tensor of shape {list(value.shape)}" + (f" ({value.item()})" if value.numel() == 1 else "")
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}: [{', '.join(_describe(v) for v in value[:3])}]"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def collapse_logs(out):

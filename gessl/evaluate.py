@@ -1,5 +1,8 @@
 """Evaluate trained runs: ``python -m gessl.evaluate RUN_DIR... [--suite quick|standard|full]``.
 
+Any other backbone, on the data sets named: ``--backbone SPEC [--weights FILE] --datasets NAME...``
+(``gessl.backbone_eval``).
+
 How universal is the run's backbone? The suite (``tasks.evaluation.suite``) embeds the data of each axis once
 with the frozen backbone and measures on the cached features:
 
@@ -495,6 +498,7 @@ def print_table(records):
 
 
 def main(argv=None):
+    from gessl import backbone_eval  # it imports this module's scoring functions
     parser = argparse.ArgumentParser(prog="python -m gessl.evaluate", description=__doc__.split("\n\n")[0],
                                      epilog="suites: " + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values())
                                      + ". Several processes: `torchrun --nproc_per_node N -m gessl.evaluate RUN_DIR` "
@@ -520,10 +524,12 @@ def main(argv=None):
     parser.add_argument("--offline", action="store_true", default=os.environ.get("GESSL_OFFLINE") == "1",
                         help=f"do not fetch the transfer sets ({', '.join(TRANSFER_SETS)}) that no data folder "
                              "holds (otherwise fetched on first use); $GESSL_OFFLINE=1 sets it")
+    backbone_eval.add_flags(parser)
     args = parser.parse_args(argv)
     compare = getattr(args, "compare", None)
-    if not args.run_dirs and not compare:
-        parser.error("give at least one RUN_DIR, or --compare RUN_A RUN_B")
+    backbone_eval.check_flags(parser, args)
+    if not args.run_dirs and not compare and not args.backbone:
+        parser.error("give at least one RUN_DIR, --compare RUN_A RUN_B or --backbone SPEC")
     changes = {k: getattr(args, k, None) for k in ("episodes", "ways", "shots", "queries", "classifiers", "axes", "classes")}
     for name in ("episodes", "ways", "queries", "classes"):
         if changes[name] is not None and changes[name] < 1:
@@ -534,6 +540,12 @@ def main(argv=None):
     check_seed(args.seed)
     processes = Processes.from_environment()
     device = processes.place(resolve_device(args.device))
+    if args.backbone:
+        with processes.group(device):
+            records = backbone_eval.evaluate_spec(args, processes, **changes)
+        if processes.main:
+            print_table(records)
+        return
     runs = list(map(Path, args.run_dirs))
     runs += [run for run in dict.fromkeys(map(Path, compare or ()))
              if run not in runs and not (run / "episodes.npz").is_file()]

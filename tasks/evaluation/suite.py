@@ -108,11 +108,16 @@ def plan(dataset, root="", axes=AXES):
         if not others:
             notes.append("no transferability axis: no dataset of another domain is installed "
                          "(`python -m tasks.data list` shows how to fetch MNIST, Fashion-MNIST or KanjiVG)")
-        for name in others:
-            other = get_dataset(name, root)
-            targets.append(Target("transferability", name, other.eval_split,
-                                  "train" if "train" in other.splits else None, other.protocol))
+        targets += [transfer_target(name, root) for name in others]
     return targets, notes
+
+
+def transfer_target(name, root=""):
+    """Dataset ``name`` as a transferability target: its evaluation split, with its ``train`` split
+    (where it has one) for the linear probe and kNN."""
+    data = get_dataset(name, root)
+    return Target("transferability", data.name, data.eval_split, "train" if "train" in data.splits else None,
+                  data.protocol)
 
 
 def per_class_rows(labels, cap, seed):
