@@ -5,7 +5,7 @@ A task takes N unlabelled images x_1..x_N and gives each its own class: the imag
 the support set (one shot per class) and their augmentations A(x_i) are the queries (Algorithm 1).
 N images drawn at random from a set of many classes rarely share a class, which is what makes the
 tasks usable without labels. Here a batch of B images (``--batch-size``) is cut into T = ⌈B / N⌉
-contiguous tasks (``gessl.shares.share``: at most N images each, sizes differing by at most one,
+contiguous tasks (``baselines.shares.task_slices``: at most N images each, sizes differing by at most one,
 never fewer than 2 images; 128 images give 24 tasks of 5 and 2 of 4), and each image's two
 augmented views (``batch["views"]``) are its two queries.
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput
-from gessl.shares import task_slices
+from baselines.shares import task_slices
 
 
 def umtra_tasks(n, ways):

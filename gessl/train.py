@@ -16,6 +16,7 @@ uses a GPU (``gessl.device``).
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from baselines import BASE_METHODS
-from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
+from gessl.backbones import BACKBONES, build_backbone, load_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
 from gessl.bilevel import META_OPTIMISERS
 from gessl.collapse import THRESHOLDS, collapsing
 from gessl.config import RESUMABLE, add_config_flags, read_run_config, read_yaml, resolve_config
@@ -44,8 +45,9 @@ from tasks.common.errors import UserError, run_cli
 from tasks.common.interrupts import DeferredStop
 from tasks.common.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
 from tasks.data.fonts import font_files, font_list
-from tasks.data.glyphs import data_root
+from tasks.data.roots import data_root
 from tasks.data.registry import get_dataset, load_split, noto_dir
+from tasks.evaluation.fewshot import embed
 from tasks.training.augment import GlyphAugment
 from tasks.training.episodes import EpisodeSampler
 
@@ -248,7 +250,7 @@ class Trainer:
         # backbone at its seeded initialisation (CACTUs' clusters; before a --resume loads the checkpoint).
         self.episodes = None
         if episodic and hasattr(self.model.method, "episode_sampler"):
-            self.episodes = self.model.method.episode_sampler(self.images, self.model.backbone, cfg.seed)
+            self.episodes = self._method_episodes()
         elif episodic:
             self.episodes = EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
         self.optimizer = build_optimizer(self.model, cfg)
@@ -279,6 +281,27 @@ class Trainer:
         if self.cfg.compile:
             model.backbone.compile()
         return model
+
+    def _method_episodes(self):
+        """The method's own episodes (CACTUs' clusters): ``episode_sampler`` given the frozen encoder (the
+        backbone file its ``encoder_file`` names, else the run's backbone at its seeded initialisation),
+        the suite's ``embed``, the ``EpisodeSampler`` and a progress bar."""
+        method, path = self.model.method, getattr(self.model.method, "encoder_file", None)
+        encoder = self.model.backbone
+        if path is not None:
+            encoder, meta = load_backbone(path)
+            channels = 1 if self.images.dim() == 3 else self.images.shape[1]
+            if meta["in_channels"] != channels or meta["image_size"] != self.images.shape[-1]:
+                raise UserError(f"the frozen encoder {path} takes {meta['in_channels']}-channel "
+                                f"{meta['image_size']}-pixel images but the data's are {channels}-channel "
+                                f"{self.images.shape[-1]}-pixel; use a backbone trained on this kind of data")
+            encoder.to(self.device)
+        progress = functools.partial(tqdm, desc=f"{self.cfg.base} episodes", leave=False,
+                                     disable=not self.processes.main)
+        try:
+            return method.episode_sampler(self.images, encoder, embed, EpisodeSampler, self.cfg.seed, progress)
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
     @property
     def checkpoint_path(self):

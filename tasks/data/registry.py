@@ -33,7 +33,8 @@ from tasks.data import cifar, folders, imagenet, kanjivg, mnist, omniglot
 from tasks.data.fetch import copy_into, unpacked_deb
 from tasks.data.fonts import INSTALL_HINT, SYSTEM_FONT_DIRS, extra_fonts, font_files
 from tasks.data.formats import to_channels
-from tasks.data.glyphs import cache_path, data_root, data_roots, load_glyphs
+from tasks.data.glyphs import cache_path, load_glyphs
+from tasks.data.roots import data_root, data_roots
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
 HELDOUT_DRAW_SEED = 1  # the drawings of the glyph sets' held-out images of the background classes
