@@ -55,12 +55,14 @@ CACTUs is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refus
 around it. It imports ProtoNet's and MAML's modules (learn2learn); the trainer hands it the frozen
 encoder, the embedding function and the episode sampler (``episode_sampler``).
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from baselines.maml import MAML
+from baselines.options import Adaptation, at_least, one_of, option, positive
 from baselines.protonet import ProtoNet
 
 LLOYD_ITERATIONS = 100  # at most; glyph embeddings with k = 500 settle in 35-45
@@ -161,15 +163,32 @@ class CACTUs(nn.Module):
     """ProtoNet or head-only MAML (``cactus_learner``) on episodes of cluster pseudo-labels, which
     ``episode_sampler`` builds at the start of training."""
 
+    @dataclass
+    class Options(Adaptation):
+        """CACTUs's options (``baselines.options``)."""
+
+        cactus_learner: str = option("proto", "the meta-learner on each cluster task, proto (ProtoNet's loss) or "
+                                              "maml (MAML's head adapted with the --maml-* options); tasks are "
+                                              "--episode-ways x (--episode-shots + --episode-queries) images",
+                                     one_of("proto", "maml"))
+        cactus_encoder: str = option("random", "the frozen encoder whose embeddings are clustered: random (the "
+                                               "run's backbone at its seeded initialisation) or a run folder (its "
+                                               "backbone.pt) or backbone file")
+        cactus_partitions: int = option(20, "P, k-means partitions of the embeddings, all but the first on "
+                                            "randomly rescaled dimensions (Hsu et al.: 100 on Omniglot)", positive)
+        cactus_clusters: int = option(500, "k, clusters per partition; those with fewer than shots + queries images "
+                                           "are dropped (Hsu et al.: 500 on Omniglot)", at_least(2))
+
     episodic = True
     meta_learner = True
 
     @staticmethod
     def check_config(cfg):
         """``ValueError`` (one line) for an encoder that is not there or fewer clusters than ways."""
-        encoder_path(cfg.cactus_encoder)
-        if cfg.cactus_clusters < cfg.episode_ways:
-            raise ValueError(f"--cactus-clusters {cfg.cactus_clusters} cannot give --episode-ways "
+        options = cfg.base_options
+        encoder_path(options.cactus_encoder)
+        if options.cactus_clusters < cfg.episode_ways:
+            raise ValueError(f"--cactus-clusters {options.cactus_clusters} cannot give --episode-ways "
                              f"{cfg.episode_ways}-way tasks: a task's classes are clusters of one partition")
 
     def __init__(self, feat_dim, cactus_learner="proto", cactus_encoder="random", cactus_partitions=20,

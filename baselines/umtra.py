@@ -28,12 +28,15 @@ while the adapted head's cross-entropy stays informative.
 UMTRA is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
 around it. The projections are the backbone features of the two views.
 """
+from dataclasses import dataclass
+
 import learn2learn
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput
+from baselines.options import Adaptation, at_least, one_of, option
 from baselines.shares import task_slices
 
 
@@ -49,12 +52,22 @@ def umtra_tasks(n, ways):
 class UMTRA(nn.Module):
     """UMTRA's tasks and meta-learner (``proto`` or ``maml``) over unlabelled batches."""
 
+    @dataclass
+    class Options(Adaptation):
+        """UMTRA's options (``baselines.options``)."""
+
+        umtra_ways: int = option(5, "N, unlabelled images (classes) per task; a batch gives ceil(batch / N) tasks "
+                                    "(Khodadadeh et al.: 5 on Omniglot)", at_least(2))
+        umtra_learner: str = option("maml", "the meta-learner on each task, maml (a linear head adapted with the "
+                                            "--maml-* options, the paper's) or proto (ProtoNet's loss)",
+                                    one_of("maml", "proto"))
+
     meta_learner = True
 
     @staticmethod
     def check_config(cfg):
         """``ValueError`` (one line) when a batch of ``cfg.batch_size`` cannot be cut into tasks."""
-        umtra_tasks(cfg.batch_size, cfg.umtra_ways)
+        umtra_tasks(cfg.batch_size, cfg.base_options.umtra_ways)
 
     def __init__(self, feat_dim, umtra_ways=5, umtra_learner="maml", maml_inner_steps=5, maml_inner_lr=0.1,
                  maml_first_order=False):

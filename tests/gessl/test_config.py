@@ -1,10 +1,12 @@
 import dataclasses
 
 import pytest
+import yaml
 
-from gessl.config import TrainConfig, read_yaml, resolve_config
+from gessl.config import TrainConfig, read_run_config, read_yaml, resolve_config
 from gessl.train import parse_args, prepare_run
 from tasks.common.errors import UserError
+from tests.helpers import REPO
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
@@ -78,3 +80,13 @@ def test_every_number_and_choice_carries_its_bounds():
 def test_bounds_name_the_flag_and_the_value(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         prepare_run(parse_args(flags + ["--out", str(tmp_path / "run")]))
+
+
+def test_the_committed_study_configs_still_read():
+    folders = sorted(p.parent for p in (REPO / "benchmarks" / "results").rglob("config.yaml"))
+    assert folders
+    for folder in folders:
+        cfg = read_run_config(folder)
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        own = {f.name for f in dataclasses.fields(cfg.base_options)}
+        assert {k: v for k, v in saved.items() if k in own} == {k: cfg.value(k) for k in own if k in saved}, folder

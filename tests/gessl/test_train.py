@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gessl import train
 from gessl.backbones import load_backbone
@@ -275,15 +276,34 @@ def test_a_run_saved_before_the_ink_jitter_resumes_without_it(glyph_root, tmp_pa
     assert (resolve_config({}).aug_dilate, resolve_config({}).aug_gain) == (0.5, 0.5)  # a new run has the jitter
 
 
+def flat_layout(out):
+    """Rewrite a run folder's config.yaml in the flat layout: the base method's options at the top level."""
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, **saved.pop(saved["base"])}, sort_keys=False))
+
+
 def test_a_swav_run_saved_when_swav_shared_temperature_reads_its_temperature(glyph_root, tmp_path):
     out = tmp_path / "old"
     run_train(out, "--max-steps", "1", "--data-root", str(glyph_root), "--base", "swav", "--swav-temperature", "0.3")
+    flat_layout(out)
     saved = (out / "config.yaml").read_text().replace("swav_temperature: 0.3", "temperature: 0.3")
     (out / "config.yaml").write_text("".join(line for line in saved.splitlines(keepends=True)
                                              if not line.startswith(("simsiam_pred_lr", "aug_"))))
     cfg = train.prepare_run(train.parse_args(["--out", str(out), "--resume", "--max-steps", "2"]))[0]
-    assert (cfg.swav_temperature, cfg.aug_dilate) == (0.3, 0)
-    assert resolve_config({}).swav_temperature == 0.2
+    assert (cfg.base_options.swav_temperature, cfg.aug_dilate) == (0.3, 0)
+    assert resolve_config({"base": "swav"}).base_options.swav_temperature == 0.2
+
+
+def test_a_run_folder_of_the_flat_layout_resumes_and_is_saved_in_the_new_one(glyph_root, tmp_path):
+    out = tmp_path / "old"
+    run_train(out, "--max-steps", "1", "--data-root", str(glyph_root), "--base", "vicreg", "--vicreg-cov", "2")
+    new_layout = yaml.safe_load((out / "config.yaml").read_text())
+    assert new_layout["vicreg"] == {"proj_hidden": 512, "proj_dim": 128, "vicreg_sim": 25.0, "vicreg_var": 25.0,
+                                    "vicreg_cov": 2.0}
+    flat_layout(out)
+    train.main(["--out", str(out), "--resume", "--max-steps", "2"])
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {**new_layout, "max_steps": 2}
 
 
 @pytest.mark.parametrize("flags, named", [(["--meta", "gessl"], "--meta ('none' -> 'gessl')"),
