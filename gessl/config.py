@@ -227,7 +227,8 @@ def add_config_flags(parser, methods=None):
     for name, method in (BASE_METHODS if methods is None else methods).items():
         own, types = fields(options_class(method)), option_types(options_class(method))
         also = [flag(f.name) for f in own if f.name in seen]
-        group = parser.add_argument_group(f"--base {name}", f"also {', '.join(also)} (above)" if also else None)
+        about = f"also {', '.join(also)} (above)" if also else None if own else "no options of its own"
+        group = parser.add_argument_group(f"--base {name}", about)
         for f in own:
             if f.name not in seen:
                 _add_flag(group, f, types[f.name])

@@ -1,5 +1,6 @@
 """Training: the run folder, loss going down, exact resume, and clean failures on bad input."""
 import json
+import math
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ import yaml
 
 from gessl import train
 from gessl.backbones import load_backbone
-from gessl.config import resolve_config
+from gessl.config import read_run_config, resolve_config
 from tasks.common.errors import UserError
 from tests.disk import read_only_disk, small_disk
 from tests.gessl.interrupt import interrupted_at
@@ -279,7 +280,8 @@ def test_a_run_saved_before_the_ink_jitter_resumes_without_it(glyph_root, tmp_pa
 def flat_layout(out):
     """Rewrite a run folder's config.yaml in the flat layout: the base method's options at the top level."""
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    (out / "config.yaml").write_text(yaml.safe_dump({**saved, **saved.pop(saved["base"])}, sort_keys=False))
+    own = saved.pop(saved["base"])
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, **own}, sort_keys=False))
 
 
 def test_a_swav_run_saved_when_swav_shared_temperature_reads_its_temperature(glyph_root, tmp_path):
@@ -419,3 +421,67 @@ def test_the_training_data_are_recorded_and_a_resume_on_other_data_is_refused(gl
     with pytest.raises(UserError, match=f"differ from the run's .*{record['fingerprint']}"):
         train.main(["--out", str(out), "--resume", "--max-steps", "2", "--data-root", str(other)])
 
+
+
+OUTSIDE_METHOD = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from baselines.base import SSLOutput
+from baselines.options import option, positive
+from baselines.simclr import nt_xent
+
+
+class Outside(nn.Module):
+    @dataclass
+    class Options:
+        outside_dim: int = option(16, "width of the projections", positive)
+
+    def __init__(self, feat_dim, outside_dim{extra}):
+        super().__init__()
+        self.projector, self.proj_dim = nn.Linear(feat_dim, outside_dim), outside_dim
+
+    def forward(self, backbone, batch):
+        z1, z2 = self.projector(backbone(torch.cat(batch["views"]))).chunk(2)
+        loss = nt_xent(z1, z2, 0.5)
+        return SSLOutput(loss, {{"outside": loss}}, (z1, z2))
+'''
+
+
+def outside_cli(folder, *flags):
+    """``gessl.train`` run from ``folder``, which holds a method module, the project on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(folder)])}
+    return subprocess.run([sys.executable, "-m", "gessl.train", *flags], cwd=folder, env=env, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("meta, reg", [("none", "none"), ("gessl", "dsa")])
+def test_a_method_from_a_module_outside_the_project_trains(glyph_root, tmp_path, monkeypatch, meta, reg):
+    (tmp_path / "mine.py").write_text(OUTSIDE_METHOD.format(extra=""))
+    result = outside_cli(tmp_path, "--base", "mine:Outside", "--outside-dim", "8", "--meta", meta, "--reg", reg,
+                         "--batch-size", "32", "--max-steps", "4", "--log-every", "1", "--warmup-steps", "1",
+                         "--eval-episodes", "0", "--data-root", str(glyph_root), "--out", "run")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["mine:Outside"] == {"outside_dim": 8}
+    records = metrics(tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) for r in records) and "outside" in records[0]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    initial = train.build_model(read_run_config(tmp_path / "run"), 1, 10).state_dict()  # the run's seeded start
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert trained.keys() == initial.keys()
+    for part in ("backbone.", "method.projector."):
+        assert any(not torch.equal(v, trained[k]) for k, v in initial.items() if k.startswith(part)), part
+
+
+@pytest.mark.parametrize("base, extra, message", [
+    ("nowhere:Outside", "", "--base nowhere:Outside: cannot import nowhere (ModuleNotFoundError"),
+    ("mine:Elsewhere", "", "--base mine:Elsewhere: module mine has no class Elsewhere"),
+    ("mine:Outside", ", width=3", "--base mine:Outside: its constructor takes width, which is no option"),
+])
+def test_a_bad_outside_method_is_one_line_exit_2_and_writes_nothing(glyph_root, tmp_path, base, extra, message):
+    (tmp_path / "mine.py").write_text(OUTSIDE_METHOD.format(extra=extra))
+    result = outside_cli(tmp_path, "--base", base, "--max-steps", "1", "--eval-episodes", "0", "--out", "run")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
