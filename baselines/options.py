@@ -58,9 +58,9 @@ def option_types(options):
 def problems(options):
     """``(name, what is wrong)`` for each option of the dataclass instance ``options`` out of its bounds
     (``"must be positive, got -1"``), then the pairs its ``check()`` returns, if it has one."""
-    found = []
+    found, types = [], option_types(options)
     for f in dataclasses.fields(options):
-        value, kind = getattr(options, f.name), option_types(options)[f.name]
+        value, kind = getattr(options, f.name), types[f.name]
         if kind is float and not math.isfinite(value):
             found.append((f.name, f"must be a finite number, got {value}"))
             continue

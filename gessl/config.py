@@ -12,14 +12,14 @@ defined in any importable module (docs/bases.md, "Adding a base method").
 import argparse
 import dataclasses
 import importlib
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
 from baselines import BASE_METHODS
-from baselines.options import NoOptions, half_open_unit, non_negative, one_of, open_unit, option_types, positive, problems, unit
+from baselines.options import (NoOptions, half_open_unit, non_negative, one_of, open_unit, option_types, positive,
+                               problems, unit)
 from gessl.shares import check_tasks
 from tasks.common.errors import UserError
 
@@ -37,8 +37,9 @@ INNER_LR = {"simclr": 1e-3, "barlow": 8e-6}
 
 @dataclass
 class TrainConfig:
-    """Every option of ``python -m gessl.train``; the field's metadata holds its ``--help`` text and,
-    for a number or a choice, its ``check``."""
+    """The options every run of ``python -m gessl.train`` shares, and ``base_options``, the base
+    method's own (its ``Options``); a field's metadata holds its ``--help`` text and, for a number or a
+    choice, its ``check`` (``baselines.options``)."""
 
     base: str = dataclasses.field(default="simclr", metadata={"help": "base SSL method: a name of the registry, or MODULE:CLASS (a method in your own module; docs/bases.md)"})
     reg: str = dataclasses.field(default="none", metadata={"help": "regulariser added to the base loss"})
