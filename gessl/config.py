@@ -178,7 +178,8 @@ def options_class(method):
 
 def registered_options():
     """``{name: type}`` of the options of every method of the registry."""
-    return {name: kind for method in BASE_METHODS.values() for name, kind in option_types(options_class(method)).items()}
+    return {name: kind for method in BASE_METHODS.values()
+            for name, kind in option_types(options_class(method)).items()}
 
 
 # Options added after runs were saved without them, with the value those runs had: a run folder's

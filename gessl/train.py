@@ -30,7 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from baselines import BASE_METHODS
-from gessl.backbones import BACKBONES, build_backbone, load_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
+from gessl.backbones import (BACKBONES, build_backbone, load_backbone, load_torch_file, not_finite, save_backbone,
+                             save_torch_file)
 from gessl.bilevel import META_OPTIMISERS
 from gessl.collapse import THRESHOLDS, collapsing
 from gessl.config import (RESUMABLE, SHARED, add_config_flags, method_class, read_run_config, read_yaml,

@@ -3,7 +3,7 @@
 A loader takes ``(split, root, image_size)`` and returns ``(images, labels)``: uint8 images
 ``[N, H, W]`` (grey) or ``[N, 3, H, W]`` (colour) and int64 labels numbered 0..C−1 within the
 split. ``root`` is the data folder ("" or None: ``$GESSL_DATA``, else ``~/.cache/gessl``; see
-``tasks.data.glyphs.data_root``); generated sets are cached there and real ones looked for there.
+``tasks.data.roots.data_root``); generated sets are cached there and real ones looked for there.
 
 Splits: few-shot sets have disjoint classes in ``background`` (pre-training), ``validation`` and
 ``evaluation`` (classes never seen); classification sets have ``train`` / ``test`` (and MNIST's

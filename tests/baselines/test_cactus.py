@@ -116,7 +116,8 @@ def test_the_encoder_is_the_initial_backbone_or_a_saved_one_and_the_partitions_a
     for _ in range(2):
         torch.manual_seed(0)
         backbone = build_backbone("conv4")
-        runs.append(CACTUs(backbone.out_dim, **options).episode_sampler(images, backbone, embed, EpisodeSampler, 3).labels)
+        cactus = CACTUs(backbone.out_dim, **options)
+        runs.append(cactus.episode_sampler(images, backbone, embed, EpisodeSampler, 3).labels)
     assert torch.equal(*runs)
     assert backbone.training  # the encoder's mode is restored
     torch.manual_seed(1)

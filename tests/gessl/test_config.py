@@ -68,7 +68,8 @@ def test_every_number_and_choice_carries_its_bounds():
     # A new option without a "check" would be accepted at any value: bounds live with the fields.
     names = {"base", "reg", "meta", "dataset", "backbone", "dsa_prior", "cactus_encoder"}  # checked by their registries (CACTUs.check_config)
     free = {"data_root", "out"}  # any path
-    every = [*dataclasses.fields(TrainConfig), *(f for m in BASE_METHODS.values() for f in dataclasses.fields(m.Options))]
+    every = [*dataclasses.fields(TrainConfig),
+             *(f for method in BASE_METHODS.values() for f in dataclasses.fields(method.Options))]
     for f in every:
         if f.type in (int, float) or (f.type is str and f.name not in names | free):
             assert callable(f.metadata.get("check")), f.name

@@ -135,3 +135,8 @@ def test_cli_info_and_bad_preview(glyph_root, tmp_path):
                           str(tmp_path / "x.png")], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_cli_reads_the_set_from_the_data_root_it_is_given(glyph_root, capsys):
+    assert glyphs.main(["info", "--data-root", str(glyph_root)]) == 0
+    assert f"cache: {glyph_root}/glyphs-v" in capsys.readouterr().out
