@@ -297,8 +297,8 @@ def resolve_config(*layers):
     base = shared.get("base", TrainConfig.base)
     own_class = options_class(method_class(base))
     own_names = {f.name for f in fields(own_class)}
-    unknown = sorted(k for layer in layers for k, v in layer.items() if k not in SHARED | own_names
-                     and k not in registered_options() and not isinstance(v, dict))
+    known = SHARED | own_names | set(registered_options())
+    unknown = sorted(k for layer in layers for k, v in layer.items() if k not in known and not isinstance(v, dict))
     if unknown:
         raise UserError(f"unknown options {unknown}; see `python -m gessl.train --help`")
     own = {}
