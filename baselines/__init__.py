@@ -1,11 +1,15 @@
 """Base self-supervised objectives. Each is an ``nn.Module`` holding the heads it needs whose
 ``forward(backbone, batch)`` returns an ``SSLOutput`` (the loss, its named terms, the projections
-of each view); ``batch["views"]`` holds the augmented views. Registry: name → class. The
-constructor takes the backbone's feature dimension, then keyword options named like the training
-config's fields (``proj_hidden``, ``temperature``, ``barlow_lambda``, ...), which ``gessl.train``
-fills from the config; a method with a momentum copy of the backbone (MoCo, BYOL) also takes
-``backbone``, the online backbone, which it copies. A method's ``proj_dim`` attribute is the width
-of its projections.
+of each view); ``batch["views"]`` holds the augmented views. Registry: name → class; adding a method
+is one file and one line here (docs/bases.md, "Adding a base method").
+
+A method owns its options: its class attribute ``Options`` is a dataclass of fields made with
+``baselines.options.option`` (default, ``--help`` text, bounds). The constructor takes the
+backbone's feature dimension, then keywords named like those fields, which ``gessl.train`` fills
+from the run's config; a keyword may also name a shared option of the training config
+(``episode_shots``, ...), ``num_classes`` (the training classes) or ``backbone`` (the online
+backbone, which a method with a momentum copy, MoCo or BYOL, copies). A method's ``proj_dim``
+attribute is the width of its projections.
 
 For GeSSL a method must be a pure function of its parameters and the batch: state that is not
 trained by gradient (momentum encoders, EMA targets) is held in parameters with
@@ -24,13 +28,15 @@ queue entries that SwAV's ``sinkhorn`` assigns to each image's momentum key, and
 a supervised contrastive loss over that task; ``cactus`` (``meta_learner = True``, ``episodic = True``)
 clusters the embeddings of the training images by a frozen encoder with k-means, P times, and meta-learns
 (ProtoNet's or MAML's module) on episodes whose classes are the clusters of one partition: the method's
-``episode_sampler(images, backbone, seed)``, which ``gessl.train`` calls at the start of training in
-place of an ``EpisodeSampler`` over the labels. A method may define ``check_config(cfg)``, raising a
-one-line ``ValueError`` for a config it cannot train with, which ``gessl.train`` reports up front. ``baselines.maml`` and ``baselines.umtra`` are the modules
-that import more than torch: learn2learn's MAML wrapper (``baselines.maml``'s docstring says why),
-and UMTRA the task-cutting rule of ``gessl.shares``; ``baselines.cactus`` also imports
-``tasks.training.episodes``' sampler, ``tasks.evaluation.fewshot``'s ``embed`` and ``gessl.backbones``'
-loader."""
+``episode_sampler(images, encoder, embed, sampler, seed, progress)``, which ``gessl.train`` calls at the
+start of training with the frozen encoder (the file its ``encoder_file`` names, else the run's backbone
+at its initialisation), the evaluation suite's ``embed``, the ``EpisodeSampler`` and a progress bar. A
+method may define ``check_config(cfg)``, raising a one-line ``ValueError`` for a config it cannot train
+with (``cfg.base_options`` holds its options), which ``gessl.train`` reports up front.
+
+The package imports torch and itself only (``tests/test_arrows.py``), and learn2learn in the methods
+that are learn2learn's (``baselines.maml``'s MAML wrapper, which UMTRA's head uses too).
+"""
 from baselines.barlow import BarlowTwins
 from baselines.byol import BYOL
 from baselines.cactus import CACTUs

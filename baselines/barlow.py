@@ -15,10 +15,13 @@ layers of 8192 (2048 at CIFAR scale in solo-learn); here it is ``barlow_proj_dim
 default) for both layers. On the glyphs (150 steps, batch 128) a 1024-wide projector gave 72.8 %
 5-way 1-shot where the 512 → 128 SimCLR-sized one gave 53.0 %, below a random network (54 %).
 """
+from dataclasses import dataclass
+
 import torch
 
 from baselines.base import SSLOutput, project_views
 from baselines.distributed import gather
+from baselines.options import non_negative, option, positive
 from baselines.simclr import projection_mlp
 
 
@@ -36,6 +39,13 @@ def barlow_twins_loss(z1, z2, off_diagonal_weight=0.005, eps=1e-5):
 
 class BarlowTwins(torch.nn.Module):
     """Barlow Twins head and loss; ``forward(backbone, batch)`` returns an ``SSLOutput``."""
+
+    @dataclass
+    class Options:
+        """BarlowTwins's options (``baselines.options``)."""
+
+        barlow_proj_dim: int = option(1024, "width of both projector layers", positive)
+        barlow_lambda: float = option(0.005, "weight of the off-diagonal term", non_negative)
 
     def __init__(self, feat_dim, barlow_proj_dim=1024, barlow_lambda=0.005):
         super().__init__()

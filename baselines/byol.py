@@ -29,6 +29,7 @@ projections of different glyphs share a common direction (mean cosine 0.33 at in
 (1 − τ) per step stays close to its random start, so BYOL learns to predict a random network.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from torch import nn
 
 from baselines.base import SSLOutput
 from baselines.momentum import MomentumEncoder
+from baselines.options import Projector, half_open_unit, non_negative, option, positive
 from baselines.simclr import projection_mlp
 
 
@@ -54,6 +56,19 @@ class BYOL(nn.Module):
 
     ``backbone`` is the online backbone, copied into the target network at construction.
     """
+
+    @dataclass
+    class Options(Projector):
+        """BYOL's options (``baselines.options``)."""
+
+        byol_pred_hidden: int = option(128, "hidden width of the predictor (4096 in the paper)", positive)
+        byol_momentum: float = option(0.99, "tau_base, target momentum at the start, raised to 1 by a cosine (0.996 "
+                                            "in the paper)", half_open_unit)
+        byol_pred_lr: float = option(10.0, "the predictor's learning rate, a multiple of --lr held constant (no "
+                                           "warm-up or decay); 0: the schedule's, like every other parameter (the "
+                                           "paper)", non_negative)
+        byol_proj_bn: bool = option(True, "BatchNorm on the projector's output (SimSiam's projector; the paper has "
+                                          "none)")
 
     def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, byol_pred_hidden=128, byol_momentum=0.99,
                  byol_pred_lr=10.0, byol_proj_bn=True):

@@ -52,21 +52,18 @@ default; random backbone 53.1 / 74.4) and 57.2 / 70.0 % with ``maml``, which is 
 backbone on the glyphs (docs/bases.md).
 
 CACTUs is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
-around it. It imports more than torch: ProtoNet's and MAML's modules (learn2learn) and the project's
-episode sampler.
+around it. It imports ProtoNet's and MAML's modules (learn2learn); the trainer hands it the frozen
+encoder, the embedding function and the episode sampler (``episode_sampler``).
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from baselines.maml import MAML
+from baselines.options import Adaptation, at_least, one_of, option, positive
 from baselines.protonet import ProtoNet
-from gessl.backbones import load_backbone
-from tasks.common.errors import UserError
-from tasks.evaluation.fewshot import embed
-from tasks.training.episodes import EpisodeSampler
 
 LLOYD_ITERATIONS = 100  # at most; glyph embeddings with k = 500 settle in 35-45
 
@@ -104,13 +101,13 @@ def kmeans_objective(x, assign, centres):
     return (x - centres[assign]).square().sum()
 
 
-def cactus_partitions(z, partitions, clusters, least, generator):
+def cactus_partitions(z, partitions, clusters, least, generator, progress=iter):
     """The P = ``partitions`` cluster labelings of the embeddings ``z`` [N, D] (the module docstring):
     int64 [P, N], a point's cluster in partition p, or −1 where its cluster has fewer than ``least``
     members (dropped). Partition 0 clusters ``z``, the others ``z`` with each dimension scaled by
-    U(0, 1) weights drawn from ``generator``."""
+    U(0, 1) weights drawn from ``generator``. ``progress`` wraps the loop over partitions (a progress bar)."""
     out = []
-    for p in tqdm(range(partitions), desc="CACTUs k-means", unit="partition", leave=False):
+    for p in progress(range(partitions)):
         scaled = z if p == 0 else z * torch.rand(z.shape[1], generator=generator, dtype=z.dtype)
         assign, _ = kmeans(scaled, clusters, generator)
         counts = torch.bincount(assign, minlength=clusters)
@@ -121,15 +118,15 @@ def cactus_partitions(z, partitions, clusters, least, generator):
 class PartitionEpisodes:
     """Training episodes whose classes are clusters of one partition (``cactus_partitions``'s labels):
     ``sample(seed, step)`` draws the partition from (seed, step), then the episode from that
-    partition's ``EpisodeSampler`` (built when first used), and returns the dataset indices and the
-    episode labels in the sampler's layout."""
+    partition's episode sampler (``sampler(labels, ways, shots, queries)``, built when first used), and
+    returns the dataset indices and the episode labels in the sampler's layout."""
 
-    def __init__(self, labels, ways, shots, queries):
-        self.labels, self.ways, self.shots, self.queries = labels, ways, shots, queries
+    def __init__(self, labels, ways, shots, queries, sampler):
+        self.labels, self.ways, self.shots, self.queries, self.sampler = labels, ways, shots, queries, sampler
         for p, row in enumerate(labels):
             kept = len(torch.unique(row[row >= 0]))
             if kept < ways:
-                raise UserError(f"partition {p} of the CACTUs clusters has {kept} clusters of at least "
+                raise ValueError(f"partition {p} of the CACTUs clusters has {kept} clusters of at least "
                                 f"{shots + queries} images (--episode-shots + --episode-queries), fewer than "
                                 f"--episode-ways {ways}; use fewer --cactus-clusters, ways, shots or queries")
         self.samplers = {}
@@ -143,7 +140,7 @@ class PartitionEpisodes:
         p = self.partition(seed, step)
         if p not in self.samplers:
             members = torch.nonzero(self.labels[p] >= 0).squeeze(1)
-            self.samplers[p] = members, EpisodeSampler(self.labels[p][members], self.ways, self.shots, self.queries)
+            self.samplers[p] = members, self.sampler(self.labels[p][members], self.ways, self.shots, self.queries)
         members, sampler = self.samplers[p]
         index, labels = sampler.sample(seed, step)
         return members[index], labels
@@ -166,15 +163,32 @@ class CACTUs(nn.Module):
     """ProtoNet or head-only MAML (``cactus_learner``) on episodes of cluster pseudo-labels, which
     ``episode_sampler`` builds at the start of training."""
 
+    @dataclass
+    class Options(Adaptation):
+        """CACTUs's options (``baselines.options``)."""
+
+        cactus_learner: str = option("proto", "the meta-learner on each cluster task, proto (ProtoNet's loss) or "
+                                              "maml (MAML's head adapted with the --maml-* options); tasks are "
+                                              "--episode-ways x (--episode-shots + --episode-queries) images",
+                                     one_of("proto", "maml"))
+        cactus_encoder: str = option("random", "the frozen encoder whose embeddings are clustered: random (the "
+                                               "run's backbone at its seeded initialisation) or a run folder (its "
+                                               "backbone.pt) or backbone file")
+        cactus_partitions: int = option(20, "P, k-means partitions of the embeddings, all but the first on "
+                                            "randomly rescaled dimensions (Hsu et al.: 100 on Omniglot)", positive)
+        cactus_clusters: int = option(500, "k, clusters per partition; those with fewer than shots + queries images "
+                                           "are dropped (Hsu et al.: 500 on Omniglot)", at_least(2))
+
     episodic = True
     meta_learner = True
 
     @staticmethod
     def check_config(cfg):
         """``ValueError`` (one line) for an encoder that is not there or fewer clusters than ways."""
-        encoder_path(cfg.cactus_encoder)
-        if cfg.cactus_clusters < cfg.episode_ways:
-            raise ValueError(f"--cactus-clusters {cfg.cactus_clusters} cannot give --episode-ways "
+        options = cfg.base_options
+        encoder_path(options.cactus_encoder)
+        if options.cactus_clusters < cfg.episode_ways:
+            raise ValueError(f"--cactus-clusters {options.cactus_clusters} cannot give --episode-ways "
                              f"{cfg.episode_ways}-way tasks: a task's classes are clusters of one partition")
 
     def __init__(self, feat_dim, cactus_learner="proto", cactus_encoder="random", cactus_partitions=20,
@@ -191,23 +205,20 @@ class CACTUs(nn.Module):
     def forward(self, backbone, batch):
         return self.learner(backbone, batch)
 
-    def episode_sampler(self, images, backbone, seed):
-        """The ``PartitionEpisodes`` of the training ``images``: embedded by the encoder (``backbone``,
-        the run's at its initialisation, for ``random``), clustered P times from ``seed``."""
+    @property
+    def encoder_file(self):
+        """The backbone file of the frozen encoder, or None for the run's backbone at its initialisation."""
+        return encoder_path(self.encoder)
+
+    def episode_sampler(self, images, encoder, embed, sampler, seed, progress=iter):
+        """The ``PartitionEpisodes`` of the training ``images``, embedded by ``embed(encoder, images,
+        device=...)`` (the trainer's frozen ``encoder``: ``encoder_file``'s, or the run's backbone at its
+        initialisation) and clustered P times from ``seed``; ``sampler(labels, ways, shots, queries)``
+        draws a partition's episodes (``progress``: the trainer's progress bar over partitions)."""
         if self.clusters > len(images):
-            raise UserError(f"--cactus-clusters {self.clusters} is more than the {len(images)} training images; "
-                            f"use fewer clusters")
-        path = encoder_path(self.encoder)
-        encoder, device = backbone, next(backbone.parameters()).device
-        if path is not None:
-            encoder, meta = load_backbone(path)
-            channels = 1 if images.dim() == 3 else images.shape[1]
-            if meta["in_channels"] != channels or meta["image_size"] != images.shape[-1]:
-                raise UserError(f"--cactus-encoder {path} takes {meta['in_channels']}-channel "
-                                f"{meta['image_size']}-pixel images but the data's are {channels}-channel "
-                                f"{images.shape[-1]}-pixel; use a backbone trained on this kind of data")
-            encoder.to(device)
-        z = embed(encoder, images, device=device)  # eval mode, BatchNorm folded; the encoder is left as it was
+            raise ValueError(f"--cactus-clusters {self.clusters} is more than the {len(images)} training images; "
+                             f"use fewer clusters")
+        z = embed(encoder, images, device=next(encoder.parameters()).device)  # eval mode; left as it was
         labels = cactus_partitions(z, self.partitions, self.clusters, self.shots + self.queries,
-                                   torch.Generator().manual_seed(seed))
-        return PartitionEpisodes(labels, self.ways, self.shots, self.queries)
+                                   torch.Generator().manual_seed(seed), progress)
+        return PartitionEpisodes(labels, self.ways, self.shots, self.queries, sampler)

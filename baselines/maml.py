@@ -37,11 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput
+from baselines.options import Adaptation
 from baselines.protonet import support_mask
 
 
 class MAML(nn.Module):
     """A linear head over ``episode_ways`` classes adapted by ``learn2learn.algorithms.MAML``."""
+
+    Options = Adaptation  # its options (``baselines.options``)
 
     episodic = True
     meta_learner = True

@@ -31,6 +31,8 @@ from an earlier epoch (that would need more than 24,000 slots). m = 0.999 lets a
 move the key encoder only 14 % of the way from its random start (0.999¹⁵⁰ ≈ 0.86); with 0.99 it
 forgets its start within a few hundred steps (0.99¹⁵⁰ ≈ 0.22).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +40,7 @@ from torch import nn
 from baselines.base import SSLOutput
 from baselines.distributed import gather
 from baselines.momentum import MomentumEncoder
+from baselines.options import Projector, half_open_unit, option, positive
 from baselines.simclr import projection_mlp
 
 
@@ -55,6 +58,16 @@ class MoCo(nn.Module):
     ``backbone`` is the online backbone, copied into the key encoder at construction.
     ``projector_output_bn``: a BatchNorm on the projector's output (none in MoCo; PsCo's has one).
     """
+
+    @dataclass
+    class Options(Projector):
+        """MoCo's options (``baselines.options``)."""
+
+        temperature: float = option(0.1, "tau, temperature of the InfoNCE loss", positive)
+        moco_queue: int = option(4096, "keys held in the queue (MoCo's negatives, 65536 in its paper; PsCo's shots "
+                                       "and negatives, one key per image, 16384 in its paper)", positive)
+        moco_momentum: float = option(0.99, "m, momentum of the key encoder (0.999 in MoCo's paper, 0.99 in PsCo's)",
+                                      half_open_unit)
 
     projector_output_bn = False
 

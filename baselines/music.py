@@ -33,11 +33,14 @@ steps (batch 128, seed 0, before the ink jitter of the glyph augmentation) the s
 reaches 75.3; with the jitter, 0.2 reaches 76.5 (SimCLR 82.8). ``docs/bases.md`` has the measurements, among them width (512
 wide: worse) and the authors' SGD recipe (lr 0.05, weight decay 5e-4: worse at this budget).
 """
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from baselines.base import SSLOutput, project_views
 from baselines.distributed import gather
+from baselines.options import non_negative, option, positive
 
 
 def segment_probabilities(z, segment):
@@ -68,6 +71,24 @@ class MUSIC(nn.Module):
     Projector: Linear → BatchNorm → ReLU → Linear without bias, ``feat_dim`` → ``music_hidden`` →
     ``music_dim``, cut into segments of ``music_segment`` units (at least two segments).
     """
+
+    @dataclass
+    class Options:
+        """MUSIC's options (``baselines.options``)."""
+
+        music_hidden: int = option(1024, "hidden width of the projector", positive)
+        music_dim: int = option(2048, "D, projector output width = segments x segment size", positive)
+        music_segment: int = option(32, "B, attributes per segment (--music-dim holds at least two segments)",
+                                    positive)
+        music_ti: float = option(0.2, "weight of the transform-invariance term (docs/bases.md)", non_negative)
+        music_dia: float = option(1.0, "weight of the diagonal (same-segment) entropy term", non_negative)
+        music_off: float = option(1.0, "weight of the off-diagonal (cross-segment) entropy term", non_negative)
+
+        def check(self):
+            if self.music_dim % self.music_segment or self.music_dim < 2 * self.music_segment:
+                return [("music_dim", f"{self.music_dim} must be a multiple of --music-segment "
+                                      f"{self.music_segment}, at least two segments")]
+            return []
 
     def __init__(self, feat_dim, music_hidden=1024, music_dim=2048, music_segment=32, music_ti=0.2,
                  music_dia=1.0, music_off=1.0):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput
+from baselines.options import NoOptions
 
 
 def support_mask(labels, support_share):
@@ -57,6 +58,8 @@ def prototypical_loss(embeddings, labels, support):
 
 class ProtoNet(nn.Module):
     """The prototypical loss on the backbone features; no heads, no parameters of its own."""
+
+    Options = NoOptions  # its options (``baselines.options``)
 
     episodic = True
 

@@ -61,12 +61,15 @@ PsCo is itself an unsupervised meta-learner (``meta_learner = True``, as UMTRA):
 pseudo N-way K-shot task, so ``gessl.train`` refuses ``--meta gessl`` around it. The projections
 are the projector outputs of the two views.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from baselines.base import SSLOutput
 from baselines.distributed import gather
 from baselines.moco import MoCo, info_nce
+from baselines.options import option, positive
 from baselines.simclr import projection_mlp
 from baselines.swav import sinkhorn
 
@@ -98,15 +101,25 @@ class PsCo(MoCo):
     ``backbone`` is the online backbone, copied into the key encoder at construction.
     """
 
+    @dataclass
+    class Options(MoCo.Options):
+        """PsCo's options (``baselines.options``)."""
+
+        psco_shots: int = option(1, "K, shots per image taken from the queue (the top K of its Sinkhorn "
+                                    "assignment; Jang et al.: 1 on Omniglot, 4 on miniImageNet)", positive)
+        psco_temperature: float = option(1.0, "temperature of the pseudo-task contrastive loss (1 in the paper; "
+                                              "--temperature is its MoCo term's)", positive)
+        psco_epsilon: float = option(0.05, "epsilon, entropy weight of the Sinkhorn assignment of keys to the queue "
+                                           "(0.05 in the paper)", positive)
+
+        def check(self):
+            if self.psco_shots > self.moco_queue:
+                return [("psco_shots", f"{self.psco_shots} asks for more shots per image than the --moco-queue "
+                                       f"{self.moco_queue} keys of the queue")]
+            return []
+
     meta_learner = True
     projector_output_bn = True  # the paper's head
-
-    @staticmethod
-    def check_config(cfg):
-        """``ValueError`` (one line) when the queue holds fewer entries than the shots asked for."""
-        if cfg.psco_shots > cfg.moco_queue:
-            raise ValueError(f"PsCo cannot take --psco-shots {cfg.psco_shots} shots per image from a queue of "
-                             f"--moco-queue {cfg.moco_queue} keys")
 
     def __init__(self, feat_dim, backbone, proj_hidden=512, proj_dim=128, temperature=0.1, moco_queue=4096,
                  moco_momentum=0.99, psco_shots=1, psco_temperature=1.0, psco_epsilon=0.05):

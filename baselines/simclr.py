@@ -9,12 +9,15 @@ NT-Xent, for N images with projections z¹, z² (2N vectors ẑ = z/‖z‖, tem
 (eq. 1 of the paper), i.e. a cross-entropy over the 2N − 1 other vectors whose target is the
 other view of the same image.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput, project_views
 from baselines.distributed import gather
+from baselines.options import Projector, option, positive
 
 
 def nt_xent(z1, z2, temperature=0.5):
@@ -43,6 +46,12 @@ class SimCLR(nn.Module):
     2048-d hidden layer, 128-d output and τ = 0.5; on the glyphs, short runs learn far better
     features at τ = 0.1, see the README).
     """
+
+    @dataclass
+    class Options(Projector):
+        """SimCLR's options (``baselines.options``)."""
+
+        temperature: float = option(0.1, "tau, temperature of the NT-Xent loss", positive)
 
     def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, temperature=0.1):
         super().__init__()

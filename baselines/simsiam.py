@@ -25,11 +25,14 @@ the ink jitter) the constant rate at 1×, 10×, 30× gives 60.9, 71.1, 61.3 % on
 sets (5-way 1-shot; the schedule's rate: 63.1; SimCLR 82.8); the paper's SGD recipe, weight decay,
 a wider predictor, per-view BatchNorm and 4× the steps did not help (``docs/bases.md``).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput, project_views
+from baselines.options import Projector, non_negative, option, positive
 from baselines.simclr import projection_mlp
 
 
@@ -40,6 +43,16 @@ def negative_cosine(p, z):
 
 class SimSiam(nn.Module):
     """SimSiam heads and loss; ``forward(backbone, batch)`` returns an ``SSLOutput``."""
+
+    @dataclass
+    class Options(Projector):
+        """SimSiam's options (``baselines.options``)."""
+
+        simsiam_pred_hidden: int = option(128, "hidden (bottleneck) width of the predictor (512 in the paper)",
+                                          positive)
+        simsiam_pred_lr: float = option(10.0, "the predictor's learning rate, a multiple of --lr held constant (no "
+                                              "warm-up or decay; the paper holds it at 1x); 0: the schedule's, like "
+                                              "every other parameter", non_negative)
 
     def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, simsiam_pred_hidden=128, simsiam_pred_lr=10.0):
         super().__init__()

@@ -21,16 +21,26 @@ leaves the linear head near chance (loss ≈ log C) and the features below a ran
 5-shot (55.5 / 67.4 % 5-way 1 / 5-shot vs 54.0 / 73.9 random); the cosine head reached 71.0 / 84.0,
 74.3 / 85.6 and 70.6 / 81.8 at s = 2, 5, 10 (300 episodes, one seed), hence ``supervised_scale`` 5.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput
+from baselines.options import non_negative, option
 
 
 class Supervised(nn.Module):
     """A classifier over ``num_classes`` (cosine with scale ``supervised_scale``, or linear when it
     is 0) and its cross-entropy on both views."""
+
+    @dataclass
+    class Options:
+        """Supervised's options (``baselines.options``)."""
+
+        supervised_scale: float = option(5.0, "s, scale of the cosine classifier, logits s*cos(h, w_k) (0: a linear "
+                                              "classifier W h + b, the CIFAR-scale choice)", non_negative)
 
     def __init__(self, feat_dim, num_classes, supervised_scale=5.0):
         super().__init__()

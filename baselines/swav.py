@@ -41,12 +41,15 @@ Before the ink jitter SwAV scored below a random network on the glyphs (44.5 % a
 features had learnt stroke weight (``docs/bases.md``, which also has the variants tried:
 prototypes, queue, SGD, length of training).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput, project_views
 from baselines.distributed import gather
+from baselines.options import Projector, non_negative, option, positive
 from baselines.simclr import projection_mlp
 
 
@@ -90,6 +93,18 @@ class SwAV(nn.Module):
     prototype groups about 4 classes: coarse, but it keeps the equipartition meaningful without a
     queue. (CIFAR scale: 3000 prototypes, see the module docstring.)
     """
+
+    @dataclass
+    class Options(Projector):
+        """SwAV's options (``baselines.options``)."""
+
+        swav_temperature: float = option(0.2, "tau, temperature of the prototype softmax (0.1 in the paper)", positive)
+        swav_prototypes: int = option(300, "K, number of prototypes (3000 at CIFAR scale)", positive)
+        swav_epsilon: float = option(0.03, "epsilon, entropy weight of the Sinkhorn codes (0.05 in the paper)",
+                                     positive)
+        swav_iters: int = option(3, "Sinkhorn-Knopp iterations", positive)
+        swav_queue: int = option(0, "past projections per view (per process) added to the Sinkhorn problem once "
+                                    "filled (0: no queue)", non_negative)
 
     broadcast_buffers = False  # under DDP each process keeps its own queue (module docstring)
 

@@ -5,7 +5,7 @@ A task takes N unlabelled images x_1..x_N and gives each its own class: the imag
 the support set (one shot per class) and their augmentations A(x_i) are the queries (Algorithm 1).
 N images drawn at random from a set of many classes rarely share a class, which is what makes the
 tasks usable without labels. Here a batch of B images (``--batch-size``) is cut into T = ⌈B / N⌉
-contiguous tasks (``gessl.shares.share``: at most N images each, sizes differing by at most one,
+contiguous tasks (``baselines.shares.task_slices``: at most N images each, sizes differing by at most one,
 never fewer than 2 images; 128 images give 24 tasks of 5 and 2 of 4), and each image's two
 augmented views (``batch["views"]``) are its two queries.
 
@@ -28,13 +28,16 @@ while the adapted head's cross-entropy stays informative.
 UMTRA is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
 around it. The projections are the backbone features of the two views.
 """
+from dataclasses import dataclass
+
 import learn2learn
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from baselines.base import SSLOutput
-from gessl.shares import task_slices
+from baselines.options import Adaptation, at_least, one_of, option
+from baselines.shares import task_slices
 
 
 def umtra_tasks(n, ways):
@@ -49,12 +52,22 @@ def umtra_tasks(n, ways):
 class UMTRA(nn.Module):
     """UMTRA's tasks and meta-learner (``proto`` or ``maml``) over unlabelled batches."""
 
+    @dataclass
+    class Options(Adaptation):
+        """UMTRA's options (``baselines.options``)."""
+
+        umtra_ways: int = option(5, "N, unlabelled images (classes) per task; a batch gives ceil(batch / N) tasks "
+                                    "(Khodadadeh et al.: 5 on Omniglot)", at_least(2))
+        umtra_learner: str = option("maml", "the meta-learner on each task, maml (a linear head adapted with the "
+                                            "--maml-* options, the paper's) or proto (ProtoNet's loss)",
+                                    one_of("maml", "proto"))
+
     meta_learner = True
 
     @staticmethod
     def check_config(cfg):
         """``ValueError`` (one line) when a batch of ``cfg.batch_size`` cannot be cut into tasks."""
-        umtra_tasks(cfg.batch_size, cfg.umtra_ways)
+        umtra_tasks(cfg.batch_size, cfg.base_options.umtra_ways)
 
     def __init__(self, feat_dim, umtra_ways=5, umtra_learner="maml", maml_inner_steps=5, maml_inner_lr=0.1,
                  maml_first_order=False):

@@ -15,11 +15,14 @@ hinges, as in the authors' code (``main_vicreg.py`` of facebookresearch/vicreg, 
 summed, as in both. The paper's projector is 3 layers of 8192; for the 28×28 glyphs the default is
 the SimCLR-sized projector of the config.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from baselines.base import SSLOutput, project_views
 from baselines.distributed import gather
+from baselines.options import Projector, non_negative, option
 from baselines.simclr import projection_mlp
 
 
@@ -46,6 +49,14 @@ def vicreg_loss(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0):
 
 class VICReg(torch.nn.Module):
     """VICReg head and loss; ``forward(backbone, batch)`` returns an ``SSLOutput``."""
+
+    @dataclass
+    class Options(Projector):
+        """VICReg's options (``baselines.options``)."""
+
+        vicreg_sim: float = option(25.0, "weight of the invariance term", non_negative)
+        vicreg_var: float = option(25.0, "weight of the variance term", non_negative)
+        vicreg_cov: float = option(1.0, "weight of the covariance term", non_negative)
 
     def __init__(self, feat_dim, proj_hidden=512, proj_dim=128, vicreg_sim=25.0, vicreg_var=25.0, vicreg_cov=1.0):
         super().__init__()

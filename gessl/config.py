@@ -1,42 +1,28 @@
-"""The training configuration: one dataclass, resolved as defaults ← YAML file ← CLI flags.
+"""The training configuration: the options every run shares (``TrainConfig``) and the base method's
+own (its ``Options`` dataclass, ``baselines.options``), resolved as defaults ← YAML file ← CLI flags.
 
-The resolved config is saved as ``config.yaml`` in the run folder; ``--resume`` reads it back and
-applies only the flags given on the command line.
+The resolved config is saved as ``config.yaml`` in the run folder, the base method's options under its
+name (``simclr: {temperature: 0.1, ...}``); ``--resume`` reads it back and applies only the flags given
+on the command line. Run folders saved with every option at the top level (the flat layout) read as
+well: ``read_run_config`` is the one place that reads old run folders (``PREDATED``).
+
+``--base`` names a method of the registry (``baselines.BASE_METHODS``) or ``MODULE:CLASS``, a method
+defined in any importable module (docs/bases.md, "Adding a base method").
 """
 import argparse
 import dataclasses
-import math
+import importlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
+from baselines import BASE_METHODS
+from baselines.options import (NoOptions, half_open_unit, non_negative, one_of, open_unit, option_types, positive,
+                               problems, unit)
 from gessl.shares import check_tasks
 from tasks.common.errors import UserError
 from tasks.common.io import read_text
-
-
-# The bounds of the options, kept with their fields (metadata "check"): a check returns what is wrong
-# with a value, or None. Names (base, reg, meta, dataset, backbone, dsa_prior) are checked by their
-# registries when the run is built.
-def positive(value):
-    return None if value > 0 else "must be positive"
-
-
-def non_negative(value):
-    return None if value >= 0 else "must be zero or positive"
-
-
-def unit(value):
-    return None if 0 <= value <= 1 else "must be in [0, 1]"
-
-
-def half_open_unit(value):
-    return None if 0 <= value < 1 else "must be in [0, 1)"
-
-
-def open_unit(value):
-    return None if 0 < value < 1 else "must be between 0 and 1"
 
 
 MAX_SEED = 2 ** 32 - 1  # seeds are mixed with steps into generator seeds that must fit 64 bits
@@ -44,18 +30,6 @@ MAX_SEED = 2 ** 32 - 1  # seeds are mixed with steps into generator seeds that m
 
 def seed_range(value):
     return None if 0 <= value <= MAX_SEED else f"must be in [0, {MAX_SEED}]"
-
-
-def at_least(low):
-    def check(value):
-        return None if value >= low else f"must be at least {low}"
-    return check
-
-
-def one_of(*choices):
-    def check(value):
-        return None if value in choices else f"must be {', '.join(choices[:-1])} or {choices[-1]}"
-    return check
 
 
 # GeSSL's inner step α of each base method when --inner-lr is 0 (the default); the others take
@@ -71,10 +45,11 @@ INNER_LR = {"simclr": 1e-3, "barlow": 8e-6}
 
 @dataclass
 class TrainConfig:
-    """Every option of ``python -m gessl.train``; the field's metadata holds its ``--help`` text and,
-    for a number or a choice, its ``check``."""
+    """The options every run of ``python -m gessl.train`` shares, and ``base_options``, the base
+    method's own (its ``Options``); a field's metadata holds its ``--help`` text and, for a number or a
+    choice, its ``check`` (``baselines.options``)."""
 
-    base: str = dataclasses.field(default="simclr", metadata={"help": "base SSL method"})
+    base: str = dataclasses.field(default="simclr", metadata={"help": "base SSL method: a name of the registry, or MODULE:CLASS (a method in your own module; docs/bases.md)"})
     reg: str = dataclasses.field(default="none", metadata={"help": "regulariser added to the base loss"})
     meta: str = dataclasses.field(default="gessl", metadata={"help": "meta-optimiser wrapping the base method: gessl or none"})
     dataset: str = dataclasses.field(default="glyphs", metadata={"help": "training data, its background split: glyphs, omniglot-small (Omniglot's minimal sets), ... (`python -m tasks.data list`)"})
@@ -86,49 +61,9 @@ class TrainConfig:
     lr: float = dataclasses.field(default=2e-3, metadata={"help": "peak learning rate", "check": positive})
     weight_decay: float = dataclasses.field(default=1e-6, metadata={"help": "weight decay (L2, added to the gradient)", "check": non_negative})
     warmup_steps: int = dataclasses.field(default=20, metadata={"help": "linear warm-up, then cosine decay", "check": non_negative})
-    temperature: float = dataclasses.field(default=0.1, metadata={"help": "temperature of contrastive losses (SimCLR, MoCo, PsCo's MoCo term)", "check": positive})
-    proj_hidden: int = dataclasses.field(default=512, metadata={"help": "hidden width of the projector", "check": positive})
-    proj_dim: int = dataclasses.field(default=128, metadata={"help": "output width of the projector", "check": positive})
-    barlow_proj_dim: int = dataclasses.field(default=1024, metadata={"help": "Barlow Twins: width of both projector layers", "check": positive})
-    barlow_lambda: float = dataclasses.field(default=0.005, metadata={"help": "Barlow Twins: weight of the off-diagonal term", "check": non_negative})
-    vicreg_sim: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the invariance term", "check": non_negative})
-    vicreg_var: float = dataclasses.field(default=25.0, metadata={"help": "VICReg: weight of the variance term", "check": non_negative})
-    vicreg_cov: float = dataclasses.field(default=1.0, metadata={"help": "VICReg: weight of the covariance term", "check": non_negative})
-    swav_temperature: float = dataclasses.field(default=0.2, metadata={"help": "SwAV: temperature tau of the prototype softmax (0.1 in the paper)", "check": positive})
-    swav_prototypes: int = dataclasses.field(default=300, metadata={"help": "SwAV: number of prototypes K (3000 at CIFAR scale)", "check": positive})
-    swav_epsilon: float = dataclasses.field(default=0.03, metadata={"help": "SwAV: epsilon, entropy weight of the Sinkhorn codes (0.05 in the paper)", "check": positive})
-    swav_iters: int = dataclasses.field(default=3, metadata={"help": "SwAV: Sinkhorn-Knopp iterations", "check": positive})
-    swav_queue: int = dataclasses.field(default=0, metadata={"help": "SwAV: past projections per view (per process) added to the Sinkhorn problem once filled (0: no queue)", "check": non_negative})
-    music_hidden: int = dataclasses.field(default=1024, metadata={"help": "MUSIC: hidden width of the projector", "check": positive})
-    music_dim: int = dataclasses.field(default=2048, metadata={"help": "MUSIC: projector output width D = segments x segment size", "check": positive})
-    music_segment: int = dataclasses.field(default=32, metadata={"help": "MUSIC: B, attributes per segment (music_dim must hold at least two segments)", "check": positive})
-    music_ti: float = dataclasses.field(default=0.2, metadata={"help": "MUSIC: weight of the transform-invariance term (the spec's 1 learns a third less on Omniglot in short runs; docs/bases.md)", "check": non_negative})
-    music_dia: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the diagonal (same-segment) entropy term", "check": non_negative})
-    music_off: float = dataclasses.field(default=1.0, metadata={"help": "MUSIC: weight of the off-diagonal (cross-segment) entropy term", "check": non_negative})
-    moco_queue: int = dataclasses.field(default=4096, metadata={"help": "MoCo, PsCo: keys held in the queue (MoCo's negatives, 65536 in its paper; PsCo's shots and negatives, one key per image, 16384 in its paper)", "check": positive})
-    moco_momentum: float = dataclasses.field(default=0.99, metadata={"help": "MoCo, PsCo: m, momentum of the key encoder (0.999 in MoCo's paper, 0.99 in PsCo's)", "check": half_open_unit})
-    psco_shots: int = dataclasses.field(default=1, metadata={"help": "PsCo: K, shots per image taken from the queue (the top K of its Sinkhorn assignment; Jang et al.: 1 on Omniglot, 4 on miniImageNet)", "check": positive})
-    psco_temperature: float = dataclasses.field(default=1.0, metadata={"help": "PsCo: temperature of the pseudo-task contrastive loss (1 in the paper; --temperature is its MoCo term's)", "check": positive})
-    psco_epsilon: float = dataclasses.field(default=0.05, metadata={"help": "PsCo: epsilon, entropy weight of the Sinkhorn assignment of keys to the queue (0.05 in the paper)", "check": positive})
-    byol_momentum: float = dataclasses.field(default=0.99, metadata={"help": "BYOL: tau_base, target momentum at the start, raised to 1 by a cosine (0.996 in the paper)", "check": half_open_unit})
-    byol_pred_hidden: int = dataclasses.field(default=128, metadata={"help": "BYOL: hidden width of the predictor (4096 in the paper)", "check": positive})
-    byol_proj_bn: bool = dataclasses.field(default=True, metadata={"help": "BYOL: BatchNorm on the projector's output (SimSiam's projector; the paper has none)"})
-    byol_pred_lr: float = dataclasses.field(default=10.0, metadata={"help": "BYOL: the predictor's learning rate, a multiple of --lr held constant (no warm-up or decay); 0: the schedule's, like every other parameter (the paper)", "check": non_negative})
-    simsiam_pred_hidden: int = dataclasses.field(default=128, metadata={"help": "SimSiam: hidden (bottleneck) width of the predictor (512 in the paper)", "check": positive})
-    simsiam_pred_lr: float = dataclasses.field(default=10.0, metadata={"help": "SimSiam: the predictor's learning rate, a multiple of --lr held constant (no warm-up or decay; the paper holds it at 1x); 0: the schedule's, like every other parameter", "check": non_negative})
-    supervised_scale: float = dataclasses.field(default=5.0, metadata={"help": "Supervised: scale s of the cosine classifier, logits s*cos(h, w_k) (0: a linear classifier W h + b, the CIFAR-scale choice)", "check": non_negative})
-    episode_ways: int = dataclasses.field(default=20, metadata={"help": "ProtoNet, MAML, CACTUs: classes per training episode (CACTUs: clusters of one partition; Snell et al. train Omniglot 60-way)", "check": positive})
-    episode_shots: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML, CACTUs: support images per class in a training episode", "check": positive})
-    episode_queries: int = dataclasses.field(default=5, metadata={"help": "ProtoNet, MAML, CACTUs: query images per class in a training episode", "check": positive})
-    maml_inner_steps: int = dataclasses.field(default=5, metadata={"help": "MAML (and UMTRA --umtra-learner maml): K, SGD steps adapting the head to an episode's support set (Finn et al.: 5 for 20-way Omniglot)", "check": non_negative})
-    maml_inner_lr: float = dataclasses.field(default=0.1, metadata={"help": "MAML (and UMTRA --umtra-learner maml): alpha, step of the head's adaptation (Finn et al.: 0.1 for 20-way Omniglot)", "check": positive})
-    maml_first_order: bool = dataclasses.field(default=False, metadata={"help": "MAML (and UMTRA --umtra-learner maml): first-order (FOMAML), d(w_K)/d(w) taken as identity"})
-    umtra_ways: int = dataclasses.field(default=5, metadata={"help": "UMTRA: N, unlabelled images (classes) per task; a batch gives ceil(batch / N) tasks (Khodadadeh et al.: 5 on Omniglot)", "check": at_least(2)})
-    umtra_learner: str = dataclasses.field(default="maml", metadata={"help": "UMTRA: the meta-learner on each task, maml (a linear head adapted with the --maml-* options, the paper's) or proto (ProtoNet's loss)", "check": one_of("maml", "proto")})
-    cactus_learner: str = dataclasses.field(default="proto", metadata={"help": "CACTUs: the meta-learner on each cluster task, proto (ProtoNet's loss) or maml (MAML's head adapted with the --maml-* options); tasks are --episode-ways x (--episode-shots + --episode-queries) images", "check": one_of("proto", "maml")})
-    cactus_encoder: str = dataclasses.field(default="random", metadata={"help": "CACTUs: the frozen encoder whose embeddings are clustered: random (the run's backbone at its seeded initialisation) or a run folder (its backbone.pt) or backbone file"})
-    cactus_partitions: int = dataclasses.field(default=20, metadata={"help": "CACTUs: P, k-means partitions of the embeddings, all but the first on randomly rescaled dimensions (Hsu et al.: 100 on Omniglot)", "check": positive})
-    cactus_clusters: int = dataclasses.field(default=500, metadata={"help": "CACTUs: k, clusters per partition; those with fewer than shots + queries images are dropped (Hsu et al.: 500 on Omniglot)", "check": at_least(2)})
+    episode_ways: int = dataclasses.field(default=20, metadata={"help": "episodic methods (ProtoNet, MAML, CACTUs): classes per training episode (CACTUs: clusters of one partition; Snell et al. train Omniglot 60-way)", "check": positive})
+    episode_shots: int = dataclasses.field(default=5, metadata={"help": "episodic methods: support images per class in a training episode", "check": positive})
+    episode_queries: int = dataclasses.field(default=5, metadata={"help": "episodic methods: query images per class in a training episode", "check": positive})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task", "check": non_negative})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target", "check": non_negative})
     inner_lr: float = dataclasses.field(default=0.0, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead; 0: the base method's (gessl.config.INNER_LR: 8e-6 for Barlow Twins, whose loss makes a step of 0.001 move its model 123 times as far as SimCLR's; benchmarks/grids/inner_step.yaml), 0.001 for every other (0.01 until December 2026; benchmarks/grids/defaults.yaml)", "check": non_negative})
@@ -163,33 +98,32 @@ class TrainConfig:
     log_every: int = dataclasses.field(default=10, metadata={"help": "steps between metrics.jsonl records", "check": positive})
     ckpt_every: int = dataclasses.field(default=100, metadata={"help": "steps between checkpoints", "check": positive})
     eval_episodes: int = dataclasses.field(default=600, metadata={"help": "episodes of the few-shot check after training (0: skip)", "check": non_negative})
+    base_options: object = dataclasses.field(default=None, metadata={"help": "the base method's own options, an instance of its Options dataclass (None: its defaults)"})
 
     def __post_init__(self):
         if self.inner_lr == 0:  # the base method's α
             self.inner_lr = INNER_LR.get(self.base, INNER_LR["simclr"])
+        if self.base_options is None:
+            self.base_options = options_class(method_class(self.base))()
 
     @property
     def episode_size(self):
         """Images in one training episode of an episodic method: ways x (shots + queries)."""
         return self.episode_ways * (self.episode_shots + self.episode_queries)
 
+    def value(self, name):
+        """The value of option ``name``: a shared option's, else the base method's."""
+        return getattr(self, name) if name in SHARED else getattr(self.base_options, name)
+
     def validate(self):
         """Raise ``UserError`` for values no run could use (names are checked by their registries)."""
-        for f in fields(self):
-            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
-            if f.type is float and not math.isfinite(value):
-                raise UserError(f"{flag} must be a finite number, got {value}")
-            problem = f.metadata["check"](value) if "check" in f.metadata else None
-            if problem:
-                raise UserError(f"{flag} {problem}, got {value if f.type in (int, float) else repr(value)}")
+        for name, problem in problems(self) + problems(self.base_options):
+            raise UserError(f"{flag(name)} {problem}")
         if self.batch_size < 2:
             raise UserError("--batch-size must be at least 2: contrastive losses need other images")
         if self.meta == "gessl":  # alone; gessl.distributed.check_world checks a run of several processes
             check_tasks(self.batch_size, self.tasks_per_step or 1, self.support_ratio,
                         f"--batch-size {self.batch_size}")
-        if self.base == "music" and (self.music_dim % self.music_segment or self.music_dim < 2 * self.music_segment):
-            raise UserError(f"--music-dim {self.music_dim} must be a multiple of --music-segment "
-                            f"{self.music_segment}, at least two segments")
         if self.amp == "fp16" and self.meta == "gessl":
             raise UserError("--amp fp16 needs --meta none: GeSSL's inner gradients are not loss-scaled and "
                             "underflow in fp16; use --amp bf16")
@@ -201,9 +135,60 @@ class TrainConfig:
                             "normalised by their own statistics")
         return self
 
+    def as_dict(self, omit=()):
+        """The options as ``config.yaml`` holds them, without those in ``omit``: the shared ones, then the
+        base method's as a mapping under its name."""
+        shared = {k: v for k, v in dataclasses.asdict(self).items() if k not in omit and k != "base_options"}
+        return {**shared, self.base: {k: v for k, v in dataclasses.asdict(self.base_options).items() if k not in omit}}
+
     def to_yaml(self, omit=()):
-        """The config as YAML, without the options in ``omit``."""
-        return yaml.safe_dump({k: v for k, v in dataclasses.asdict(self).items() if k not in omit}, sort_keys=False)
+        """The config as YAML (``as_dict``)."""
+        return yaml.safe_dump(self.as_dict(omit), sort_keys=False)
+
+
+SHARED = {f.name for f in fields(TrainConfig)} - {"base_options"}
+
+
+def flag(name):
+    """The command-line flag of option ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def method_class(name):
+    """The base method ``--base name`` names: a registry entry, or ``MODULE:CLASS`` imported (a
+    ``UserError`` of one line when it cannot be)."""
+    if name in BASE_METHODS:
+        return BASE_METHODS[name]
+    module, _, attr = name.partition(":")
+    if not module or not attr:
+        raise UserError(f"unknown --base {name!r}; choose one of: {', '.join(BASE_METHODS)}, or MODULE:CLASS for a "
+                        f"method in your own module")
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except Exception as error:  # the user's module: any failure to import it is theirs to fix
+        raise UserError(f"--base {name}: cannot import {module} ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}); is it on PYTHONPATH?") from None
+    if not isinstance(found, type):
+        raise UserError(f"--base {name}: module {module} has no class {attr}")
+    return found
+
+
+def options_class(method):
+    """The dataclass of ``method``'s own options (``NoOptions`` for a method without)."""
+    found = getattr(method, "Options", NoOptions)
+    if not dataclasses.is_dataclass(found):
+        raise UserError(f"{method.__name__}.Options is not a dataclass; declare it with @dataclasses.dataclass "
+                        f"(docs/bases.md)")
+    clash = sorted({f.name for f in fields(found)} & SHARED)
+    if clash:
+        raise UserError(f"{method.__name__}.Options repeats the shared options {clash}; give them other names")
+    return found
+
+
+def registered_options():
+    """``{name: type}`` of the options of every method of the registry."""
+    return {name: kind for method in BASE_METHODS.values()
+            for name, kind in option_types(options_class(method)).items()}
 
 
 # Options added after runs were saved without them, with the value those runs had: a run folder's
@@ -215,10 +200,15 @@ PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0,  # the ink jitter came after the
 
 
 def read_run_config(run_dir):
-    """The resolved ``TrainConfig`` of a run folder's ``config.yaml`` (``PREDATED`` filling its gaps:
-    a value, or a function of the saved options)."""
+    """The resolved ``TrainConfig`` of a run folder's ``config.yaml``: the one place that reads the run
+    folders of every layout. ``PREDATED`` fills the options it lacks (a value, or a function of the
+    saved options), and a config.yaml of the flat layout (the base method's options at the top level,
+    beside the shared ones) reads as one with them under the method's name (``resolve_config`` takes
+    both)."""
     saved = read_yaml(Path(run_dir) / "config.yaml")
-    gaps = {name: value(saved) if callable(value) else value for name, value in PREDATED.items() if name not in saved}
+    base = saved.get("base", TrainConfig.base)
+    flat = {**saved, **(saved.get(base) or {})}
+    gaps = {name: value(flat) if callable(value) else value for name, value in PREDATED.items() if name not in flat}
     return resolve_config(gaps, saved)
 
 
@@ -226,17 +216,47 @@ def read_run_config(run_dir):
 RESUMABLE = {"epochs", "max_steps", "log_every", "ckpt_every", "eval_episodes", "device", "amp", "channels_last",
              "compile", "sync_bn", "data_root", "out"}
 
+# The headings of the shared options in --help, in order: a shared option is under the first whose test it passes.
+SHARED_HEADINGS = {"GeSSL (--meta gessl)": lambda f: f.metadata["help"].startswith("GeSSL:"),
+                   "DSA (--reg dsa)": lambda f: f.name.startswith("dsa_"),
+                   "episodic methods (protonet, maml, cactus)": lambda f: f.name.startswith("episode_"),
+                   "options every run shares": lambda f: True}
 
-def add_config_flags(parser):
-    """Add one flag per ``TrainConfig`` field; flags not given are left out of the namespace."""
+
+def add_config_flags(parser, methods=None):
+    """Add one flag per option, under headings: the shared options (``SHARED_HEADINGS``), then the
+    options of each base method of ``methods`` ({name: class}; default: the registry) under ``--base
+    NAME``. An option two methods share is listed under the first and named under the other's heading.
+    Flags not given are left out of the namespace."""
+    shown = [*list(SHARED_HEADINGS)[-1:], *list(SHARED_HEADINGS)[:-1]]  # the options every run shares first
+    groups = {title: parser.add_argument_group(title) for title in shown}
     for f in fields(TrainConfig):
-        kind = {"action": argparse.BooleanOptionalAction} if f.type is bool else {"type": f.type}
-        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=argparse.SUPPRESS,
-                            help=f"{f.metadata['help']} (default: {f.default})")
+        if f.name in SHARED:
+            title = next(title for title, test in SHARED_HEADINGS.items() if test(f))
+            _add_flag(groups[title], f, f.type)
+    seen = set()
+    for name, method in (BASE_METHODS if methods is None else methods).items():
+        own, types = fields(options_class(method)), option_types(options_class(method))
+        also = [flag(f.name) for f in own if f.name in seen]
+        about = f"also {', '.join(also)} (above)" if also else None if own else "no options of its own"
+        group = parser.add_argument_group(f"--base {name}", about)
+        for f in own:
+            if f.name not in seen:
+                _add_flag(group, f, types[f.name])
+        seen |= {f.name for f in own}
+
+
+def _add_flag(group, f, kind):
+    """The flag of option field ``f`` of type ``kind``, with its help and default."""
+    action = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+    default = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"
+    group.add_argument(flag(f.name), **action, default=argparse.SUPPRESS, help=f.metadata.get("help", "") + default)
 
 
 def read_yaml(path):
-    """Read a YAML config file into a dict of known fields; unknown keys and bad files are errors."""
+    """Read a YAML config file into a layer of ``resolve_config``: known options (the shared ones, any
+    registered method's, and those of a ``MODULE:CLASS`` base the file names) and base methods'
+    sections of options; unknown keys and bad files are errors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
@@ -246,14 +266,27 @@ def read_yaml(path):
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of option: value")
-    known = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - set(known))
+    known = {**{f.name: f.type for f in fields(TrainConfig) if f.name in SHARED}, **registered_options()}
+    if isinstance(data.get("base"), str) and data["base"] not in BASE_METHODS:
+        known.update(option_types(options_class(method_class(data["base"]))))
+    sections = {k for k, v in data.items() if isinstance(v, dict) and (k in BASE_METHODS or ":" in str(k))}
+    unknown = sorted(map(str, set(data) - set(known) - sections))
     if unknown:
         raise UserError(f"config file {path} has unknown options {unknown}; see `python -m gessl.train --help`")
     try:
-        return {k: _convert(k, known[k], v) for k, v in data.items()}
+        return {k: _read_section(path, k, v) if k in sections else _convert(k, known[k], v) for k, v in data.items()}
     except (TypeError, ValueError) as exc:
         raise UserError(f"config file {path} has a value of the wrong type: {exc}") from None
+
+
+def _read_section(path, base, section):
+    """The options of method ``base`` in a config file's section, converted to their types."""
+    types = option_types(options_class(method_class(base)))
+    unknown = sorted(map(str, set(section) - set(types)))
+    if unknown:
+        raise UserError(f"config file {path} has unknown options {unknown} of --base {base}; its options: "
+                        f"{', '.join(types) or 'none'}")
+    return {k: _convert(k, types[k], v) for k, v in section.items()}
 
 
 def _convert(name, kind, value):
@@ -266,8 +299,26 @@ def _convert(name, kind, value):
 
 
 def resolve_config(*layers):
-    """Merge dicts of overrides over the defaults, later layers winning, and validate."""
-    values = {}
+    """Merge layers of options over the defaults, later layers winning, and validate. A layer maps
+    option names to values (flags, a flat YAML file) and may hold a base method's options as a mapping
+    under its name (``config.yaml``); of the methods' options only the base method's are kept."""
+    shared = {k: v for layer in layers for k, v in layer.items() if k in SHARED}
+    base = shared.get("base", TrainConfig.base)
+    own_class = options_class(method_class(base))
+    own_names = {f.name for f in fields(own_class)}
+    known = SHARED | own_names | set(registered_options())
+    unknown = sorted(k for layer in layers for k, v in layer.items() if k not in known and not isinstance(v, dict))
+    if unknown:
+        raise UserError(f"unknown options {unknown}; see `python -m gessl.train --help`")
+    own = {}
     for layer in layers:
-        values.update(layer)
-    return TrainConfig(**values).validate()
+        own.update({k: v for k, v in layer.items() if k in own_names})
+        section = layer.get(base) or {}
+        if set(section) - own_names:
+            raise UserError(f"unknown options {sorted(set(section) - own_names)} of --base {base}")
+        own.update(section)
+    try:
+        options = own_class(**own)
+    except TypeError as error:  # a user's Options field without a default, not given
+        raise UserError(f"--base {base}: {error}; give the option a default or set it") from None
+    return TrainConfig(**shared, base_options=options).validate()

@@ -35,7 +35,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from baselines.distributed import world_size
-from gessl.shares import check_tasks, share
+from baselines.shares import share
+from gessl.shares import check_tasks
 from tasks.common.errors import UserError
 
 _CPU_GROUP = {}  # "group": the gloo group of Processes.any under nccl (None: the default group is gloo)

@@ -330,7 +330,7 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
 
     ``changes`` override fields of the named suite (``episodes``, ``shots``, ``ways``, ``queries``,
     ``classifiers``, ``axes``, ...; see ``tasks.evaluation.suite.Suite``). ``data_root``: the data folders to read
-    (``tasks.data.glyphs.data_roots``; None: the run's). Unless ``offline`` (None: ``$GESSL_OFFLINE`` set
+    (``tasks.data.roots.data_roots``; None: the run's). Unless ``offline`` (None: ``$GESSL_OFFLINE`` set
     to 1), the transferability axis first fetches the registry sets ``TRANSFER_SETS`` that no data
     folder holds. Every split is read and every episode setting checked before the first model is
     embedded. Notes on axes without data are printed. On Lake's one-shot runs the pixel baseline

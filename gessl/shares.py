@@ -1,28 +1,12 @@
-"""The one rule for cutting n items into contiguous parts, and GeSSL's tasks built on it.
-
-``share(n, parts, i)``: part i of n items in order, ``n // parts`` items each and one more for the
-first ``n % parts`` (``torch.tensor_split``'s sizes), so sizes differ by at most one and every part
-exists. It cuts a global batch between processes (``gessl.distributed.Processes.shard``) and a
-process's batch into GeSSL's tasks (``task_slices``). ``torch.chunk``, used before, cuts 36 images
-into 8 tasks as 5,5,5,5,5,5,5,1 (a 1-image task fails in BatchNorm) and 9 into 6 as 5 pieces.
+"""GeSSL's tasks: a process's batch cut by ``baselines.shares.task_slices`` (the project's one
+cutting rule: contiguous parts whose sizes differ by at most one).
 
 A task of t images: its first ``support_size(t, r) = round(t · r)`` images are the support set,
 the rest the query set (``gessl.bilevel``). ``check_tasks`` refuses, up front, a cut that leaves
 fewer than ``least`` images in some support or query set.
 """
+from baselines.shares import task_slices
 from tasks.common.errors import UserError
-
-
-def share(n, parts, index):
-    """Part ``index`` of ``n`` items cut into ``parts`` contiguous parts (see the module docstring)."""
-    size, extra = divmod(n, parts)
-    start = index * size + min(index, extra)
-    return slice(start, start + size + (index < extra))
-
-
-def task_slices(n, tasks):
-    """The ``tasks`` contiguous slices that cut a batch of ``n`` images into GeSSL's tasks."""
-    return [share(n, tasks, i) for i in range(tasks)]
 
 
 def support_size(task, ratio):

@@ -16,6 +16,7 @@ uses a GPU (``gessl.device``).
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -29,10 +30,12 @@ from torch import nn
 from tqdm import tqdm
 
 from baselines import BASE_METHODS
-from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite, save_backbone, save_torch_file
+from gessl.backbones import (BACKBONES, build_backbone, load_backbone, load_torch_file, not_finite, save_backbone,
+                             save_torch_file)
 from gessl.bilevel import META_OPTIMISERS
 from gessl.collapse import THRESHOLDS, collapsing
-from gessl.config import RESUMABLE, add_config_flags, read_run_config, read_yaml, resolve_config
+from gessl.config import (RESUMABLE, SHARED, add_config_flags, method_class, read_run_config, read_yaml,
+                          registered_options, resolve_config)
 from gessl.device import Placement, resolve_device
 from gessl.distributed import Processes, check_world
 from gessl.dsa import DSA, check_prior
@@ -44,8 +47,9 @@ from tasks.common.errors import UserError, run_cli
 from tasks.common.interrupts import DeferredStop
 from tasks.common.io import WriteError, append_jsonl, atomic_write_text, read_jsonl
 from tasks.data.fonts import font_files, font_list
-from tasks.data.glyphs import data_root
+from tasks.data.roots import data_root
 from tasks.data.registry import get_dataset, load_split, noto_dir
+from tasks.evaluation.fewshot import embed
 from tasks.training.augment import GlyphAugment
 from tasks.training.episodes import EpisodeSampler
 
@@ -96,7 +100,7 @@ def pick(registry, name, flag):
 
 def check_names(cfg):
     """Fail early, before anything is written, on names no registry knows."""
-    pick(BASE_METHODS, cfg.base, "--base")
+    method_class(cfg.base)
     pick(REGULARISERS, cfg.reg, "--reg")
     if cfg.reg == "dsa":
         check_prior(cfg.dsa_prior)
@@ -111,7 +115,7 @@ def check_episodic(cfg):
     UMTRA) inside GeSSL (nested meta-learning), a batch UMTRA cannot cut into tasks, or GeSSL support
     or query sets holding a single image of a class (an episode laid out round by round has every
     class once in any ``episode_ways`` images)."""
-    method_cls = BASE_METHODS[cfg.base]
+    method_cls = method_class(cfg.base)
     try:
         getattr(method_cls, "check_config", lambda cfg: None)(cfg)  # a method's own up-front check
         getattr(META_OPTIMISERS[cfg.meta], "check_config", lambda cfg: None)(cfg)  # and the objective's
@@ -135,16 +139,22 @@ def variant(cfg):
 def build_model(cfg, in_channels, num_classes):
     """The backbone, base method and regulariser named by ``cfg``, initialised from ``cfg.seed``.
 
-    The method's constructor takes the feature dimension, then keywords filled from the config
-    fields of the same name, and ``num_classes`` (the training classes) and ``backbone`` (the
-    backbone just built, which momentum methods copy) if it asks for them.
+    The method's constructor takes the feature dimension, then keywords filled from its options
+    (``cfg.base_options``) and the shared options of the same name, and ``num_classes`` (the training
+    classes) and ``backbone`` (the backbone just built, which momentum methods copy) if it asks for them.
     """
-    method_cls = pick(BASE_METHODS, cfg.base, "--base")
+    method_cls = method_class(cfg.base)
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels, cfg.image_size)
-    known = {**dataclasses.asdict(cfg), "num_classes": num_classes, "backbone": backbone}
-    options = list(inspect.signature(method_cls).parameters)[1:]  # after the feature dimension
-    method = method_cls(backbone.out_dim, **{name: known[name] for name in options})
+    known = {**{name: getattr(cfg, name) for name in SHARED}, **dataclasses.asdict(cfg.base_options),
+             "num_classes": num_classes, "backbone": backbone}
+    keywords = [p for p in list(inspect.signature(method_cls).parameters.values())[1:]  # after the feature dimension
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [p.name for p in keywords if p.name not in known]
+    if missing:
+        raise UserError(f"--base {cfg.base}: its constructor takes {', '.join(missing)}, which is no option: add "
+                        f"{'it' if len(missing) == 1 else 'them'} to its Options dataclass (docs/bases.md)")
+    method = method_cls(backbone.out_dim, **{p.name: known[p.name] for p in keywords})
     make_regulariser = pick(REGULARISERS, cfg.reg, "--reg")
     regulariser = make_regulariser(cfg, backbone, in_channels, method.proj_dim) if make_regulariser else None
     return SSLModel(backbone, method, regulariser)
@@ -235,7 +245,7 @@ class Trainer:
         self.data = data_record(cfg, self.images, self.labels)
         # Episodic methods (protonet, maml, cactus) train on one episode a step; --batch-size does not apply
         # and an epoch is as many episodes as hold the training set's number of images.
-        episodic = getattr(BASE_METHODS[cfg.base], "episodic", False)
+        episodic = getattr(method_class(cfg.base), "episodic", False)
         self.images_per_step = cfg.episode_size if episodic else cfg.batch_size
         self.steps_per_epoch = len(self.images) // self.images_per_step
         if self.steps_per_epoch == 0:
@@ -249,7 +259,7 @@ class Trainer:
         # backbone at its seeded initialisation (CACTUs' clusters; before a --resume loads the checkpoint).
         self.episodes = None
         if episodic and hasattr(self.model.method, "episode_sampler"):
-            self.episodes = self.model.method.episode_sampler(self.images, self.model.backbone, cfg.seed)
+            self.episodes = self._method_episodes()
         elif episodic:
             self.episodes = EpisodeSampler(self.labels, *(getattr(cfg, name) for name in EPISODE_OPTIONS))
         self.optimizer = build_optimizer(self.model, cfg)
@@ -280,6 +290,27 @@ class Trainer:
         if self.cfg.compile:
             model.backbone.compile()
         return model
+
+    def _method_episodes(self):
+        """The method's own episodes (CACTUs' clusters): ``episode_sampler`` given the frozen encoder (the
+        backbone file its ``encoder_file`` names, else the run's backbone at its seeded initialisation),
+        the suite's ``embed``, the ``EpisodeSampler`` and a progress bar."""
+        method, path = self.model.method, getattr(self.model.method, "encoder_file", None)
+        encoder = self.model.backbone
+        if path is not None:
+            encoder, meta = load_backbone(path)
+            channels = 1 if self.images.dim() == 3 else self.images.shape[1]
+            if meta["in_channels"] != channels or meta["image_size"] != self.images.shape[-1]:
+                raise UserError(f"the frozen encoder {path} takes {meta['in_channels']}-channel "
+                                f"{meta['image_size']}-pixel images but the data's are {channels}-channel "
+                                f"{self.images.shape[-1]}-pixel; use a backbone trained on this kind of data")
+            encoder.to(self.device)
+        progress = functools.partial(tqdm, desc=f"{self.cfg.base} episodes", leave=False,
+                                     disable=not self.processes.main)
+        try:
+            return method.episode_sampler(self.images, encoder, embed, EpisodeSampler, self.cfg.seed, progress)
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
     @property
     def checkpoint_path(self):
@@ -319,7 +350,7 @@ class Trainer:
             return
         state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "step": self.step, "data": self.data,
-                 "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in self.omit}}
+                 "config": self.cfg.as_dict(self.omit)}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         save_torch_file(state, self.checkpoint_path)
@@ -443,8 +474,21 @@ def parse_args(argv):
     parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (flags override it)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint.pt (its config.yaml, with the flags given)")
-    add_config_flags(parser)
+    add_config_flags(parser, help_methods(sys.argv[1:] if argv is None else argv))
     return vars(parser.parse_args(argv))
+
+
+def help_methods(argv):
+    """The base methods whose options get flags: every registered one, and a ``--base MODULE:CLASS``
+    given on the command line; with ``--help``, the ``--base`` given alone, if one is."""
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("--base")
+    name = base.parse_known_args(argv)[0].base
+    if name is None:
+        return BASE_METHODS
+    if any(arg in ("-h", "--help") for arg in argv):
+        return {name: method_class(name)}
+    return {**BASE_METHODS, name: method_class(name)}
 
 
 def prepare_run(args):
@@ -463,10 +507,10 @@ def prepare_run(args):
             raise UserError(f"{saved} does not exist: {args['out']} is not a run folder; "
                             f"start a new run without --resume")
         run = read_run_config(args["out"])
-        cfg = resolve_config(dataclasses.asdict(run), file_layer, args)
+        cfg = resolve_config(run.as_dict(), file_layer, args)
         ignored = inactive_options(run)
-        changed = [f"--{name.replace('_', '-')} ({getattr(run, name)!r} -> {getattr(cfg, name)!r})"
-                   for name in sorted(given - RESUMABLE - set(ignored)) if getattr(cfg, name) != getattr(run, name)]
+        changed = [f"--{name.replace('_', '-')} ({run.value(name)!r} -> {cfg.value(name)!r})"
+                   for name in sorted(given - RESUMABLE - set(ignored)) if cfg.value(name) != run.value(name)]
         if changed:
             raise UserError(f"--resume cannot change {', '.join(changed)}: that defines the run in {args['out']}; "
                             f"drop the flag, or start a new run with another --out (a resume may change "
@@ -485,13 +529,14 @@ def inactive_options(cfg, world=1):
     """``{option: why}`` for the options that do not act on the run ``cfg`` in ``world`` processes:
     another base method's, GeSSL's under ``--meta none``, DSA's without ``--reg dsa`` (and its EMA
     momentum with another prior), ``--batch-size`` for an episodic method, ``--sync-bn`` alone."""
-    method_cls = BASE_METHODS[cfg.base]
+    method_cls = method_class(cfg.base)
     episodic = getattr(method_cls, "episodic", False)
     names = {f.name for f in dataclasses.fields(cfg)}
-    method_options = (names - {"backbone"}) & (  # a method's ``backbone`` is the network build_model made
-        {p for m in BASE_METHODS.values() for p in inspect.signature(m).parameters} | set(EPISODE_OPTIONS))
-    acting = set(inspect.signature(method_cls).parameters) | (set(EPISODE_OPTIONS) if episodic else set())
-    out = {name: f"with --base {cfg.base}" for name in method_options - acting}
+    own = {f.name for f in dataclasses.fields(cfg.base_options)}
+    takes = set(inspect.signature(method_cls).parameters)
+    out = {name: f"with --base {cfg.base}" for name in set(registered_options()) - own}
+    if not episodic:
+        out.update({name: f"with --base {cfg.base}" for name in EPISODE_OPTIONS if name not in takes})
     meta_options = {name: {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
                     for name, cls in META_OPTIMISERS.items()}
     out.update({name: f"with --meta {cfg.meta}" for name in set().union(*meta_options.values()) - meta_options[cfg.meta]})
@@ -519,7 +564,7 @@ def warn_inactive(inactive, given):
 def main(argv=None):
     cfg, run_dir, resume, given = prepare_run(parse_args(argv))
     processes = Processes.from_environment()
-    check_world(cfg, processes.world, getattr(BASE_METHODS[cfg.base], "episodic", False))
+    check_world(cfg, processes.world, getattr(method_class(cfg.base), "episodic", False))
     inactive = inactive_options(cfg, processes.world)
     with processes.group(processes.place(resolve_device(cfg.device))):
         with claimed(run_dir, fresh=not resume) if processes.main else contextlib.nullcontext():

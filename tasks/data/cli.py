@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tasks.common.errors import UserError, run_cli
 from tasks.data.formats import is_image
-from tasks.data.glyphs import data_root, data_roots
+from tasks.data.roots import data_root, data_roots
 from tasks.data.registry import DATASETS, folder_dataset
 
 FETCH_ALIASES = {"noto": "glyphs-noto"}

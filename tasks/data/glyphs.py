@@ -76,6 +76,7 @@ from tqdm import tqdm
 from tasks.common.errors import UserError
 from tasks.common.io import atomic_path, read_npz, write_npz
 from tasks.data.fonts import font_files, matplotlib_fonts
+from tasks.data.roots import data_root
 
 VERSION = 1
 
@@ -178,27 +179,6 @@ def preview(glyphs, out_path, n_classes=20, n_per_class=10, seed=0):
             sheet.paste(tile, (label_w + col * (cell + 2), y))
     with atomic_path(out_path) as tmp:
         sheet.save(tmp, format="PNG")
-
-
-def data_roots(root=None):
-    """The data folders, in search order: ``root`` when given, else ``$GESSL_DATA``, else
-    ``$XDG_CACHE_HOME/gessl``, else ``~/.cache/gessl``. ``root`` and ``$GESSL_DATA`` may name several
-    folders separated by ``os.pathsep`` (``:``), like ``PATH``: real data sets are looked for in each
-    (the first that has a set's files serves it), generated and fetched sets live in the first."""
-    if root:
-        text = str(root)
-    elif os.environ.get("GESSL_DATA"):
-        text = os.environ["GESSL_DATA"]
-    elif os.environ.get("XDG_CACHE_HOME"):
-        text = str(Path(os.environ["XDG_CACHE_HOME"]) / "gessl")
-    else:
-        text = os.path.expanduser("~/.cache/gessl")
-    return [Path(part) for part in text.split(os.pathsep) if part] or [Path(text)]
-
-
-def data_root(root=None):
-    """The first data folder (``data_roots``): where generated sets are cached and fetched sets put."""
-    return data_roots(root)[0]
 
 
 def _script_of(ch):
@@ -445,14 +425,15 @@ def main(argv=None):
         sub.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
         sub.add_argument("--samples", type=int, default=20, help="samples per class (default 20)")
         sub.add_argument("--seed", type=int, default=0, help="generation and split seed (default 0)")
-        sub.add_argument("--root", help="cache folder (default $GESSL_DATA or ~/.cache/gessl)")
+        sub.add_argument("--data-root", default="", help="data folder(s), several separated by ':'; the glyphs are "
+                         "cached in the first (default: $GESSL_DATA or ~/.cache/gessl)")
         if name == "preview":
             sub.add_argument("--out", required=True, help="PNG file to write")
             sub.add_argument("--classes", type=int, default=20, help="rows: random classes (default 20)")
             sub.add_argument("--per-class", type=int, default=10, help="columns (default 10)")
     args = parser.parse_args(argv)
     try:
-        glyphs = load_glyphs(args.root, args.size, args.samples, args.seed)
+        glyphs = load_glyphs(args.data_root, args.size, args.samples, args.seed)
         if args.command == "preview":
             if args.classes < 1 or args.per_class < 1:
                 raise UserError("--classes and --per-class must be at least 1")

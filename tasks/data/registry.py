@@ -3,7 +3,7 @@
 A loader takes ``(split, root, image_size)`` and returns ``(images, labels)``: uint8 images
 ``[N, H, W]`` (grey) or ``[N, 3, H, W]`` (colour) and int64 labels numbered 0..C−1 within the
 split. ``root`` is the data folder ("" or None: ``$GESSL_DATA``, else ``~/.cache/gessl``; see
-``tasks.data.glyphs.data_root``); generated sets are cached there and real ones looked for there.
+``tasks.data.roots.data_root``); generated sets are cached there and real ones looked for there.
 
 Splits: few-shot sets have disjoint classes in ``background`` (pre-training), ``validation`` and
 ``evaluation`` (classes never seen); classification sets have ``train`` / ``test`` (and MNIST's
@@ -33,7 +33,8 @@ from tasks.data import cifar, folders, imagenet, kanjivg, mnist, omniglot
 from tasks.data.fetch import copy_into, unpacked_deb
 from tasks.data.fonts import INSTALL_HINT, SYSTEM_FONT_DIRS, extra_fonts, font_files
 from tasks.data.formats import to_channels
-from tasks.data.glyphs import cache_path, data_root, data_roots, load_glyphs
+from tasks.data.glyphs import cache_path, load_glyphs
+from tasks.data.roots import data_root, data_roots
 
 GLYPH_SEED = 0  # the embedded dataset is the same for every run, whatever the training seed
 HELDOUT_DRAW_SEED = 1  # the drawings of the glyph sets' held-out images of the background classes

@@ -14,10 +14,11 @@ from baselines.cactus import CACTUs, PartitionEpisodes, cactus_partitions, kmean
 from baselines.maml import MAML
 from baselines.protonet import ProtoNet
 from gessl import train
-from gessl.backbones import build_backbone, save_backbone
+from gessl.backbones import build_backbone, load_backbone, save_backbone
 from gessl.evaluate import evaluate_run
 from tasks.common.errors import UserError
-from tasks.evaluation.fewshot import mean_ci95
+from tasks.evaluation.fewshot import embed, mean_ci95
+from tasks.training.episodes import EpisodeSampler
 from tests.helpers import metrics
 from tests.tasks.test_omniglot import REAL, real_files
 
@@ -79,7 +80,7 @@ def test_an_episode_is_clusters_of_one_partition_with_members_of_each_and_replay
     labels = torch.randint(0, 9, (4, 120), generator=g)
     labels[labels == 8] = -1  # dropped points
     ways, shots, queries = 3, 2, 1
-    episodes = PartitionEpisodes(labels, ways, shots, queries)
+    episodes = PartitionEpisodes(labels, ways, shots, queries, EpisodeSampler)
     seen = set()
     for step in range(40):
         index, episode_labels = episodes.sample(seed=5, step=step)
@@ -92,7 +93,7 @@ def test_an_episode_is_clusters_of_one_partition_with_members_of_each_and_replay
             assert len(clusters[episode_labels == c].unique()) == 1
         assert len(clusters.unique()) == ways
         again = episodes.sample(seed=5, step=step)
-        fresh = PartitionEpisodes(labels.clone(), ways, shots, queries).sample(seed=5, step=step)
+        fresh = PartitionEpisodes(labels.clone(), ways, shots, queries, EpisodeSampler).sample(seed=5, step=step)
         assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip((index, episode_labels), again, fresh))
     assert len(seen) > 1  # the partition moves with the step
     assert not torch.equal(episodes.sample(seed=6, step=0)[0], episodes.sample(seed=5, step=0)[0])
@@ -100,8 +101,8 @@ def test_an_episode_is_clusters_of_one_partition_with_members_of_each_and_replay
 
 def test_a_partition_with_fewer_kept_clusters_than_ways_is_refused():
     labels = torch.tensor([[0] * 5 + [1] * 5 + [-1] * 5, [0] * 5 + [1] * 5 + [2] * 5])
-    with pytest.raises(UserError, match="partition 0 of the CACTUs clusters has 2 clusters"):
-        PartitionEpisodes(labels, 3, 2, 2)
+    with pytest.raises(ValueError, match="partition 0 of the CACTUs clusters has 2 clusters"):
+        PartitionEpisodes(labels, 3, 2, 2, EpisodeSampler)
 
 
 def tiny_images(n=60, seed=0):
@@ -115,13 +116,16 @@ def test_the_encoder_is_the_initial_backbone_or_a_saved_one_and_the_partitions_a
     for _ in range(2):
         torch.manual_seed(0)
         backbone = build_backbone("conv4")
-        runs.append(CACTUs(backbone.out_dim, **options).episode_sampler(images, backbone, seed=3).labels)
+        cactus = CACTUs(backbone.out_dim, **options)
+        runs.append(cactus.episode_sampler(images, backbone, embed, EpisodeSampler, 3).labels)
     assert torch.equal(*runs)
     assert backbone.training  # the encoder's mode is restored
     torch.manual_seed(1)
     other = build_backbone("conv4")
     save_backbone(other, "conv4", 1, 28, tmp_path / "backbone.pt")
-    saved = CACTUs(64, cactus_encoder=str(tmp_path), **options).episode_sampler(images, backbone, seed=3).labels
+    cactus = CACTUs(64, cactus_encoder=str(tmp_path), **options)
+    assert cactus.encoder_file == tmp_path / "backbone.pt"
+    saved = cactus.episode_sampler(images, load_backbone(cactus.encoder_file)[0], embed, EpisodeSampler, 3).labels
     other.eval()
     with torch.no_grad():
         z = other(images.float().div(255).unsqueeze(1))

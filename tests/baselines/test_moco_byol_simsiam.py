@@ -14,7 +14,7 @@ from baselines.byol import BYOL, normalised_mse, target_momentum
 from baselines.moco import MoCo, info_nce
 from baselines.simsiam import SimSiam, negative_cosine
 from gessl.bilevel import GeSSL
-from gessl.config import TrainConfig
+from gessl.config import resolve_config
 from gessl.inner_loop import trainable
 from gessl.train import SSLModel, build_model
 from tasks.common.errors import UserError
@@ -318,23 +318,23 @@ def test_simsiam_training_keeps_projections_spread_and_collapses_without_its_sto
 
 @pytest.mark.parametrize("name", ["moco", "byol", "simsiam"])
 def test_build_model_fills_the_new_fields_and_copies_the_backbone(name):
-    cfg = TrainConfig(base=name, moco_queue=64, byol_pred_hidden=24, simsiam_pred_hidden=8)
-    model = build_model(cfg, 1, 10)
+    cfg = resolve_config({"base": name, "moco_queue": 64, "byol_pred_hidden": 24, "simsiam_pred_hidden": 8})
+    model, options = build_model(cfg, 1, 10), cfg.base_options
     method = model.method
-    assert method.proj_dim == cfg.proj_dim
+    assert method.proj_dim == options.proj_dim
     if name == "moco":
-        assert method.queue.shape == (64, cfg.proj_dim) and method.momentum == cfg.moco_momentum
+        assert method.queue.shape == (64, options.proj_dim) and method.momentum == options.moco_momentum
         assert torch.allclose(method.queue.norm(dim=1), torch.ones(64))
     if name in ("moco", "byol"):
         copied = momentum_copy(method).backbone.state_dict()
         assert all(torch.equal(v, copied[k]) for k, v in model.backbone.state_dict().items())
     if name in ("byol", "simsiam"):
-        assert method.predictor[0].out_features == getattr(cfg, f"{name}_pred_hidden")
+        assert method.predictor[0].out_features == getattr(options, f"{name}_pred_hidden")
 
 
 @pytest.mark.parametrize("field", ["moco_momentum", "byol_momentum"])
 def test_momenta_must_lie_in_zero_one(field):
     with pytest.raises(UserError, match=field.replace("_", "-")):
-        TrainConfig(**{field: 1.0}).validate()
+        resolve_config({"base": field.split("_")[0], field: 1.0})
     with pytest.raises(UserError, match="must be positive"):
-        TrainConfig(moco_queue=0).validate()
+        resolve_config({"base": "moco", "moco_queue": 0})

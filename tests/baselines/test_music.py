@@ -10,7 +10,7 @@ from torch import nn
 
 import baselines.music
 from baselines.music import MUSIC, music_loss
-from gessl.config import TrainConfig
+from gessl.config import resolve_config
 from tasks.common.errors import UserError
 from tests.baselines.emulated_world import run_as_ranks
 
@@ -141,8 +141,8 @@ def test_segments_must_divide_the_projection_in_at_least_two():
         with pytest.raises(ValueError, match="two segments"):
             MUSIC(6, music_dim=dim, music_segment=segment)
         with pytest.raises(UserError, match="music-segment"):
-            TrainConfig(base="music", music_dim=dim, music_segment=segment).validate()
-    TrainConfig(base="simclr", music_dim=30, music_segment=4).validate()  # only MUSIC cares
+            resolve_config({"base": "music", "music_dim": dim, "music_segment": segment})
+    resolve_config({"base": "simclr", "music_dim": 30, "music_segment": 4})  # only MUSIC cares
 
 
 def test_the_joint_distribution_spans_every_rank_and_the_invariance_stays_local(monkeypatch):

@@ -170,7 +170,8 @@ def test_both_encoders_standardise_their_projections_with_a_batchnorm_on_the_pro
     (["--meta", "none", "--psco-shots", "0"], "--psco-shots must be positive"),
     (["--meta", "none", "--psco-temperature", "0"], "--psco-temperature must be positive"),
     (["--meta", "none", "--psco-epsilon", "-0.1"], "--psco-epsilon must be positive"),
-    (["--meta", "none", "--psco-shots", "20", "--moco-queue", "10"], "cannot take --psco-shots 20 shots"),
+    (["--meta", "none", "--psco-shots", "20", "--moco-queue", "10"],
+     "--psco-shots 20 asks for more shots per image than the --moco-queue 10 keys"),
 ])
 def test_psco_is_a_meta_learner_and_its_options_are_checked(glyph_root, tmp_path, flags, message):
     with pytest.raises(UserError, match=message) as error:

@@ -2,10 +2,13 @@ import dataclasses
 import re
 
 import pytest
+import yaml
 
-from gessl.config import TrainConfig, read_yaml, resolve_config
+from baselines import BASE_METHODS
+from gessl.config import TrainConfig, read_run_config, read_yaml, resolve_config
 from gessl.train import parse_args, prepare_run
 from tasks.common.errors import UserError
+from tests.helpers import REPO
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
@@ -66,10 +69,54 @@ def test_every_number_and_choice_carries_its_bounds():
     # A new option without a "check" would be accepted at any value: bounds live with the fields.
     names = {"base", "reg", "meta", "dataset", "backbone", "dsa_prior", "cactus_encoder"}  # checked by their registries (CACTUs.check_config)
     free = {"data_root", "out"}  # any path
-    for f in dataclasses.fields(TrainConfig):
+    every = [*dataclasses.fields(TrainConfig),
+             *(f for method in BASE_METHODS.values() for f in dataclasses.fields(method.Options))]
+    for f in every:
         if f.type in (int, float) or (f.type is str and f.name not in names | free):
             assert callable(f.metadata.get("check")), f.name
             assert f.metadata["check"](f.default) is None, f.name  # the default passes its own check
+
+
+def test_train_config_holds_only_the_shared_options_and_each_method_its_own():
+    shared = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, method in BASE_METHODS.items():
+        own = {f.name for f in dataclasses.fields(method.Options)}
+        assert not own & shared, name
+        cfg = resolve_config({"base": name})
+        assert isinstance(cfg.base_options, method.Options) and cfg.base_options == method.Options()
+    assert not {"temperature", "proj_dim", "swav_temperature", "maml_inner_lr", "cactus_clusters"} & shared
+
+
+def help_text(*flags, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([*flags, "--help"])
+    return capsys.readouterr().out.split("\noptions:", 1)[1]  # after the usage line, which names every flag
+
+
+def test_help_lists_each_methods_options_under_its_own_heading(capsys):
+    every = help_text(capsys=capsys)
+    headings = [line[:-1] for line in every.splitlines() if line.startswith("--base ") and line.endswith(":")]
+    assert headings == [f"--base {name}" for name in BASE_METHODS]
+    swav_part = every.split("--base swav:")[1].split("--base music:")[0]
+    assert "--swav-temperature" in swav_part and "also --proj-hidden, --proj-dim (above)" in swav_part
+    assert "--swav-temperature" not in every.split("--base swav:")[0]
+    swav = help_text("--base", "swav", capsys=capsys)
+    assert "--base swav:" in swav and "--proj-hidden" in swav and "--swav-epsilon" in swav
+    assert "--base simclr:" not in swav and "--music-dim" not in swav and "--inner-steps" in swav  # and the shared
+
+
+def test_a_config_file_may_hold_the_methods_options_under_its_name(tmp_path):
+    (tmp_path / "c.yaml").write_text("base: swav\nlr: 0.01\nswav:\n  swav_prototypes: 40\n  proj_dim: 32\n")
+    cfg, *_ = prepare_run(parse_args(["--config", str(tmp_path / "c.yaml"), "--proj-dim", "16",
+                                      "--out", str(tmp_path / "run")]))
+    assert (cfg.lr, cfg.base_options.swav_prototypes, cfg.base_options.proj_dim) == (0.01, 40, 16)  # the flag wins
+    assert yaml.safe_load(cfg.to_yaml())["swav"]["swav_prototypes"] == 40
+    (tmp_path / "d.yaml").write_text("swav:\n  swav_prototype: 40\n")
+    with pytest.raises(UserError, match=r"unknown options \['swav_prototype'\] of --base swav"):
+        read_yaml(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("swav:\n  swav_prototypes: many\n")
+    with pytest.raises(UserError, match="wrong type"):
+        read_yaml(tmp_path / "e.yaml")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -80,3 +127,13 @@ def test_every_number_and_choice_carries_its_bounds():
 def test_bounds_name_the_flag_and_the_value(tmp_path, flags, message):
     with pytest.raises(UserError, match=re.escape(message)):
         prepare_run(parse_args(flags + ["--out", str(tmp_path / "run")]))
+
+
+def test_the_committed_study_configs_still_read():
+    folders = sorted(p.parent for p in (REPO / "benchmarks" / "results").rglob("config.yaml"))
+    assert folders
+    for folder in folders:
+        cfg = read_run_config(folder)
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        own = {f.name for f in dataclasses.fields(cfg.base_options)}
+        assert {k: v for k, v in saved.items() if k in own} == {k: cfg.value(k) for k in own if k in saved}, folder

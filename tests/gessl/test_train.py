@@ -1,5 +1,6 @@
 """Training: the run folder, loss going down, exact resume, and clean failures on bad input."""
 import json
+import math
 import os
 import re
 import signal
@@ -10,10 +11,11 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gessl import train
 from gessl.backbones import load_backbone
-from gessl.config import resolve_config
+from gessl.config import read_run_config, resolve_config
 from tasks.common.errors import UserError
 from tests.disk import read_only_disk, small_disk
 from tests.gessl.interrupt import interrupted_at
@@ -275,15 +277,35 @@ def test_a_run_saved_before_the_ink_jitter_resumes_without_it(glyph_root, tmp_pa
     assert (resolve_config({}).aug_dilate, resolve_config({}).aug_gain) == (0.5, 0.5)  # a new run has the jitter
 
 
+def flat_layout(out):
+    """Rewrite a run folder's config.yaml in the flat layout: the base method's options at the top level."""
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    own = saved.pop(saved["base"])
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, **own}, sort_keys=False))
+
+
 def test_a_swav_run_saved_when_swav_shared_temperature_reads_its_temperature(glyph_root, tmp_path):
     out = tmp_path / "old"
     run_train(out, "--max-steps", "1", "--data-root", str(glyph_root), "--base", "swav", "--swav-temperature", "0.3")
+    flat_layout(out)
     saved = (out / "config.yaml").read_text().replace("swav_temperature: 0.3", "temperature: 0.3")
     (out / "config.yaml").write_text("".join(line for line in saved.splitlines(keepends=True)
                                              if not line.startswith(("simsiam_pred_lr", "aug_"))))
     cfg = train.prepare_run(train.parse_args(["--out", str(out), "--resume", "--max-steps", "2"]))[0]
-    assert (cfg.swav_temperature, cfg.aug_dilate) == (0.3, 0)
-    assert resolve_config({}).swav_temperature == 0.2
+    assert (cfg.base_options.swav_temperature, cfg.aug_dilate) == (0.3, 0)
+    assert resolve_config({"base": "swav"}).base_options.swav_temperature == 0.2
+
+
+def test_a_run_folder_of_the_flat_layout_resumes_and_is_saved_in_the_new_one(glyph_root, tmp_path):
+    out = tmp_path / "old"
+    run_train(out, "--max-steps", "1", "--data-root", str(glyph_root), "--base", "vicreg", "--vicreg-cov", "2")
+    new_layout = yaml.safe_load((out / "config.yaml").read_text())
+    assert new_layout["vicreg"] == {"proj_hidden": 512, "proj_dim": 128, "vicreg_sim": 25.0, "vicreg_var": 25.0,
+                                    "vicreg_cov": 2.0}
+    flat_layout(out)
+    train.main(["--out", str(out), "--resume", "--max-steps", "2"])
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {**new_layout, "max_steps": 2}
 
 
 @pytest.mark.parametrize("flags, named", [(["--meta", "gessl"], "--meta ('none' -> 'gessl')"),
@@ -399,3 +421,67 @@ def test_the_training_data_are_recorded_and_a_resume_on_other_data_is_refused(gl
     with pytest.raises(UserError, match=f"differ from the run's .*{record['fingerprint']}"):
         train.main(["--out", str(out), "--resume", "--max-steps", "2", "--data-root", str(other)])
 
+
+
+OUTSIDE_METHOD = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from baselines.base import SSLOutput
+from baselines.options import option, positive
+from baselines.simclr import nt_xent
+
+
+class Outside(nn.Module):
+    @dataclass
+    class Options:
+        outside_dim: int = option(16, "width of the projections", positive)
+
+    def __init__(self, feat_dim, outside_dim{extra}):
+        super().__init__()
+        self.projector, self.proj_dim = nn.Linear(feat_dim, outside_dim), outside_dim
+
+    def forward(self, backbone, batch):
+        z1, z2 = self.projector(backbone(torch.cat(batch["views"]))).chunk(2)
+        loss = nt_xent(z1, z2, 0.5)
+        return SSLOutput(loss, {{"outside": loss}}, (z1, z2))
+'''
+
+
+def outside_cli(folder, *flags):
+    """``gessl.train`` run from ``folder``, which holds a method module, the project on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(folder)])}
+    return subprocess.run([sys.executable, "-m", "gessl.train", *flags], cwd=folder, env=env, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("meta, reg", [("none", "none"), ("gessl", "dsa")])
+def test_a_method_from_a_module_outside_the_project_trains(glyph_root, tmp_path, monkeypatch, meta, reg):
+    (tmp_path / "mine.py").write_text(OUTSIDE_METHOD.format(extra=""))
+    result = outside_cli(tmp_path, "--base", "mine:Outside", "--outside-dim", "8", "--meta", meta, "--reg", reg,
+                         "--batch-size", "32", "--max-steps", "4", "--log-every", "1", "--warmup-steps", "1",
+                         "--eval-episodes", "0", "--data-root", str(glyph_root), "--out", "run")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["mine:Outside"] == {"outside_dim": 8}
+    records = metrics(tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) for r in records) and "outside" in records[0]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    initial = train.build_model(read_run_config(tmp_path / "run"), 1, 10).state_dict()  # the run's seeded start
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert trained.keys() == initial.keys()
+    for part in ("backbone.", "method.projector."):
+        assert any(not torch.equal(v, trained[k]) for k, v in initial.items() if k.startswith(part)), part
+
+
+@pytest.mark.parametrize("base, extra, message", [
+    ("nowhere:Outside", "", "--base nowhere:Outside: cannot import nowhere (ModuleNotFoundError"),
+    ("mine:Elsewhere", "", "--base mine:Elsewhere: module mine has no class Elsewhere"),
+    ("mine:Outside", ", width=3", "--base mine:Outside: its constructor takes width, which is no option"),
+])
+def test_a_bad_outside_method_is_one_line_exit_2_and_writes_nothing(glyph_root, tmp_path, base, extra, message):
+    (tmp_path / "mine.py").write_text(OUTSIDE_METHOD.format(extra=extra))
+    result = outside_cli(tmp_path, "--base", base, "--max-steps", "1", "--eval-episodes", "0", "--out", "run")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

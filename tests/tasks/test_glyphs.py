@@ -12,6 +12,7 @@ from PIL import Image
 from tasks.common.errors import UserError
 from tasks.data import glyphs
 from tasks.data.fonts import matplotlib_fonts
+from tasks.data.roots import data_root
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_FONTS = [f for f in matplotlib_fonts() if Path(f).name in ("DejaVuSans.ttf", "DejaVuSerif.ttf")]
@@ -104,11 +105,11 @@ def test_cache_is_reused_and_a_corrupt_cache_is_regenerated(small):
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GESSL_DATA", str(tmp_path / "g"))
-    assert glyphs.data_root(None) == tmp_path / "g"
+    assert data_root(None) == tmp_path / "g"
     monkeypatch.delenv("GESSL_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert glyphs.data_root(None) == tmp_path / "x" / "gessl"
-    assert glyphs.data_root(tmp_path / "r") == tmp_path / "r"
+    assert data_root(None) == tmp_path / "x" / "gessl"
+    assert data_root(tmp_path / "r") == tmp_path / "r"
 
 
 @pytest.mark.parametrize("kwargs", [{"size": 0}, {"samples_per_class": 0}, {"seed": -1}, {"size": True}])
@@ -134,3 +135,8 @@ def test_cli_info_and_bad_preview(glyph_root, tmp_path):
                           str(tmp_path / "x.png")], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_cli_reads_the_set_from_the_data_root_it_is_given(glyph_root, capsys):
+    assert glyphs.main(["info", "--data-root", str(glyph_root)]) == 0
+    assert f"cache: {glyph_root}/glyphs-v" in capsys.readouterr().out
