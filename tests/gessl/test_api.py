@@ -82,8 +82,10 @@ def test_the_command_line_step_has_the_gradients_of_the_python_call(data_root, t
     step(model, batch)
     after = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     assert all(p.grad.abs().max() > 1e-6 for name, p in model.backbone.named_parameters() if name.endswith("weight"))
+    # atol 1e-4: a convolution's bias before BatchNorm has a gradient of 0 up to rounding (about 1e-5 here,
+    # which the CLI's thread count changes); the weights' gradients are three orders larger
     for name, p in model.named_parameters():
-        torch.testing.assert_close(start[name] - after[name], p.grad, rtol=1e-3, atol=1e-6, msg=name)
+        torch.testing.assert_close(start[name] - after[name], p.grad, rtol=1e-3, atol=1e-4, msg=lambda m: name + m)
 
 
 def test_the_check_of_the_first_call_leaves_the_step_as_if_it_had_not_run():
