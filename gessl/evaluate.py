@@ -116,7 +116,8 @@ def save_episode_accuracies(path, accuracies):
     Entries already there with other keys are kept; an unreadable old file is replaced.
     """
     new = {key: np.asarray(values, dtype=np.float64) for key, values in accuracies.items()}
-    update_npz(path, lambda old: {**old, **new, "fields": np.array(EPISODE_FIELDS)})
+    update_npz(path, lambda old: {"fields": np.array(EPISODE_FIELDS),  # first, as every reader expects
+                                  **{k: v for k, v in old.items() if k != "fields"}, **new})
 
 
 def feature_sample_index(labels, seed, classes=SAMPLE_CLASSES, per_class=SAMPLE_PER_CLASS):
