@@ -610,12 +610,20 @@ def main(argv=None):
     parser.add_argument("grid", metavar="GRID.yaml", help="the grid file")
     parser.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
     parser.add_argument("--calibration-steps", type=int, default=8, help="steps timed per variant (budgets in minutes)")
+    parser.add_argument("--budget", action="append", metavar="LABEL",
+                        help="train only the cells of this budget (its label: 191steps, 10min, ...; repeatable); "
+                             "the summaries still cover every recorded cell")
     args = parser.parse_args(argv)
     grid = read_grid(args.grid)
     Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
     unrunnable = []
+    labels = {budget_label(b) for b in grid["budgets"]}
+    if args.budget and not set(args.budget) <= labels:
+        raise UserError(f"--budget {sorted(set(args.budget) - labels)} is not a budget of the grid: {sorted(labels)}")
     if not args.summarise:
         for cell in cells(grid):
+            if args.budget and cell.budget not in args.budget:
+                continue
             folder = cell.folder(grid["runs"])
             folder.parent.mkdir(parents=True, exist_ok=True)
             claim = try_lock(folder.parent / f"{folder.name}.lock")

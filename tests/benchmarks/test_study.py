@@ -171,6 +171,14 @@ def test_a_budget_in_minutes_becomes_the_calibrated_steps_kept_for_reruns(glyph_
     assert (tmp_path / "runs" / "glyphs-0.02min" / "plain-seed0" / "backbone.pt").is_file()
 
 
+def test_budget_trains_only_that_budget_s_cells_and_an_unknown_label_is_a_user_error(glyph_root, tmp_path):
+    grid = write_grid(tmp_path, glyph_root, budgets=[{"steps": 1}, {"steps": 2}], variants={"plain": ""})
+    with pytest.raises(UserError, match=r"--budget \['3steps'\] is not a budget of the grid"):
+        study.main([str(grid), "--budget", "3steps"])
+    study.main([str(grid), "--budget", "2steps"])
+    assert [(r["budget"], r["variant"]) for r in records(tmp_path)] == [("2steps", "plain")]
+
+
 def test_every_variant_of_a_budget_in_minutes_is_timed_before_its_first_cell_trains(glyph_root, tmp_path,
                                                                                      monkeypatch):
     """Variants compared at equal wall-clock are timed back to back, under one load, not cell by cell."""
