@@ -175,25 +175,20 @@ def curve_points(grid, cell, steps):
     return {step: Cell(cell.dataset, label, cell.variant, cell.seed) for step, label in points.items() if step < steps}
 
 
-@contextlib.contextmanager
-def keeping_backbones(run, points):
-    """While ``gessl.train`` trains in ``run`` (in this process): after each checkpoint it saves at a step of
-    ``points`` (``{step: folder}``), the run's ``config.yaml`` and ``backbone.pt`` copied into that folder,
-    a run folder ``gessl.evaluate`` scores, and the training seconds so far in ``seconds[step]``."""
-    save, started, seconds = train.Trainer.save_checkpoint, time.time(), {}
-
-    def save_and_keep(trainer):
-        save(trainer)
-        if trainer.processes.main and trainer.step in points:
-            seconds[trainer.step] = time.time() - started
-            points[trainer.step].mkdir(parents=True, exist_ok=True)
-            for name in ("config.yaml", "backbone.pt"):
-                shutil.copyfile(run / name, points[trainer.step] / name)
-    train.Trainer.save_checkpoint = save_and_keep
-    try:
-        yield seconds
-    finally:
-        train.Trainer.save_checkpoint = save
+def keep_points(run, points, started, seconds_per_step):
+    """Each point of ``points`` (``{step: folder}``) as a run folder ``gessl.evaluate`` scores: the run's
+    ``config.yaml`` and the backbone ``gessl.train --keep-backbones`` kept at that step; ``{step: training
+    seconds}``, from when the kept file was written (``started`` the training's start; a point kept by an
+    earlier, stopped process gets its share of ``seconds``, the whole training's)."""
+    at = {}
+    for step, folder in points.items():
+        kept = run / "backbones" / f"step-{step}.pt"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "config.yaml", folder / "config.yaml")
+        shutil.copyfile(kept, folder / "backbone.pt")
+        written = kept.stat().st_mtime - started
+        at[step] = written if written >= 0 else step * seconds_per_step
+    return at
 
 
 def flags_refusal(flags):
@@ -381,14 +376,15 @@ def run_cell(grid, cell, calibration_steps):
         points = curve_points(grid, cell, steps)
         args = [*cell_flags(grid, cell), "--max-steps", str(steps), "--epochs", "1000000", "--out", str(folder)]
         if points:
-            args += ["--ckpt-every", str(min(points))]
+            args += ["--ckpt-every", str(min(points)), "--keep-backbones"]
         resume = (folder / "checkpoint.pt").is_file()
         if folder.exists() and not resume:  # killed before its first checkpoint: its log would be appended to
             shutil.rmtree(folder)
         started = time.time()
-        with keeping_backbones(folder, {step: p.folder(grid["runs"]) for step, p in points.items()}) as seconds_at:
-            train.main(args + (["--resume"] if resume else []))
+        train.main(args + (["--resume"] if resume else []))
         seconds = time.time() - started
+        seconds_at = keep_points(folder, {step: p.folder(grid["runs"]) for step, p in points.items()}, started,
+                                 seconds / steps)
         for run in [folder, *(p.folder(grid["runs"]) for p in points.values())]:
             evaluate.main([str(run), *shlex.split(grid["evaluate"])])
     except UserError as exc:
@@ -396,7 +392,7 @@ def run_cell(grid, cell, calibration_steps):
             raise
         return {**record, "refused": str(exc)}
     curve = [{"folder": str(p.folder(grid["runs"])), "dataset": p.dataset, "budget": p.budget, "variant": p.variant,
-              "seed": p.seed, "steps": step, "train_seconds": seconds_at.get(step, seconds * step / steps),
+              "seed": p.seed, "steps": step, "train_seconds": seconds_at[step],
               "point_of": str(folder)}
              for step, p in points.items()]
     return {**record, "steps": steps, "train_seconds": seconds, "curve": curve}

@@ -98,6 +98,7 @@ class TrainConfig:
     log_every: int = dataclasses.field(default=10, metadata={"help": "steps between metrics.jsonl records", "check": positive})
     ckpt_every: int = dataclasses.field(default=100, metadata={"help": "steps between checkpoints", "check": positive})
     eval_episodes: int = dataclasses.field(default=600, metadata={"help": "episodes of the few-shot check after training (0: skip)", "check": non_negative})
+    keep_backbones: bool = dataclasses.field(default=False, metadata={"help": "also keep the backbone of every checkpoint, as backbones/step-N.pt in the run folder (the points of a time-to-accuracy curve; docs/run_folders.md)"})
     base_options: object = dataclasses.field(default=None, metadata={"help": "the base method's own options, an instance of its Options dataclass (None: its defaults)"})
 
     def __post_init__(self):
@@ -213,7 +214,7 @@ def read_run_config(run_dir):
 
 
 # The options a --resume may change: how long, how often and where a run trains, not what it is.
-RESUMABLE = {"epochs", "max_steps", "log_every", "ckpt_every", "eval_episodes", "device", "amp", "channels_last",
+RESUMABLE = {"epochs", "max_steps", "log_every", "ckpt_every", "eval_episodes", "keep_backbones", "device", "amp", "channels_last",
              "compile", "sync_bn", "data_root", "out"}
 
 # The headings of the shared options in --help, in order: a shared option is under the first whose test it passes.

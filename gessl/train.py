@@ -345,7 +345,8 @@ class Trainer:
             atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self):
-        """Write ``checkpoint.pt`` and ``backbone.pt`` atomically (the main process only)."""
+        """Write ``checkpoint.pt`` and ``backbone.pt`` atomically (the main process only), and with
+        ``--keep-backbones`` also ``backbones/step-N.pt``, the backbone of step N."""
         if not self.processes.main:
             return
         state = {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
@@ -355,8 +356,12 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         save_torch_file(state, self.checkpoint_path)
         self.saved_step = self.step
-        save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size,
-                      self.run_dir / "backbone.pt", step=self.step)
+        kept = [self.run_dir / "backbone.pt"]
+        if self.cfg.keep_backbones:
+            kept.append(self.run_dir / "backbones" / f"step-{self.step}.pt")
+        for path in kept:
+            save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size, path,
+                          step=self.step)
 
     def train_step(self):
         """One optimiser step; returns its logs (tensors or numbers, read only when logged)."""
