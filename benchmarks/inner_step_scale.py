@@ -10,7 +10,7 @@ task of training step 0 (the real batch, views, task cut and support share of ``
     relative move = ‖α ∇_θ L(θ; S)‖ / ‖θ‖       (θ: every adapted parameter, ``trainable``)
 
 at initialisation (seed ``--seed``), and the α that would move it as far as the reference method's
-(``--reference``, SimCLR) does at ``--inner-lr``. Usage (results in ``benchmarks/README.md``)::
+(``--reference``, SimCLR) does at ``--inner-lr``. Usage (results in ``docs/results.md``)::
 
     python benchmarks/inner_step_scale.py --dataset omniglot-small --inner-lr 0.001
 

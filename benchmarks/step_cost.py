@@ -35,7 +35,7 @@ Settings run interleaved, ``--rounds`` times each, and the medians over rounds a
 drift of a shared machine hits every setting alike and one disturbed round does not count (use 3);
 ratios are against the plain step of the same base method, backbone and batch size from the same run.
 
-Usage (commands and results in ``benchmarks/README.md``)::
+Usage (commands in ``benchmarks/README.md``, results in ``docs/results.md``)::
 
     python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
     python benchmarks/step_cost.py --suite variants --backbones conv4 resnet18 --batch-sizes 128
