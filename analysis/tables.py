@@ -18,7 +18,7 @@ DIRECTION = {"accuracy": "max", "error": "min", "inter_class_separation": "max",
              "crowding_ratio": "min", "crowded_share": "min", "sigma": "min"}
 SETTING = ["dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
            "metric"] + SETTINGS
-# The labelled references (README: supervised, ProtoNet, MAML), shown beside the self-supervised
+# The labelled references (docs/bases.md: supervised, ProtoNet, MAML), shown beside the self-supervised
 # models and, like the random backbone, never marked best.
 REFERENCE_BASES = {"supervised", "protonet", "maml"}
 EPISODE_SETTING = ["dataset", "split", "axis", "classifier", "ways", "shots", "queries",

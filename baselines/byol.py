@@ -21,11 +21,10 @@ the SimCLR-sized projector of the config (512 → 128) followed by a BatchNorm o
 (``byol_proj_bn``, SimSiam's projector), a 128 → 128 → 128 predictor (``byol_pred_hidden``) held at
 a constant 10× learning rate (``byol_pred_lr``) and τ_base = 0.99 (``byol_momentum``, the paper
 measures 0.99 and 0.996 alike). The paper's head and rate (no output BatchNorm, a 512-wide
-predictor on the schedule, τ_base = 0.999) scored 58.8 % on Omniglot's minimal sets after 150
-steps (5-way 1-shot; a random network 53.1, SimCLR 82.8) and not above the random network on
-5-shot; with these defaults 65.3 %, above it everywhere (the README's base table). Two reasons: without the output BatchNorm the
-projections of different glyphs share a common direction (mean cosine 0.33 at initialisation,
-0 with it), which the prediction matches for free; and in 150 steps a target that moves by
+predictor on the schedule, τ_base = 0.999) learn less in short runs (``docs/bases.md``, 'BYOL';
+docs/results.md, 'Every base method alone'). Two reasons: without the output BatchNorm the
+projections of different glyphs share a common direction at initialisation, which the prediction
+matches for free; and in 150 steps a target that moves by
 (1 − τ) per step stays close to its random start, so BYOL learns to predict a random network.
 """
 import math

@@ -46,10 +46,8 @@ takes a while") and trains CACTUs-MAML on 20-way 1-shot tasks with 5 queries, 5 
 0.05, 8 tasks a meta-batch. Here k = 500 (``--cactus-clusters``), P = 20 (``--cactus-partitions``,
 for the CPU's sake), one task a step with the ProtoNet/MAML episode options (20-way 5-shot 5-query
 by default). Published 5-way conv4 Omniglot accuracy (ACAI encoder): CACTUs-ProtoNet 68.1 / 83.6,
-CACTUs-MAML 68.8 / 87.8 (1 / 5 shots). Here, with the random encoder, 150 episodes on the glyphs
-(``benchmarks/grids/bases.yaml``) give 66.1 / 83.3 % on Omniglot's minimal sets with ``proto`` (the
-default; random backbone 53.1 / 74.4) and 57.2 / 70.0 % with ``maml``, which is at or below the random
-backbone on the glyphs (docs/bases.md).
+CACTUs-MAML 68.8 / 87.8 (1 / 5 shots). Here, with a random encoder, ``maml`` learns nothing that
+transfers in short runs, so ``proto`` is the default (``docs/bases.md``, 'CACTUs').
 
 CACTUs is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
 around it. It imports ProtoNet's and MAML's modules (learn2learn); the trainer hands it the frozen

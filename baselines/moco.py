@@ -19,14 +19,15 @@ The key encoder ξ follows the online backbone and projector θ after every opti
 ξ ← m·ξ + (1 − m)·θ (eq. 2, ``baselines.momentum``). Under GeSSL the inner loop runs on scratch
 copies of the buffers, so only the outer forward pass enqueues. The paper's shuffling BatchNorm
 (sec. 3.3, against a multi-GPU leak through batch statistics) is left out [choice]: both encoders
-normalise over the whole batch of both views, which on the glyphs trains well (see the README).
+normalise over the whole batch of both views, which on the glyphs trains well (``docs/bases.md``).
 
 Settings (paper, ImageNet: MLP head 2048 → 128 without BatchNorm, τ = 0.2, K = 65536, m = 0.999;
 CIFAR-scale reimplementations use K = 4096). Glyph defaults: the SimCLR-sized projector of the
 config (512 → 128, with BatchNorm like every head of this package), the shared ``temperature``
 (0.1), ``moco_queue`` = 4096 and ``moco_momentum`` = 0.99. The background split holds 24,560
-images, 191 steps of 128: a queue of 4096 holds the keys of the last 16 steps (256 keys per step; 32
-steps under GeSSL, whose outer forward sees the 64 query images), recent enough for the key encoder not to have drifted, and never a key of the query's own image
+images, 191 steps of 128: a queue of 4096 holds the keys of the last 16 steps (256 keys per step;
+the same under GeSSL with ``--outer-set task``, whose outer forward sees all 128 images; 32 steps
+with ``--outer-set query``, whose outer forward sees the 64 query images), recent enough for the key encoder not to have drifted, and never a key of the query's own image
 from an earlier epoch (that would need more than 24,000 slots). m = 0.999 lets a 150-step run
 move the key encoder only 14 % of the way from its random start (0.999¹⁵⁰ ≈ 0.86); with 0.99 it
 forgets its start within a few hundred steps (0.99¹⁵⁰ ≈ 0.22).

@@ -37,9 +37,8 @@ Our [choice]s, against the paper's one-directional loss (x¹ the query, x² the 
 - the projector is MoCo's with a BatchNorm on its output (``projection_mlp(..., output_bn=True)``,
   512 → 128; the paper's is 4096 → 256 with an affine-free BatchNorm on its output), the predictor
   ``projection_mlp(proj_dim, proj_hidden, proj_dim)`` (the paper's 256 → 4096 → 256: the same
-  hidden width as its projector, so ``proj_hidden`` here). The output BatchNorm matters: without it
-  the quick check below gave 65.7 % on Omniglot's minimal sets and 71.4 % on the glyphs, with it
-  71.9 % and 79.8 % (300 episodes, seed 0), as BYOL's projections needed one (``docs/bases.md``).
+  hidden width as its projector, so ``proj_hidden`` here). The output BatchNorm matters, as BYOL's
+  projections needed one (``docs/bases.md``, 'PsCo').
 
 The paper's settings (Omniglot, conv4; ``train.py`` and the README of its code): K = 1 shot (4 on
 miniImageNet, the code's default), a queue of 16,384, τ_PsCo = 1 (``temperature2``), τ = 0.2,
@@ -52,10 +51,8 @@ image, holds the last 32 steps of 128 images: far less than the paper's (which h
 and most of its training set), because a short run needs a queue that fills early (until then its
 random initial entries serve as shots) and whose keys the momentum encoder has not outgrown; 4096
 is still 17 % of the glyphs' 24,560 training images (about 3 of the 20 images of a class) and 85 %
-of the 4,840 of Omniglot's minimal sets. At the README's quick check (150 steps on the glyphs, seed
-0, ``benchmarks/grids/bases.yaml``) PsCo reaches 72.3 % on Omniglot's minimal sets (5-way 1-shot;
-SimCLR 82.8, UMTRA 78.8, a random network 53.1) and 81.8 % on the glyph evaluation scripts (random
-54.0): ``docs/bases.md``.
+of the 4,840 of Omniglot's minimal sets. How it compares with the other bases: docs/results.md,
+'Every base method alone'.
 
 PsCo is itself an unsupervised meta-learner (``meta_learner = True``, as UMTRA): each step is a
 pseudo N-way K-shot task, so ``gessl.train`` refuses ``--meta gessl`` around it. The projections

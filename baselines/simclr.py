@@ -43,8 +43,8 @@ class SimCLR(nn.Module):
     """SimCLR head and loss. ``forward(backbone, batch)`` returns an ``SSLOutput``.
 
     Defaults for 28×28 glyphs: projector 512 → 128, τ = 0.1 (the paper's CIFAR-10 setting uses a
-    2048-d hidden layer, 128-d output and τ = 0.5; on the glyphs, short runs learn far better
-    features at τ = 0.1, see the README).
+    2048-d hidden layer, 128-d output and τ = 0.5; τ = 0.1 is a [choice] for short runs on the
+    glyphs, ``docs/bases.md``).
     """
 
     @dataclass

@@ -20,10 +20,9 @@ learning rate ``simsiam_pred_lr`` = 10 × ``--lr`` (``constant_lr``, applied by
 ``gessl.train.build_optimizer``). The paper keeps the predictor's rate constant (§4.2 and Table 1: "a fixed lr
 for the predictor"), at the base rate; a faster predictor is the remedy of Tian, Chen and Ganguli
 (ICML 2021, "Understanding self-supervised learning dynamics without contrastive pairs"), whose
-analysis has the predictor's eigenspace lead the encoder's. In 150 steps (batch 128, seed 0, with
-the ink jitter) the constant rate at 1×, 10×, 30× gives 60.9, 71.1, 61.3 % on Omniglot's minimal
-sets (5-way 1-shot; the schedule's rate: 63.1; SimCLR 82.8); the paper's SGD recipe, weight decay,
-a wider predictor, per-view BatchNorm and 4× the steps did not help (``docs/bases.md``).
+analysis has the predictor's eigenspace lead the encoder's. A constant 10× rate learns best in
+short runs on the glyphs; the paper's SGD recipe, weight decay, a wider predictor, per-view
+BatchNorm and longer training did not help (``docs/bases.md``, 'SimSiam').
 """
 from dataclasses import dataclass
 

@@ -19,11 +19,10 @@ The meta-learner on a task (backbone features h = f_φ(x), s_i = h(x_i), q the q
   L_task = −(1 / |Q|) Σ_{(q, y)} log softmax_i(−‖h(q) − s_i‖²)_y.
 
 L = (1 / T) Σ_task L_task (the paper's meta-batch mean). Settings: the paper's Omniglot runs use
-N = 5 (``umtra_ways``) and meta-batches of 25 tasks, which a batch of 128 gives (26 tasks). At the
-README's quick check (150 steps on the glyphs) ``maml`` reaches 78.8 % on Omniglot's minimal sets
-(5-way 1-shot; SimCLR 82.8, a random network 53.1) and ``proto`` 65.2 %: the squared distances of
-ProtoNet's loss make tasks of five unrelated images easy (its loss falls below 1 within 20 steps),
-while the adapted head's cross-entropy stays informative.
+N = 5 (``umtra_ways``) and meta-batches of 25 tasks, which a batch of 128 gives (26 tasks).
+``maml`` (the paper's) is the default: the squared distances of ProtoNet's loss make tasks of five
+unrelated images easy, while the adapted head's cross-entropy stays informative (``docs/bases.md``;
+docs/results.md, 'Every base method alone').
 
 UMTRA is itself a meta-learner (``meta_learner = True``): ``gessl.train`` refuses ``--meta gessl``
 around it. The projections are the backbone features of the two views.

@@ -10,7 +10,7 @@ task of training step 0 (the real batch, views, task cut and support share of ``
     relative move = ‖α ∇_θ L(θ; S)‖ / ‖θ‖       (θ: every adapted parameter, ``trainable``)
 
 at initialisation (seed ``--seed``), and the α that would move it as far as the reference method's
-(``--reference``, SimCLR) does at ``--inner-lr``. Usage (results in ``benchmarks/README.md``)::
+(``--reference``, SimCLR) does at ``--inner-lr``. Usage (results in ``docs/results.md``)::
 
     python benchmarks/inner_step_scale.py --dataset omniglot-small --inner-lr 0.001
 
@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gessl import train
-from gessl.bn_stats import training_batches
-from gessl.config import resolve_config
+from gessl import build_model, resolve_config, training_batches
 from gessl.inner_loop import take, trainable
 from gessl.shares import support_size, task_slices
 from tasks.common.errors import run_cli
@@ -38,7 +36,7 @@ def relative_move(base, dataset, inner_lr, seed):
     """Loss, gradient norm, parameter norm and relative move of one inner step of ``base`` at init."""
     cfg = resolve_config({"base": base, "dataset": dataset, "seed": seed, "inner_lr": inner_lr})
     split = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
-    model = train.build_model(cfg, in_channels=1, num_classes=int(split[1].max()) + 1).train()
+    model = build_model(cfg, in_channels=1, num_classes=int(split[1].max()) + 1).train()
     batch = next(training_batches(cfg, 1, split))  # training step 0's batch and its two views
     task = take(batch, task_slices(len(batch["images"]), cfg.tasks_per_step or 1)[0])
     support = take(task, slice(0, support_size(len(task["views"][0]), cfg.support_ratio)))

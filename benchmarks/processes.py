@@ -9,7 +9,7 @@ holds the start-up. Settings run interleaved ``--rounds`` times; the median over
 with its ratio to the same variant on 1 process.
 
 Variants: SimCLR (``--meta none``), SimCLR + DSA, and SimCLR + GeSSL with ``--tasks-per-step 2``
-(each of 2 processes adapts to one task). Usage (results in ``benchmarks/README.md``)::
+(each of 2 processes adapts to one task). Usage (results in ``docs/results.md``)::
 
     python benchmarks/processes.py --processes 1 2 --steps 40 --rounds 2
 """

@@ -35,7 +35,7 @@ Settings run interleaved, ``--rounds`` times each, and the medians over rounds a
 drift of a shared machine hits every setting alike and one disturbed round does not count (use 3);
 ratios are against the plain step of the same base method, backbone and batch size from the same run.
 
-Usage (commands and results in ``benchmarks/README.md``)::
+Usage (commands in ``benchmarks/README.md``, results in ``docs/results.md``)::
 
     python benchmarks/step_cost.py --suite gessl --backbones conv4 --batch-sizes 64
     python benchmarks/step_cost.py --suite variants --backbones conv4 resnet18 --batch-sizes 128
@@ -58,9 +58,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines import BASE_METHODS
-from gessl import train
-from gessl.config import resolve_config
+from gessl import BASE_METHODS, GeSSL, PlainStep, build_model, resolve_config
 from gessl.device import clock, resolve_amp, resolve_device
 from gessl.inner_loop import take
 from tasks.common.io import atomic_write_text
@@ -105,9 +103,9 @@ def measure(setting, steps, warmup, device):
     """Seconds per step and extra peak memory (MiB) of ``setting``, in this process."""
     cfg = resolve_config({**setting, "device": device})
     dev = resolve_device(cfg.device)
-    model = train.build_model(cfg, in_channels=1, num_classes=10).to(dev).train()
+    model = build_model(cfg, in_channels=1, num_classes=10).to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    objective = train.META_OPTIMISERS[cfg.meta].from_config(cfg)
+    objective = {"none": PlainStep, "gessl": GeSSL}[cfg.meta].from_config(cfg)
     gen = torch.Generator().manual_seed(0)
     if getattr(BASE_METHODS[cfg.base], "episodic", False):  # one training episode, in its layout
         batch_size = cfg.episode_size
@@ -129,7 +127,7 @@ def measure(setting, steps, warmup, device):
 
     # One plain step on a few images first: the libraries' one-time allocations and Adam's state
     # are then in place before the baseline, so the peak counts the step's working memory only.
-    train.META_OPTIMISERS["none"]().compute_gradients(model, take(batch, few))
+    PlainStep().compute_gradients(model, take(batch, few))
     optimizer.step()
     if dev.type == "cuda":
         torch.cuda.synchronize()

@@ -4,7 +4,9 @@
   ``SSLOutput``; ``PlainStep``: the base loss alone, with the same call;
 - ``SSLOutput``: what such a model returns (the loss, its named terms, the two views' projections);
 - ``BASE_METHODS``: the registry of the project's base methods (name → class);
-- ``evaluate_backbone``: the universality suite on any feature extractor and the data sets named.
+- ``evaluate_backbone``: the universality suite on any feature extractor and the data sets named;
+- ``resolve_config``, ``build_model``, ``training_batches``: the checked options, the model and the
+  training batches of a ``python -m gessl.train`` run, for measuring or reusing what the CLI trains.
 
 The command lines (``python -m gessl.train``, ``python -m gessl.evaluate``) are thin layers over them.
 Each name is imported on first use, so that ``import gessl`` loads nothing else, ``baselines`` (some
@@ -14,7 +16,9 @@ runs its module once.
 import importlib
 
 PUBLIC = {"GeSSL": "gessl.bilevel", "PlainStep": "gessl.bilevel", "SSLOutput": "baselines.base",
-          "BASE_METHODS": "baselines", "evaluate_backbone": "gessl.backbone_eval"}  # name -> its module
+          "BASE_METHODS": "baselines", "evaluate_backbone": "gessl.backbone_eval",
+          "resolve_config": "gessl.config", "build_model": "gessl.train",
+          "training_batches": "gessl.bn_stats"}  # name -> its module
 __all__ = sorted(PUBLIC)
 
 

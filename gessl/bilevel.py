@@ -17,11 +17,8 @@ and code are not public, so the options marked [choice] below are ours). One out
 
 O, the outer set [choice], is the whole task S ∪ Q (``outer_set="task"``, the default) or the query
 Q alone (``"query"``, the meta-learning convention): a contrastive base loss on Q alone sees half
-the negatives, which on its own costs SimCLR 3.6 points on Omniglot (``docs/gessl.md``, the
-diagnosis). With O = S ∪ Q and α = 0.001 (the defaults since December 2026, chosen on three seeds
-of real handwriting) GeSSL is within about a point of SimCLR on Omniglot's minimal sets. α is the
-base method's (``gessl.config.INNER_LR``): a step's move scales with the base loss, and 0.001 moved
-Barlow Twins' model 123 times as far as SimCLR's, costing it 10-14 points; its α is 8e-6.
+the negatives. α is the base method's (``gessl.config.INNER_LR``), because a step's move scales with
+the base loss. Why these defaults: ``docs/gessl.md``, 'Why the defaults are what they are'.
 
 With O = S ∪ Q the look-ahead's first gradient, ∇L(θ_K; S ∪ Q), is the outer base loss's gradient
 at θ_K, taken from the outer forward pass rather than a forward pass of its own (``docs/gessl.md``).

@@ -33,13 +33,10 @@ def seed_range(value):
 
 
 # GeSSL's inner step α of each base method when --inner-lr is 0 (the default); the others take
-# SimCLR's 0.001. One plain SGD step's move scales with the base loss: at 0.001 Barlow Twins' model
-# moves 123 times as far as SimCLR's (benchmarks/inner_step_scale.py), and inside GeSSL it lost
-# 10-14 points to Barlow Twins alone, level with it at 8e-6, the step of SimCLR's move
-# (benchmarks/grids/inner_step.yaml, three seeds). A larger step for a base that moves less did not
-# help: BYOL at its matched 5e-3 was below BYOL at 0.001 on every seed on Lake's runs, the glyphs
-# and KanjiVG (4.6-5.9 points, three seeds). So no base's step moves its model further than
-# SimCLR's does, and none is raised.
+# SimCLR's 0.001. One plain SGD step's move scales with the base loss, so a base whose loss moves
+# its model further than SimCLR's gets the step of SimCLR's move, and none is raised (the evidence:
+# docs/gessl.md, 'Why the defaults are what they are'; docs/results.md, 'GeSSL's inner step across
+# base methods').
 INNER_LR = {"simclr": 1e-3, "barlow": 8e-6}
 
 
@@ -66,7 +63,7 @@ class TrainConfig:
     episode_queries: int = dataclasses.field(default=5, metadata={"help": "episodic methods: query images per class in a training episode", "check": positive})
     inner_steps: int = dataclasses.field(default=1, metadata={"help": "GeSSL: K, differentiable inner SGD steps per task", "check": non_negative})
     lookahead: int = dataclasses.field(default=1, metadata={"help": "GeSSL: lambda, further steps that build the self-motivated target", "check": non_negative})
-    inner_lr: float = dataclasses.field(default=0.0, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead; 0: the base method's (gessl.config.INNER_LR: 8e-6 for Barlow Twins, whose loss makes a step of 0.001 move its model 123 times as far as SimCLR's; benchmarks/grids/inner_step.yaml), 0.001 for every other (0.01 until December 2026; benchmarks/grids/defaults.yaml)", "check": non_negative})
+    inner_lr: float = dataclasses.field(default=0.0, metadata={"help": "GeSSL: alpha, SGD step of the inner loop and the look-ahead; 0: the base method's (gessl.config.INNER_LR: 8e-6 for Barlow Twins, 0.001 for every other; docs/gessl.md)", "check": non_negative})
     support_ratio: float = dataclasses.field(default=0.5, metadata={"help": "GeSSL: share of a task's images in its support set", "check": open_unit})
     tasks_per_step: int = dataclasses.field(default=0, metadata={"help": "GeSSL: M, tasks the batch is cut into, contiguous, sizes differing by at most one (0: one per process: 1 alone, N under torchrun --nproc_per_node N)", "check": non_negative})
     gamma: float = dataclasses.field(default=1.0, metadata={"help": "GeSSL: weight of the base loss on the query after adaptation", "check": non_negative})
@@ -74,7 +71,7 @@ class TrainConfig:
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares", "check": positive})
     first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
     inner_params: str = dataclasses.field(default="all", metadata={"help": "GeSSL: the parameters the inner loop, the look-ahead and sigma adapt: all, or head (every trainable parameter outside the backbone, on backbone features computed once per task; ANIL's feature reuse, Raghu et al. 2020; the outer gradient still reaches the backbone) [choice; docs/gessl.md]", "check": one_of("all", "head")})
-    outer_set: str = dataclasses.field(default="task", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: task (all of them: twice the negatives of a contrastive base; the default since December 2026, benchmarks/grids/defaults.yaml) or query (the images the inner loop did not see)", "check": one_of("query", "task")})
+    outer_set: str = dataclasses.field(default="task", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: task (all of them: twice the negatives of a contrastive base) or query (the images the inner loop did not see); docs/gessl.md", "check": one_of("query", "task")})
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func", "check": one_of("higher", "func")})
     dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})
     dsa_eta: int = dataclasses.field(default=20, metadata={"help": "DSA: eta, nearest neighbours of the outlier score", "check": positive})

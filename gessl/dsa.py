@@ -192,8 +192,7 @@ class FrozenPrior(nn.Module):
     """The prior network φ: no gradients, always in eval mode, features of ``prepare(x)``.
 
     Three things make its forward pass cheaper on CPU, none of which changes the features beyond
-    float rounding (conv4 over 768 images of 28 × 28, one thread: 1.05 s plain, 0.63 s channels-last,
-    0.44 s folded as well, 0.23 s in chunks as well):
+    float rounding (docs/results.md, 'DSA's step', has the timings):
 
     - the channels-last layout;
     - ``eval_forward``: each BatchNorm folded into the convolution before it,

@@ -37,8 +37,8 @@ def embed(extractor, images, batch_size=1024, device="cpu", progress=True):
 
     Each batch of ``batch_size`` images is scaled to [0, 1] (x/255), given a channel dim if it has
     none and put in the channels-last layout. A Module extractor runs as an eval-mode channels-last
-    copy through `tasks.evaluation.frozen.frozen_features` (BatchNorm folded, cache-sized chunks on the CPU:
-    4.5x faster for conv4), so the caller's module is left as it was; the features equal
+    copy through `tasks.evaluation.frozen.frozen_features` (BatchNorm folded, cache-sized chunks on the CPU;
+    docs/results.md, 'Evaluation speed'), so the caller's module is left as it was; the features equal
     ``extractor.eval()(x)`` up to float rounding. Outputs with more than two dims are flattened to
     [B, D]. ``progress``: show a progress bar.
     """

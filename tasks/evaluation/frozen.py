@@ -18,8 +18,7 @@ def frozen_features(net, x):
     - on the CPU, chunks of ``CPU_CHUNK_IMAGES`` images: in eval mode each image's features are
       independent of the others, and a chunk's activations (conv4's largest is 25 MiB for 128
       images of 28 × 28) stay in the cache from one layer to the next instead of going through
-      memory. conv4 over 13,320 images of 28 × 28, 2 threads: 9.1 s plain in batches of 1024,
-      2.0 s channels-last, folded and in chunks of 128.
+      memory (timings: docs/results.md, 'Evaluation speed').
     """
     x = x.contiguous(memory_format=torch.channels_last)
     chunks = x.split(CPU_CHUNK_IMAGES) if x.device.type == "cpu" else [x]

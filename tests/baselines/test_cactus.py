@@ -20,7 +20,7 @@ from tasks.common.errors import UserError
 from tasks.evaluation.fewshot import embed, mean_ci95
 from tasks.training.episodes import EpisodeSampler
 from tests.helpers import metrics
-from tests.tasks.test_omniglot import REAL, real_files
+from tests.tasks.data.test_omniglot import REAL, real_files
 
 
 def blobs(sizes, centres, spread=0.1, seed=0):

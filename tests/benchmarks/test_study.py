@@ -19,7 +19,7 @@ from gessl import evaluate, train
 from gessl.backbones import load_backbone
 from gessl.config import resolve_config
 from tasks.common.errors import UserError
-from tests.tasks.test_omniglot import fake_runs, fake_small
+from tests.tasks.data.test_omniglot import fake_runs, fake_small
 
 spec = importlib.util.spec_from_file_location("study", Path(__file__).resolve().parents[2] / "benchmarks" / "study.py")
 study = importlib.util.module_from_spec(spec)

@@ -15,10 +15,7 @@ from torch import nn
 import gessl
 from gessl import GeSSL, SSLOutput
 from gessl.config import read_run_config
-from gessl.device import Placement
-from gessl.train import build_model, step_batch
 from tasks.data.registry import load_split
-from tasks.training.augment import GlyphAugment
 from tests.helpers import REPO, train_cli
 
 
@@ -47,6 +44,7 @@ def test_the_public_names():
     assert set(gessl.__all__) <= set(dir(gessl))
     assert gessl.evaluate_backbone.__module__ == "gessl.backbone_eval"
     assert "simclr" in gessl.BASE_METHODS and gessl.SSLOutput is SSLOutput
+    assert gessl.build_model.__module__ == "gessl.train" and gessl.training_batches.__module__ == "gessl.bn_stats"
 
 
 def test_a_script_outside_the_project_trains_its_own_model_with_gessl(tmp_path):
@@ -64,19 +62,21 @@ def test_a_script_outside_the_project_trains_its_own_model_with_gessl(tmp_path):
 
 def test_the_command_line_step_has_the_gradients_of_the_python_call(data_root, tmp_path):
     """One SGD step of lr 1 without momentum's history or decay moves θ by −∇: ``gessl.train --meta gessl``'s
-    first step gives the gradient the Python call computes on the model and batch the CLI builds."""
+    first step gives the gradient the Python call computes on the model and batch that the public
+    ``resolve_config``, ``build_model`` and ``training_batches`` give for the same options."""
     run = tmp_path / "run"
     done = train_cli("--out", str(run), "--meta", "gessl", "--max-steps", "1", "--batch-size", "16",
                      "--optimizer", "sgd", "--lr", "1", "--warmup-steps", "0", "--weight-decay", "0",
                      "--eval-episodes", "0", "--data-root", str(data_root))
     assert done.returncode == 0, done.stderr
-    cfg = read_run_config(run)
-    images, labels = (torch.as_tensor(a) for a in load_split(cfg.dataset, "background", cfg.data_root,
-                                                             cfg.image_size))
-    model = build_model(cfg, 1, int(labels.max()) + 1)
+    cfg = gessl.resolve_config({"meta": "gessl", "max_steps": 1, "batch_size": 16, "optimizer": "sgd", "lr": 1,
+                                "warmup_steps": 0, "weight_decay": 0, "eval_episodes": 0,
+                                "data_root": str(data_root), "out": str(run)})
+    assert cfg == read_run_config(run)
+    split = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
+    model = gessl.build_model(cfg, 1, int(split[1].max()) + 1)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = step_batch(images, labels, cfg, 0, len(images) // cfg.batch_size, GlyphAugment.from_config(cfg),
-                       Placement.from_config(cfg, torch.device("cpu")))
+    batch = next(gessl.training_batches(cfg, 1, split))
     step = GeSSL()  # the documented defaults are the command line's
     assert step == GeSSL.from_config(cfg)
     step(model, batch)

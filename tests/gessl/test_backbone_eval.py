@@ -19,7 +19,7 @@ from gessl.backbones import Conv4
 from gessl.evaluate import evaluate_run
 from tasks.common.errors import UserError
 from tests.helpers import REPO, jsonl
-from tests.tasks.test_omniglot import fake_runs, fake_small
+from tests.tasks.data.test_omniglot import fake_runs, fake_small
 
 TINY = ["--suite", "quick", "--episodes", "4", "--shots", "1", "--queries", "3", "--classes", "6"]
 MEASURES = ("run", "dataset", "split", "protocol", "classifier", "ways", "shots", "metric", "value", "ci95")

@@ -24,7 +24,7 @@ from tasks.evaluation.linear import knn_accuracy, linear_probe
 from tasks.evaluation.suite import AXES, pick_classes, plan
 from tasks.evaluation.universality import sigma_scores
 from tests.gessl.conftest import fake_mnist
-from tests.tasks.test_omniglot import fake_runs, fake_small
+from tests.tasks.data.test_omniglot import fake_runs, fake_small
 
 FIELDS = {"run", "dataset", "split", "axis", "protocol", "classifier", "ways", "shots", "queries",
           "episodes", "metric", "value", "ci95", "seed", "suite", "version", "time", "train_data", "train_step",

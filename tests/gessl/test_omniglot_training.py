@@ -6,7 +6,7 @@ import numpy as np
 from gessl import train
 from gessl.evaluate import evaluate_run
 from tasks.evaluation.fewshot import mean_ci95
-from tests.tasks.test_omniglot import REAL, real_files
+from tests.tasks.data.test_omniglot import REAL, real_files
 
 
 @real_files

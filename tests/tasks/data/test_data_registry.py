@@ -12,9 +12,9 @@ from tasks.data import cli as data
 from tasks.data import mnist
 from tasks.data import registry as datasets
 from tasks.data.registry import DATASETS, load_split, transfer_targets
-from tests.tasks.test_data_readers import fake_fashion, fake_mnist, write_tree
+from tests.tasks.data.test_data_readers import fake_fashion, fake_mnist, write_tree
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

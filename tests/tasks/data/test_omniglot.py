@@ -15,9 +15,9 @@ from scipy.spatial.distance import cdist
 from tasks.data import omniglot
 from tasks.data.registry import DATASETS, load_split
 from tasks.evaluation.lake import hausdorff_errors, modified_hausdorff, ink_points, nearest_errors
-from tests.tasks.test_data_readers import HTML, raises_one_line
+from tests.tasks.data.test_data_readers import HTML, raises_one_line
 
-REAL = Path(os.environ.get("GESSL_TEST_OMNIGLOT", Path(__file__).resolve().parents[3] / "shared/data/omniglot"))
+REAL = Path(os.environ.get("GESSL_TEST_OMNIGLOT", Path(__file__).resolve().parents[4] / "shared/data/omniglot"))
 real_files = pytest.mark.skipif(not (REAL / "all_runs.zip").is_file(),
                                 reason=f"Omniglot's real files are not at {REAL} (set $GESSL_TEST_OMNIGLOT)")
 

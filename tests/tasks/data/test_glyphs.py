@@ -14,7 +14,7 @@ from tasks.data import glyphs
 from tasks.data.fonts import matplotlib_fonts
 from tasks.data.roots import data_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TWO_FONTS = [f for f in matplotlib_fonts() if Path(f).name in ("DejaVuSans.ttf", "DejaVuSerif.ttf")]
 SMALL = {"size": 16, "samples_per_class": 3, "progress": False, "_fonts": TWO_FONTS}
 

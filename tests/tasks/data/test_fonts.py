@@ -14,7 +14,7 @@ from tasks.common.errors import UserError
 from tasks.data import fonts
 from tasks.data import glyphs
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PINNED = json.loads((REPO / "tasks" / "data" / "glyph_fonts.json").read_text())
 DEFAULT_CACHE = "glyphs-v1-s28-n20-seed0-c2e8ac8a.npz"  # the default set's cache name before pinning
 

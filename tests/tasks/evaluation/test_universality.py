@@ -7,7 +7,7 @@ from tasks.evaluation.fewshot import sample_episodes
 from tasks.evaluation.linear import fit_logreg
 from tasks.evaluation.linear import LOGREG_C
 from tasks.evaluation.universality import _members_by_class, overall_score, sigma_scores
-from tests.tasks.test_linear import reference_logreg, softmax
+from tests.tasks.evaluation.test_linear import reference_logreg, softmax
 
 
 def clustered(classes, per_class, dim, seed, spread=1.0):
@@ -36,7 +36,7 @@ def test_sigma_matches_a_per_episode_reference():
 
 
 def test_sigma_of_the_logreg_classifier_matches_an_independent_solver():
-    # Both posteriors from scipy (tests.tasks.test_linear), not from the solver under test: a
+    # Both posteriors from scipy (tests.tasks.evaluation.test_linear), not from the solver under test: a
     # broken solver, a wrong pool for the task-optimal model or a KL of a posterior with itself fails.
     features, labels = clustered(6, 10, 5, seed=3, spread=1.5)
     ways, shots, queries, episodes = 3, 2, 3, 4
