@@ -493,8 +493,9 @@ def print_table(records):
     print(f"{'model':<{width}}  {'axis':<16}  {'dataset':<{data_width}}  {'measure':<{measure_width}}  value")
     for r, name in zip(records, names):
         digits = 2 if r["metric"] in ("accuracy", "error") else 4 if r["metric"] == "sigma" else 3
-        value = (f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}" if math.isfinite(r["value"] or math.nan)
-                 and math.isfinite(r["ci95"] or math.nan) else "not finite (null in results.jsonl)")
+        finite = all(r[k] is not None and math.isfinite(r[k]) for k in ("value", "ci95"))  # null: not finite
+        value = (f"{r['value']:7.{digits}f} ± {r['ci95']:.{digits}f}" if finite
+                 else "not finite (null in results.jsonl)")
         print(f"{r['run']:<{width}}  {r['axis']:<16}  {r['dataset']:<{data_width}}  {name:<{measure_width}}  {value}")
 
 

@@ -324,6 +324,13 @@ def test_missing_transfer_sets_are_fetched_on_first_use_unless_offline(trained_r
     assert "note: fashion-mnist could not be fetched, so the transferability axis goes without it: apt-get" in err
 
 
+def test_a_zero_value_or_interval_prints_as_a_number(capsys):
+    evaluate.print_table([{"run": "perfect", "axis": "generalization", "dataset": "omniglot-lake",
+                           "protocol": "lake", "ways": 20, "shots": 1, "metric": "error", "value": 0.0, "ci95": 0.0}])
+    printed = capsys.readouterr().out
+    assert "0.00 ± 0.00" in printed and "not finite" not in printed
+
+
 def test_values_that_are_not_finite_print_as_such_and_are_null_in_results_jsonl(tmp_path, capsys):
     records = [{"run": "diverged", "axis": "generalization", "dataset": "glyphs", "protocol": "universality",
                 "ways": 5, "shots": 1, "metric": "sigma", "value": float("inf"), "ci95": float("nan")}]
