@@ -54,10 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from baselines import BASE_METHODS
 from baselines.distributed import per_process, world_size
 from gessl.collapse import collapse_metrics
-from gessl.config import INNER_LR, TrainConfig
+from gessl.config import INNER_LR, TrainConfig, method_class
 from gessl.device import clock
 from gessl.distributed import average_gradients
 from gessl.inner_loop import (ENGINES, backbone_features, batch_size, check_head_split, head_model, lookahead,
@@ -144,7 +143,7 @@ class GeSSL:
         """``ValueError`` for a config GeSSL cannot train: ``--inner-params head`` around a base method
         that cannot run on backbone features (``gessl.inner_loop.check_head_split``)."""
         if cfg.inner_params == "head":
-            check_head_split(BASE_METHODS[cfg.base], cfg.base)
+            check_head_split(method_class(cfg.base), cfg.base)
 
     def compute_gradients(self, model, batch, diagnose=False):
         """Back-propagate the outer loss into θ's ``.grad``, averaged over processes; return the logs

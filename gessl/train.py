@@ -299,7 +299,7 @@ class Trainer:
         encoder = self.model.backbone
         if path is not None:
             encoder, meta = load_backbone(path)
-            channels = 1 if self.images.dim() == 3 else self.images.shape[1]
+            channels = self.in_channels
             if meta["in_channels"] != channels or meta["image_size"] != self.images.shape[-1]:
                 raise UserError(f"the frozen encoder {path} takes {meta['in_channels']}-channel "
                                 f"{meta['image_size']}-pixel images but the data's are {channels}-channel "

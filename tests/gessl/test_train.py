@@ -457,10 +457,11 @@ def outside_cli(folder, *flags):
                           text=True)
 
 
-@pytest.mark.parametrize("meta, reg", [("none", "none"), ("gessl", "dsa")])
-def test_a_method_from_a_module_outside_the_project_trains(glyph_root, tmp_path, monkeypatch, meta, reg):
+@pytest.mark.parametrize("meta, reg, flags", [("none", "none", []), ("gessl", "dsa", []),
+                                              ("gessl", "none", ["--inner-params", "head"])])
+def test_a_method_from_a_module_outside_the_project_trains(glyph_root, tmp_path, monkeypatch, meta, reg, flags):
     (tmp_path / "mine.py").write_text(OUTSIDE_METHOD.format(extra=""))
-    result = outside_cli(tmp_path, "--base", "mine:Outside", "--outside-dim", "8", "--meta", meta, "--reg", reg,
+    result = outside_cli(tmp_path, "--base", "mine:Outside", "--outside-dim", "8", "--meta", meta, "--reg", reg, *flags,
                          "--batch-size", "32", "--max-steps", "4", "--log-every", "1", "--warmup-steps", "1",
                          "--eval-episodes", "0", "--data-root", str(glyph_root), "--out", "run")
     assert result.returncode == 0, result.stderr
