@@ -172,5 +172,6 @@ def test_head_refuses_a_method_with_its_own_copy_of_the_backbone(base, tmp_path)
         prepare_run(parse_args(["--base", base, "--meta", "gessl", "--inner-params", "head", "--out",
                                 str(tmp_path / "run")]))
     assert not (tmp_path / "run").exists()
-    prepare_run(parse_args(["--base", "simclr", "--meta", "gessl", "--inner-params", "head", "--out",
-                            str(tmp_path / "run")]))
+    cfg = prepare_run(parse_args(["--base", "simclr", "--meta", "gessl", "--inner-params", "head", "--out",
+                                  str(tmp_path / "run")]))[0]
+    assert cfg.inner_params == "head"
