@@ -28,11 +28,10 @@ from learn2learn.data import MetaDataset, Taskset
 from learn2learn.data.transforms import FusedNWaysKShots, LoadData, RemapLabels
 from torch.utils.data import Dataset
 
-from gessl.backbones import build_backbone
+from gessl import build_model, resolve_config
 from tasks.common.io import atomic_write_text
 from tasks.data.registry import load_split
-from tasks.evaluation import fewshot
-from tasks.evaluation.fewshot import class_codes, embed, evaluate_fewshot, prototype_logits
+from tasks.evaluation.fewshot import class_codes, clear_episode_cache, embed, evaluate_fewshot, prototype_logits
 from tasks.evaluation.frozen import frozen_features
 
 
@@ -87,8 +86,7 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/episode_speed.json")
     args = parser.parse_args()
     images, labels = load_split("glyphs", "evaluation")
-    torch.manual_seed(0)
-    net = build_backbone("conv4", 1, 28).eval()
+    net = build_model(resolve_config({"backbone": "conv4", "seed": 0}), in_channels=1, num_classes=1).backbone.eval()
     setting = (args.ways, args.shots, args.queries, args.episodes)
     theirs, t_theirs = timed(lambda: per_episode_pipeline(net, images, labels, *setting, args.seed))
     fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
@@ -96,12 +94,12 @@ def main():
         lambda x: frozen_features(fast, x), images, labels, *setting, args.seed))
 
     def ours():
-        fewshot._EPISODE_CACHE.clear()  # draw the episodes again: part of the protocol's cost
+        clear_episode_cache()  # draw the episodes again: part of the protocol's cost
         return evaluate_fewshot(embed(net, images), labels, *setting, seed=args.seed)["accuracies"]
 
     cold, t_cold = timed(ours)
     features = embed(net, images)
-    fewshot._EPISODE_CACHE.clear()
+    clear_episode_cache()
     warm, t_warm = timed(lambda: evaluate_fewshot(features, labels, *setting, seed=args.seed)["accuracies"])
     result = {"setting": dict(zip(["ways", "shots", "queries", "episodes"], setting)), "images": len(images),
               "seconds": {"per_episode": t_theirs, "per_episode_fast_forward": t_theirs_fast, "ours_cold": t_cold,

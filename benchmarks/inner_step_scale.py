@@ -7,7 +7,7 @@ the batch size; Barlow Twins' sum over a D×D correlation matrix is about D at i
 This script measures, for each base method at its default options, on the support set of the first
 task of training step 0 (the real batch, views, task cut and support share of ``--meta gessl``)::
 
-    relative move = ‖α ∇_θ L(θ; S)‖ / ‖θ‖       (θ: every adapted parameter, ``trainable``)
+    relative move = ‖α ∇_θ L(θ; S)‖ / ‖θ‖       (θ: every parameter that requires a gradient)
 
 at initialisation (seed ``--seed``), and the α that would move it as far as the reference method's
 (``--reference``, SimCLR) does at ``--inner-lr``. Usage (results in ``docs/results.md``)::
@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gessl import build_model, resolve_config, training_batches
-from gessl.inner_loop import take, trainable
-from gessl.shares import support_size, task_slices
+from gessl import GeSSL, build_model, resolve_config, training_batches
 from tasks.common.errors import run_cli
 from tasks.common.io import atomic_write_text
 from tasks.data.registry import load_split
@@ -38,9 +36,8 @@ def relative_move(base, dataset, inner_lr, seed):
     split = load_split(cfg.dataset, "background", cfg.data_root, cfg.image_size)
     model = build_model(cfg, in_channels=1, num_classes=int(split[1].max()) + 1).train()
     batch = next(training_batches(cfg, 1, split))  # training step 0's batch and its two views
-    task = take(batch, task_slices(len(batch["images"]), cfg.tasks_per_step or 1)[0])
-    support = take(task, slice(0, support_size(len(task["views"][0]), cfg.support_ratio)))
-    params = trainable(model)
+    support, _ = GeSSL.from_config(cfg).task_sets(batch)[0]
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # what the inner loop adapts
     loss = model(support).loss
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     grad_norm = torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None)).item()

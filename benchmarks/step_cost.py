@@ -59,8 +59,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gessl import BASE_METHODS, GeSSL, PlainStep, build_model, resolve_config
-from gessl.device import clock, resolve_amp, resolve_device
-from gessl.inner_loop import take
 from tasks.common.io import atomic_write_text
 
 SSL_BASES = ["simclr", "moco", "byol", "simsiam", "barlow", "vicreg", "swav", "music", "supervised"]
@@ -102,7 +100,7 @@ def settings(suite, backbones, batch_sizes, engines, bases=SSL_BASES):
 def measure(setting, steps, warmup, device):
     """Seconds per step and extra peak memory (MiB) of ``setting``, in this process."""
     cfg = resolve_config({**setting, "device": device})
-    dev = resolve_device(cfg.device)
+    dev = torch.device(device)
     model = build_model(cfg, in_channels=1, num_classes=10).to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     objective = {"none": PlainStep, "gessl": GeSSL}[cfg.meta].from_config(cfg)
@@ -116,6 +114,7 @@ def measure(setting, steps, warmup, device):
         few = slice(0, 4)
     images = [torch.rand(batch_size, 1, cfg.image_size, cfg.image_size, generator=gen).to(dev) for _ in range(3)]
     batch = {"images": images[0], "views": images[1:], "labels": labels.to(dev)}
+    first = {"images": images[0][few], "views": [v[few] for v in images[1:]], "labels": labels[few].to(dev)}
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -127,7 +126,7 @@ def measure(setting, steps, warmup, device):
 
     # One plain step on a few images first: the libraries' one-time allocations and Adam's state
     # are then in place before the baseline, so the peak counts the step's working memory only.
-    PlainStep().compute_gradients(model, take(batch, few))
+    PlainStep().compute_gradients(model, first)
     optimizer.step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -156,16 +155,21 @@ def matmul_gflops(device, n=4096, repeats=5, tries=3):
     """GFLOP/s of an n × n matrix product on ``device`` in the dtype its training step computes in
     (``--amp auto``: bf16 on a GPU that supports it, else fp32), the best of ``tries`` timings of
     ``repeats`` products: the practical peak a step is set against."""
-    dev = resolve_device(device)
-    dtype = resolve_amp("auto", dev) or torch.float32
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     a, b = (torch.rand(n, n, device=dev).to(dtype) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(tries):
-        start = clock(dev)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        best = min(best, clock(dev) - start)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 * repeats / best / 1e9, str(dtype).removeprefix("torch.")
 
 

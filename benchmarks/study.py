@@ -32,7 +32,8 @@ with ``xzcat``). Both are committed with the summaries, so the study outlives th
 rerun, in this checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell
 runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions.
 A budget in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this
-machine (median after one warm-up), every variant of the (dataset, budget) back to back when its
+machine (``seconds_per_step``: ``gessl.train`` runs of 1 and 1 + that many steps, after one run that
+fills the data caches), every variant of the (dataset, budget) back to back when its
 first cell starts, so they are timed under the same load; the steps chosen are recorded in
 ``RESULTS/calibration.json`` and reused by every rerun.
 
@@ -60,11 +61,11 @@ the next.
 Summaries (``RESULTS/summary.json``, ``summary.md`` and the per-seed rows, one line per cell,
 setting and comparison; compressed: ``per_seed.jsonl.xz``) are the paired differences variant −
 reference on identical episodes: each kept cell's ``episodes.npz`` is rebuilt from
-``episode_counts.npz`` in a temporary folder and read by ``gessl.evaluate.paired_differences``: per
+``episode_counts.npz`` in a temporary folder and read by ``gessl.paired_differences``: per
 seed, the mean difference ± 1.96 s/√n over episodes (Lake's runs: over the 20 runs); across seeds,
 the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds. With ``random: true`` they also
 hold each variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
-``gessl.evaluate.random_differences``), and the runner ends with a one-line error (exit 2) naming
+``gessl.random_differences``), and the runner ends with a one-line error (exit 2) naming
 every variant and setting whose mean is not above it: the check that each base method learns
 something. ``--summarise`` rewrites them from the cells recorded so far, training nothing.
 ``summary.md`` opens with one table per training set and budget of every variant's 1-shot accuracies
@@ -80,7 +81,6 @@ import lzma
 import os
 import shlex
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -92,8 +92,7 @@ import seaborn as sns
 import yaml
 
 from analysis import figures
-from gessl import evaluate, train
-from gessl.config import resolve_config
+from gessl import EPISODE_FIELDS, config_from_flags, evaluate, paired_differences, random_differences, train
 from tasks.common.errors import UserError, run_cli
 from tasks.common.io import (append_jsonl, atomic_write_bytes, atomic_write_text, locked, read_jsonl, read_npz,
                              try_lock, write_npz)
@@ -192,13 +191,16 @@ def keep_points(run, points, started, seconds_per_step):
 
 
 def flags_refusal(flags):
-    """``None`` when ``gessl.train`` takes ``flags``, else its one-line complaint (an unknown option)."""
+    """``None`` when ``gessl.train`` takes ``flags``, else its one-line complaint (an unknown option);
+    a value it refuses is no flag refusal: training the cell records it."""
     complaint = io.StringIO()
     try:
         with contextlib.redirect_stderr(complaint):
-            train.parse_args(flags)
+            config_from_flags(flags)
     except SystemExit:
         return complaint.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    except UserError:
+        pass
     return None
 
 
@@ -209,19 +211,18 @@ def cell_flags(grid, cell):
 
 
 def seconds_per_step(flags, steps):
-    """Median seconds of a training step of ``flags``, over ``steps`` steps after one warm-up."""
-    options = train.parse_args(flags)
-    options.pop("resume")
-    with tempfile.TemporaryDirectory() as scratch:  # train_step writes nothing; the folder is a formality
-        trainer = train.Trainer(resolve_config(options), scratch)
-        trainer.total_steps = steps + 1
-        trainer.train_step()
-        times = []
-        for _ in range(steps):
+    """Seconds of a training step of ``flags``: ``gessl.train`` run three times in a scratch folder,
+    for 1 step (which fills the data caches), 1 step and 1 + ``steps`` steps; the last two runs'
+    difference in wall time over ``steps``, so that start-up, data loading, the first step's
+    warm-up and the closing checkpoint cancel."""
+    seconds = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for run, total in enumerate([1, 1, 1 + steps]):
             start = time.perf_counter()
-            trainer.train_step()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            train.main([*flags, "--max-steps", str(total), "--epochs", "1000000", "--log-every", "1000000",
+                        "--out", str(Path(scratch) / f"run{run}")])
+            seconds.append(time.perf_counter() - start)
+    return max(seconds[2] - seconds[1], 1e-9) / steps
 
 
 def steps_of(grid, cell, calibration_steps):
@@ -273,11 +274,16 @@ def cell_name(grid, cell):
     return cell.folder(grid["runs"]).relative_to(grid["runs"]).as_posix()
 
 
+def answers(key):
+    """The answers of an episode of the ``episodes.npz`` entry ``key``: ways × queries."""
+    fields = dict(zip(EPISODE_FIELDS, key.split("/")))
+    return int(fields["ways"]) * int(fields["queries"])
+
+
 def encode(key, values):
     """``(kind, counts)`` whose ``DECODE`` gives ``values`` back exactly: the correct (or wrong) answers of
     each episode of ``ways × queries`` answers; ``("percent", values)`` where no count does."""
-    fields = dict(zip(evaluate.EPISODE_FIELDS, key.split("/")))
-    n = int(fields["ways"]) * int(fields["queries"])
+    n = answers(key)
     correct = np.rint(np.asarray(values, np.float64) * n / 100)
     for kind, counts in (("correct", correct), ("wrong", n - correct)):
         if np.array_equal(DECODE[kind](counts, n), values):
@@ -297,8 +303,7 @@ def read_store(grid):
         values = streams[stream][at[stream]:at[stream] + length]
         at[stream] += length
         if kind != "percent":
-            fields = dict(zip(evaluate.EPISODE_FIELDS, key.split("/")))
-            values = DECODE[kind](values.astype(np.float64), int(fields["ways"]) * int(fields["queries"]))
+            values = DECODE[kind](values.astype(np.float64), answers(key))
         store.setdefault(str(cell), {})[str(key)] = values
     return store
 
@@ -359,7 +364,7 @@ def episode_folders(grid, names):
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
             (Path(scratch) / name).mkdir(parents=True)
-            evaluate.save_episode_accuracies(Path(scratch) / name / "episodes.npz", store[name])
+            np.savez(Path(scratch) / name / "episodes.npz", **store[name])
         yield Path(scratch)
 
 
@@ -427,9 +432,9 @@ def summarise(grid, done):
             run, against = episodes / cell_name(grid, cell), episodes / cell_name(grid, reference)
             pairs = []
             if cell.variant != grid["reference"] and str(reference.folder(grid["runs"])) in by_folder:
-                pairs += [{"against": grid["reference"], **r} for r in evaluate.paired_differences(run, against)]
+                pairs += [{"against": grid["reference"], **r} for r in paired_differences(run, against)]
             if grid["random"]:
-                pairs += [{"against": "random", **r} for r in evaluate.random_differences(run)]
+                pairs += [{"against": "random", **r} for r in random_differences(run)]
             record = by_folder[str(cell.folder(grid["runs"]))]
             rows += [{"trained_on": cell.dataset, "budget": cell.budget, "variant": cell.variant,
                       "train_seed": cell.seed, "steps": record["steps"], "train_seconds": record["train_seconds"], **r}

@@ -164,6 +164,22 @@ class GeSSL:
         """``compute_gradients(model, batch, diagnose)``: one outer step's gradients, the logs returned."""
         return self.compute_gradients(model, batch, diagnose)
 
+    def task_sets(self, batch):
+        """This process's tasks of ``batch`` as the step cuts them: a ``(support, outer)`` pair of
+        sub-batches per task (``docs/gessl.md``): the task's first ``round(t · support_ratio)`` of its
+        t images, and the images of the outer loss (``outer_set``: the whole task, or the rest)."""
+        return [self._split(take(batch, index)) for index in self._slices(batch)]
+
+    def _slices(self, batch):
+        """The slices of ``batch`` that are this process's tasks."""
+        world = world_size()
+        return task_slices(batch_size(batch), (self.tasks_per_step or world) // world)
+
+    def _split(self, task):
+        """``(support, outer)`` of one task (``task_sets``)."""
+        n_support = support_size(batch_size(task), self.support_ratio)
+        return take(task, slice(0, n_support)), take(task, slice(n_support, None)) if self.outer_set == "query" else task
+
     def _check_inputs(self, model, batch):
         """A one-sentence ``ValueError`` for a batch that is not a dict of views indexed by image or
         too small to cut into tasks, and, on the first call with ``model``, for a model whose
@@ -211,8 +227,7 @@ class GeSSL:
             adapted = {n: p for n, p in params.items() if not n.startswith("backbone.")}
         adapt = ENGINES[self.inner_backend]
         device = batch["views"][0].device
-        world = world_size()
-        tasks = task_slices(batch_size(batch), (self.tasks_per_step or world) // world)
+        tasks = self._slices(batch)
         logs, sigma_grads = {}, None
         seconds = {"time_inner": 0.0, "time_target": 0.0, "time_outer": 0.0}
         for index in tasks:
@@ -220,9 +235,7 @@ class GeSSL:
             task = take(batch, index)
             if net is not model:
                 task = backbone_features(model.backbone, task)
-            n_support = support_size(index.stop - index.start, self.support_ratio)
-            support = take(task, slice(0, n_support))
-            outer = take(task, slice(n_support, None)) if self.outer_set == "query" else task
+            support, outer = self._split(task)
             buffers = scratch_buffers(net)  # as the outer forward finds them: the target's forward runs on a copy
             fast, inner_losses = adapt(net, adapted, support, self.inner_steps, self.inner_lr, self.first_order)
             adapted_at = clock(device, diagnose)

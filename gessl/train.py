@@ -483,6 +483,20 @@ def parse_args(argv):
     return vars(parser.parse_args(argv))
 
 
+def file_options(args):
+    """The options of the ``--config`` file among parsed ``args`` (taken out of them), or ``{}``."""
+    return read_yaml(args.pop("config")) if "config" in args else {}
+
+
+def config_from_flags(argv):
+    """The checked ``TrainConfig`` that ``python -m gessl.train ARGV`` trains as a new run (flags as
+    strings, a ``--config`` file read; ``--out`` as given, empty when not): argparse's usage error
+    (``SystemExit``, on stderr) for a flag it does not take, ``UserError`` for a value it refuses."""
+    args = parse_args(argv)
+    args.pop("resume")
+    return resolve_config(file_options(args), args)
+
+
 def help_methods(argv):
     """The base methods whose options get flags: every registered one, and a ``--base MODULE:CLASS``
     given on the command line; with ``--help``, the ``--base`` given alone, if one is."""
@@ -502,7 +516,7 @@ def prepare_run(args):
     Returns ``(cfg, run_dir, resume, given)``, ``given`` the options set by a flag or ``--config``.
     """
     resume = args.pop("resume")
-    file_layer = read_yaml(args.pop("config")) if "config" in args else {}
+    file_layer = file_options(args)
     given = (set(file_layer) | set(args)) - {"out"}
     if resume:
         if not args.get("out"):

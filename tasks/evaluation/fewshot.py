@@ -187,6 +187,11 @@ def cached_episodes(labels, ways, shots, queries, episodes, seed):
     return _EPISODE_CACHE[key]
 
 
+def clear_episode_cache():
+    """Forget the episodes ``cached_episodes`` keeps, so that the next evaluation draws them again."""
+    _EPISODE_CACHE.clear()
+
+
 def prototype_logits(support, support_y, query, ways, normalize=True):
     """Nearest-centroid (ProtoNet) logits: ``-||q - c_k||²`` with ``c_k`` the mean of class k's support.
 

@@ -15,6 +15,7 @@ from torch import nn
 import gessl
 from gessl import GeSSL, SSLOutput
 from gessl.config import read_run_config
+from tasks.common.errors import UserError
 from tasks.data.registry import load_split
 from tests.helpers import REPO, train_cli
 
@@ -45,6 +46,7 @@ def test_the_public_names():
     assert gessl.evaluate_backbone.__module__ == "gessl.backbone_eval"
     assert "simclr" in gessl.BASE_METHODS and gessl.SSLOutput is SSLOutput
     assert gessl.build_model.__module__ == "gessl.train" and gessl.training_batches.__module__ == "gessl.bn_stats"
+    assert gessl.paired_differences.__module__ == "gessl.evaluate" and "ways" in gessl.EPISODE_FIELDS
 
 
 def test_a_script_outside_the_project_trains_its_own_model_with_gessl(tmp_path):
@@ -128,7 +130,32 @@ def test_bad_input_is_one_sentence_before_any_gradient(make, batch, message):
 def test_tasks_per_step_counts_in_the_size_check():
     with pytest.raises(ValueError, match="a batch of 8 images cut into 4 tasks"):
         GeSSL(tasks_per_step=4)(Pairs(), pair_batch(n=8))
-    GeSSL(tasks_per_step=2)(Pairs(), pair_batch(n=8))  # 2 tasks of 4: 2 support, 2 query images each
+    logs = GeSSL(tasks_per_step=2)(Pairs(), pair_batch(n=8))  # 2 tasks of 4: 2 support, 2 query images each
+    assert torch.isfinite(logs["loss"]) and logs["sigma_kl"] >= 0
+
+
+@pytest.mark.parametrize("outer_set, outer", [
+    ("task", [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]),   # the outer loss on the whole task
+    ("query", [[2, 3], [6], [9]]),                    # on the images after the support set
+])
+def test_task_sets_are_contiguous_tasks_cut_into_support_and_outer_images(outer_set, outer):
+    batch = {**pair_batch(n=10), "index": torch.arange(10)}
+    # 10 images in 3 tasks of 4, 3 and 3; round(t · 0.5) support images: 2, round(1.5) = 2, 2
+    sets = GeSSL(tasks_per_step=3, support_ratio=0.5, outer_set=outer_set).task_sets(batch)
+    assert [s["index"].tolist() for s, _ in sets] == [[0, 1], [4, 5], [7, 8]]
+    assert [o["index"].tolist() for _, o in sets] == outer
+    assert all(torch.equal(s["views"][1], batch["views"][1][s["index"]]) for s, _ in sets)
+
+
+def test_config_from_flags_is_the_config_the_command_line_trains(tmp_path):
+    (tmp_path / "options.yaml").write_text("lr: 0.02\nseed: 5\n")
+    flags = ["--config", str(tmp_path / "options.yaml"), "--base", "barlow", "--inner-params", "head", "--seed", "3"]
+    assert gessl.config_from_flags(flags) == gessl.resolve_config(
+        {"lr": 0.02, "seed": 3, "base": "barlow", "inner_params": "head"})
+    with pytest.raises(SystemExit):
+        gessl.config_from_flags(["--no-such-flag", "1"])
+    with pytest.raises(UserError, match="inner.params"):
+        gessl.config_from_flags(["--inner-params", "backbone"])
 
 
 def test_options_are_the_dataclass_fields():
