@@ -36,9 +36,8 @@ initialisation (BatchNorm in eval mode), or a run folder (or ``backbone.pt``) tr
 instance by SimCLR: the paper's encoders were unsupervised ones (ACAI and BiGAN on Omniglot, whose
 embeddings the authors distribute), and a random one is the weakest choice. The partitions are
 computed when the training starts and again, the same, on a ``--resume`` (on the CPU, whose
-kernels are deterministic); nothing is stored. The cost: one forward pass over the training set and
-P k-means runs (glyphs, 24,560 images, k = 500: about 10 s for the embedding and 5-10 s a partition
-on one loaded CPU core).
+kernels are deterministic); nothing is stored. The cost, paid before the first step: one forward
+pass over the training set and P k-means runs (timed on the glyphs: docs/results.md, 'One-off costs').
 
 Settings: the paper's Omniglot runs use k = 500 clusters and P = 100 partitions; the authors' script
 ``scripts/omniglot_kmeans.sh`` sets ``num_clusters=500`` but ``num_partitions=1`` ("100 partitions

@@ -13,10 +13,11 @@ minimised over the backbone φ and the head's initialisation w, back through the
 augmented views; the projections are the backbone features of the two views.
 
 Head only (ANIL) rather than the whole network: on 2 CPU cores full MAML through conv4 costs K
-extra second-order passes through the backbone per step (≈ 6× a ProtoNet step at K = 5), while
-ANIL showed adapting the head alone matches MAML on Omniglot and MiniImageNet, and the evaluation
-here reads only the backbone's features (prototype classifier), not an adapted network. The
-backbone is still trained through the adapted head's query loss.
+extra second-order passes through the backbone per step, many ProtoNet steps' worth at K = 5
+(docs/results.md, 'Unsupervised meta-learners: cost of a step'), while ANIL showed adapting the
+head alone matches MAML on Omniglot and MiniImageNet, and the evaluation here reads only the
+backbone's features (prototype classifier), not an adapted network. The backbone is still
+trained through the adapted head's query loss.
 
 The one exception to "baselines imports only torch": the inner loop is learn2learn's
 ``learn2learn.algorithms.MAML`` wrapper (``clone`` + ``adapt``), the standard implementation,

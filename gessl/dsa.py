@@ -197,7 +197,7 @@ class FrozenPrior(nn.Module):
     - the channels-last layout;
     - ``eval_forward``: each BatchNorm folded into the convolution before it,
       w' = w·γ/√(σ² + ε), b' = (b − μ)·γ/√(σ² + ε) + β, and ReLU after max-pool. The fold is redone
-      for every chunk from the current parameters (0.2 ms for conv4's four layers), so it never
+      for every chunk from the current parameters (its cost: docs/results.md, 'DSA's step'), so it never
       lags behind ``follow`` or a resumed checkpoint and needs no state of its own;
     - chunks of ``tasks.evaluation.frozen.CPU_CHUNK_IMAGES`` images, whose activations stay in the CPU's
       cache (``tasks.evaluation.frozen.frozen_features`` runs the last two on channels-last input).

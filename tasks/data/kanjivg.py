@@ -22,7 +22,8 @@ black, each image scaled so its brightest pixel is 255 (the conventions of ``tas
 
 Cached as ``kanjivg-v{version}-s{size}-n{samples}-c{classes}-seed{seed}-{hash}.npz`` (the hash
 covers the source's name and size) in the data folder. The default set (400 classes x 20 samples,
-28 x 28) renders in about 10 s on one core.
+28 x 28) is rendered the first time it is read (``fetch`` reads it) and cached (its cost:
+docs/results.md, 'One-off costs').
 """
 import hashlib
 import math

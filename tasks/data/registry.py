@@ -157,7 +157,7 @@ def _entries():
             install=lambda root: INSTALL_HINT,
             heldout_split="heldout",
             count=_if_cached(lambda root: cache_path(root, seed=GLYPH_SEED), _glyphs),
-            note="generated and cached on first use (about 12 s on 2 cores)",
+            note="generated and cached on first use (its cost: docs/results.md, 'One-off costs')",
             description="characters of 20 scripts rendered from 40 fonts pinned by checksum (matplotlib's DejaVu and STIX, "
             "Debian's DejaVu, tasks/data/glyph_fonts.json)",
         ),
@@ -177,7 +177,7 @@ def _entries():
             ),
             note="its script split differs from glyphs': train and evaluate within one of the two",
             description="glyphs drawn with the Noto fonts too (fonts-noto-core 20201225: 6,367 classes "
-            "in 55 scripts, generated in about 3 min)",
+            "in 55 scripts, generated and cached on first use; its cost: docs/results.md, 'One-off costs')",
         ),
         Dataset(
             name="omniglot",

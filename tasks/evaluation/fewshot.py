@@ -125,10 +125,11 @@ def sample_episodes(labels, ways, shots, queries, episodes, seed):
     class's samples are then split into its first ``shots`` (support) and the rest (query).
     `FusedNWaysKShots` is learn2learn's one-step `NWays` + `KShots` (same distribution: ``ways``
     classes uniformly without replacement, then ``shots + queries`` samples of each without
-    replacement); unlike the two-step pair, whose cost grows with the class size (~8 s for 600
-    episodes at 1,000 samples a class), its cost depends only on ``ways * (shots + queries)``.
+    replacement); unlike the two-step pair, whose cost grows with the class size (docs/results.md,
+    'One-off costs'), its cost depends only on ``ways * (shots + queries)``.
     The usual `LoadData` and `RemapLabels` steps after it load each (index, class) pair and
-    relabel the classes 0..ways-1 in a shuffled order; they took 7/8 of the time. Here the
+    relabel the classes 0..ways-1 in a shuffled order; they took most of the drawing time
+    (docs/results.md, 'Evaluation speed'). Here the
     relabelling is done directly on the description, as RemapLabels does it (the classes'
     ``list(set(...))`` order, then `random.shuffle` from the same stream), so the episodes and
     their class order are those of the full learn2learn pipeline (tested).

@@ -75,7 +75,8 @@ def ink_points(ink):
 
 def hausdorff_errors(root):
     """Per-run error (%, float64 [runs]) of the modified-Hausdorff pixel classifier on the runs in
-    ``root`` (12 s on one core: computed once per process and version of the files)."""
+    ``root``, computed once per process and version of the files and cached (its cost: docs/results.md,
+    'One-off costs')."""
     return _hausdorff_errors(root, runs_version(root)).copy()
 
 
