@@ -67,7 +67,9 @@ the mean of the per-seed differences ± t₀.₉₇₅(n−1) s/√n over seeds.
 hold each variant − its run's random backbone (scored by ``gessl.evaluate`` on the same episodes,
 ``gessl.random_differences``), and the runner ends with a one-line error (exit 2) naming
 every variant and setting whose mean is not above it: the check that each base method learns
-something. ``--summarise`` rewrites them from the cells recorded so far, training nothing.
+something. ``--summarise`` rewrites them from the cells recorded so far, training nothing; ``--against VARIANT``
+prints the same tables with VARIANT as the reference (GeSSL's variants against each other, say),
+writing nothing.
 ``summary.md`` opens with one table per training set and budget of every variant's 1-shot accuracies
 and differences, its steps and minutes of training; the runner ends by drawing the differences over
 seeds (``analysis.figures.fig_study``) into ``RESULTS/differences.png`` and ``.pdf``.
@@ -611,6 +613,9 @@ def main(argv=None):
     parser.add_argument("grid", metavar="GRID.yaml", help="the grid file")
     parser.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
     parser.add_argument("--calibration-steps", type=int, default=8, help="steps timed per variant (budgets in minutes)")
+    parser.add_argument("--against", metavar="VARIANT",
+                        help="only print every variant's paired differences against VARIANT instead of the grid's "
+                             "reference, from the recorded cells (nothing trained or written)")
     parser.add_argument("--budget", action="append", metavar="LABEL",
                         help="train only the cells of this budget (its label: 191steps, 10min, ...; repeatable); "
                              "the summaries still cover every recorded cell")
@@ -621,6 +626,13 @@ def main(argv=None):
     labels = {budget_label(b) for b in grid["budgets"]}
     if args.budget and not set(args.budget) <= labels:
         raise UserError(f"--budget {sorted(set(args.budget) - labels)} is not a budget of the grid: {sorted(labels)}")
+    if args.against:
+        if args.against not in grid["variants"]:
+            raise UserError(f"--against {args.against!r} is not a variant of the grid: {sorted(grid['variants'])}")
+        other = {**grid, "reference": args.against, "random": False}
+        done = finished(grid)
+        print(markdown(other, across_seeds(summarise(other, done)), done))
+        return
     if not args.summarise:
         for cell in cells(grid):
             if args.budget and cell.budget not in args.budget:

@@ -55,7 +55,7 @@ def accuracies(folder):
         return {name.split("/", 1)[1]: saved[name] for name in saved.files if name.split("/", 1)[0] == folder.name}
 
 
-def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episodes(glyph_root, tmp_path):
+def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episodes(glyph_root, tmp_path, capsys):
     study.main([str(write_grid(tmp_path, glyph_root))])
     cells = tmp_path / "runs" / "glyphs-2steps"
     assert [(r["variant"], r["steps"]) for r in records(tmp_path)] == [("plain", 2), ("slower", 2)]
@@ -77,6 +77,15 @@ def test_cells_are_trained_evaluated_recorded_and_summarised_against_their_episo
             f"| {one_shot['mean']:.1f} ({study.difference_text(one_shot)}) |" in text)
     assert f"| plain | 1 | {steps['plain']} | " in text and f"| {one_shot['reference']:.1f} |" in text
     assert (tmp_path / "results" / "differences.png").stat().st_size > 10_000  # the figure over seeds
+    kept = {p: p.read_bytes() for p in (tmp_path / "results").iterdir()}
+    study.main([str(tmp_path / "grid.yaml"), "--against", "slower"])  # plain − slower: the same pairs, negated
+    against = capsys.readouterr().out
+    assert "paired differences against slower" in against
+    row = next(line for line in against.splitlines()
+               if line.startswith(f"| glyphs | 2steps | plain | {one_shot['setting']} | 1 | "))
+    assert (f"| {one_shot['reference']:.2f} | {one_shot['mean']:.2f} | " in row
+            and f"{-one_shot['difference']:+.2f} ± {one_shot['ci95_episodes']:.2f}" in row)
+    assert {p: p.read_bytes() for p in (tmp_path / "results").iterdir()} == kept
 
 
 def test_random_true_compares_every_variant_with_its_random_backbone_and_fails_when_not_above(glyph_root,
