@@ -32,8 +32,8 @@ with ``xzcat``). Both are committed with the summaries, so the study outlives th
 rerun, in this checkout or a fresh one, skips recorded cells and reruns any other, so a killed cell
 runs again (from its checkpoint, or afresh when it had none) and the grid can grow across sessions.
 A budget in minutes becomes steps by timing ``--calibration-steps`` steps of the variant on this
-machine (``seconds_per_step``: ``gessl.train`` runs of 1 and 1 + that many steps, after one run that
-fills the data caches), every variant of the (dataset, budget) back to back when its
+machine (``seconds_per_step``: the time between the backbones a ``gessl.train`` run of twice that many
+steps keeps after each half), every variant of the (dataset, budget) back to back when its
 first cell starts, so they are timed under the same load; the steps chosen are recorded in
 ``RESULTS/calibration.json`` and reused by every rerun.
 
@@ -213,18 +213,16 @@ def cell_flags(grid, cell):
 
 
 def seconds_per_step(flags, steps):
-    """Seconds of a training step of ``flags``: ``gessl.train`` run three times in a scratch folder,
-    for 1 step (which fills the data caches), 1 step and 1 + ``steps`` steps; the last two runs'
-    difference in wall time over ``steps``, so that start-up, data loading, the first step's
-    warm-up and the closing checkpoint cancel."""
-    seconds = []
+    """Seconds of a training step of ``flags``: one ``gessl.train`` run of 2 × ``steps`` steps in a scratch
+    folder, keeping its backbone every ``steps`` steps (``--keep-backbones``); the time between the two
+    kept files over ``steps``. Start-up, data loading and the first ``steps`` steps (the warm-up) are left
+    out; the writing of one checkpoint is in."""
     with tempfile.TemporaryDirectory() as scratch:
-        for run, total in enumerate([1, 1, 1 + steps]):
-            start = time.perf_counter()
-            train.main([*flags, "--max-steps", str(total), "--epochs", "1000000", "--log-every", "1000000",
-                        "--out", str(Path(scratch) / f"run{run}")])
-            seconds.append(time.perf_counter() - start)
-    return max(seconds[2] - seconds[1], 1e-9) / steps
+        out = Path(scratch) / "run"
+        train.main([*flags, "--max-steps", str(2 * steps), "--epochs", "1000000", "--log-every", "1000000",
+                    "--ckpt-every", str(steps), "--keep-backbones", "--out", str(out)])
+        written = [(out / "backbones" / f"step-{n}.pt").stat().st_mtime for n in (steps, 2 * steps)]
+    return (written[1] - written[0]) / steps
 
 
 def steps_of(grid, cell, calibration_steps):

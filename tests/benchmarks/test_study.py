@@ -200,9 +200,9 @@ def test_every_variant_of_a_budget_in_minutes_is_timed_before_its_first_cell_tra
         ("train" if argv[argv.index("--out") + 1].startswith(str(tmp_path)) else "timing run",
          argv[argv.index("--max-steps") + 1])) or trainer(argv))
     study.main([str(write_grid(tmp_path, glyph_root, budgets=[{"minutes": 0.02}])), "--calibration-steps", "2"])
-    # each timing: gessl.train run in a scratch folder for 1, 1 and 1 + 2 steps
-    assert [e[0] for e in events] == ["time", *["timing run"] * 3, "time", *["timing run"] * 3, "train", "train"]
-    assert events[4] == ("time", "1e-4") and [e[1] for e in events[1:4]] == ["1", "1", "3"]
+    # each timing: one gessl.train run in a scratch folder, of twice the calibration steps
+    assert [e[0] for e in events] == ["time", "timing run", "time", "timing run", "train", "train"]
+    assert events[2] == ("time", "1e-4") and events[1][1] == events[3][1] == "4"
     calibration = json.loads((tmp_path / "results" / "calibration.json").read_text())
     assert set(calibration) == {"glyphs/0.02min/plain", "glyphs/0.02min/slower"}
     assert [r["steps"] for r in records(tmp_path)] == [calibration["glyphs/0.02min/plain"]["steps"],
