@@ -1,4 +1,5 @@
 """What every base method returns, so training loops and GeSSL can treat methods alike."""
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -24,3 +25,15 @@ class SSLOutput:
 def project_views(backbone, projector, batch):
     """The projections (z¹, z²) of the two views in ``batch["views"]``, through one backbone pass."""
     return projector(backbone(torch.cat(batch["views"]))).chunk(2)
+
+
+def heads_alone_refusal(method_cls):
+    """Why GeSSL cannot adapt the method's heads alone on backbone features (``inner_params="head"``),
+    or ``None``: its constructor takes ``backbone``, which it copies into an encoder of its own (a
+    momentum encoder: MoCo, BYOL, PsCo) that reads the images themselves; or it has no parameters
+    outside the backbone (class attribute ``has_heads = False``: ProtoNet)."""
+    if "backbone" in inspect.signature(method_cls).parameters:
+        return "it runs its own copy of the backbone (a momentum encoder) on the images"
+    if not getattr(method_cls, "has_heads", True):
+        return "it has no parameters outside the backbone"
+    return None

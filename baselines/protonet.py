@@ -62,6 +62,7 @@ class ProtoNet(nn.Module):
     Options = NoOptions  # its options (``baselines.options``)
 
     episodic = True
+    has_heads = False  # nothing for GeSSL's inner loop to adapt on backbone features
 
     def __init__(self, feat_dim, episode_shots=5, episode_queries=5):
         super().__init__()

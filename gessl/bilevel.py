@@ -24,7 +24,8 @@ With O = S ∪ Q the look-ahead's first gradient, ∇L(θ_K; S ∪ Q), is the ou
 at θ_K, taken from the outer forward pass rather than a forward pass of its own (``docs/gessl.md``).
 
 ``inner_params="head"`` [choice] (ANIL's feature reuse, Raghu et al. 2020; ``docs/gessl.md`` says
-why): θ = (θ_b, φ), the backbone's parameters and the rest (heads, a regulariser's); per task the
+why; ``"auto"``, the default, is ``"head"`` for a base method that can adapt its heads alone and
+``"all"`` for any other): θ = (θ_b, φ), the backbone's parameters and the rest (heads, a regulariser's); per task the
 features h = f_θb(views of S ∪ Q) come from one backbone pass, with their graph, and steps 2-5 run
 on them with φ alone adapted::
 
@@ -54,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from baselines.base import heads_alone_refusal
 from baselines.distributed import per_process, world_size
 from gessl.collapse import collapse_metrics
 from gessl.config import INNER_LR, TrainConfig, method_class
@@ -130,7 +132,7 @@ class GeSSL:
     sigma_weight: float = TrainConfig.sigma_weight          # w_σ
     sigma_temperature: float = TrainConfig.sigma_temperature  # τ_σ of the posteriors
     first_order: bool = TrainConfig.first_order
-    inner_params: str = TrainConfig.inner_params            # "all" (θ) or "head" (φ, on backbone features)
+    inner_params: str = TrainConfig.inner_params            # "head" (φ, on backbone features), "all" (θ) or "auto"
     outer_set: str = TrainConfig.outer_set                  # O: "query" (Q) or "task" (S ∪ Q)
     inner_backend: str = TrainConfig.inner_backend
 
@@ -163,6 +165,15 @@ class GeSSL:
     def __call__(self, model, batch, diagnose=False):
         """``compute_gradients(model, batch, diagnose)``: one outer step's gradients, the logs returned."""
         return self.compute_gradients(model, batch, diagnose)
+
+    def _heads_alone(self, model):
+        """Whether the step adapts ``model``'s heads alone: ``inner_params="head"``, or ``"auto"`` with a
+        model of backbone, method and regulariser whose method can adapt its heads alone
+        (``baselines.base.heads_alone_refusal``); any other model adapts every parameter."""
+        if self.inner_params == "auto":
+            return (all(hasattr(model, part) for part in ("backbone", "method", "regulariser"))
+                    and heads_alone_refusal(type(model.method)) is None)
+        return self.inner_params == "head"
 
     def task_sets(self, batch):
         """This process's tasks of ``batch`` as the step cuts them: a ``(support, outer)`` pair of
@@ -222,9 +233,12 @@ class GeSSL:
     def _compute_gradients(self, model, batch, diagnose):
         params = trainable(model)
         net, adapted = model, params  # the network the inner loop runs, and the parameters it adapts
-        if self.inner_params == "head":
+        if self._heads_alone(model):
             net = head_model(model)
             adapted = {n: p for n, p in params.items() if not n.startswith("backbone.")}
+            # what the heads need of the images themselves (DSA's prior features), before backbone
+            # features stand in for the views
+            batch = getattr(model, "prepare_batch", lambda b: b)(batch)
         adapt = ENGINES[self.inner_backend]
         device = batch["views"][0].device
         tasks = self._slices(batch)

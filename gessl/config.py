@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from baselines import BASE_METHODS
+from baselines.base import heads_alone_refusal
 from baselines.options import (NoOptions, half_open_unit, non_negative, one_of, open_unit, option_types, positive,
                                problems, unit)
 from gessl.shares import check_tasks
@@ -70,7 +71,7 @@ class TrainConfig:
     sigma_weight: float = dataclasses.field(default=4.0, metadata={"help": "GeSSL: weight of the sigma-measurement in the outer loss", "check": non_negative})
     sigma_temperature: float = dataclasses.field(default=0.1, metadata={"help": "GeSSL: temperature of the posteriors sigma compares", "check": positive})
     first_order: bool = dataclasses.field(default=False, metadata={"help": "GeSSL: treat d(theta_K)/d(theta) as identity"})
-    inner_params: str = dataclasses.field(default="all", metadata={"help": "GeSSL: the parameters the inner loop, the look-ahead and sigma adapt: all, or head (every trainable parameter outside the backbone, on backbone features computed once per task; ANIL's feature reuse, Raghu et al. 2020; the outer gradient still reaches the backbone) [choice; docs/gessl.md]", "check": one_of("all", "head")})
+    inner_params: str = dataclasses.field(default="auto", metadata={"help": "GeSSL: the parameters the inner loop, the look-ahead and sigma adapt: head (every trainable parameter outside the backbone, on backbone features computed once per task; ANIL's feature reuse, Raghu et al. 2020; the outer gradient still reaches the backbone), all, or auto: head, except all for a base method that cannot adapt its heads alone (moco, byol and psco run a momentum copy of the backbone on the images; protonet has no heads) [docs/gessl.md]", "check": one_of("auto", "all", "head")})
     outer_set: str = dataclasses.field(default="task", metadata={"help": "GeSSL: the images of a task that the outer loss and sigma are measured on: task (all of them: twice the negatives of a contrastive base) or query (the images the inner loop did not see); docs/gessl.md", "check": one_of("query", "task")})
     inner_backend: str = dataclasses.field(default="higher", metadata={"help": "GeSSL: inner-loop engine, higher or func", "check": one_of("higher", "func")})
     dsa_prior: str = dataclasses.field(default="ema", metadata={"help": "DSA: prior network: ema (an EMA copy of the encoder), pixels, imagenet-mobilenet, or a backbone.pt / run folder"})
@@ -103,6 +104,8 @@ class TrainConfig:
             self.inner_lr = INNER_LR.get(self.base, INNER_LR["simclr"])
         if self.base_options is None:
             self.base_options = options_class(method_class(self.base))()
+        if self.inner_params == "auto":  # the heads alone where the base method can adapt them on backbone features
+            self.inner_params = "all" if heads_alone_refusal(method_class(self.base)) else "head"
 
     @property
     def episode_size(self):
@@ -194,7 +197,8 @@ def registered_options():
 PREDATED = {"aug_dilate": 0.0, "aug_gain": 0.0,  # the ink jitter came after the first runs,
             "simsiam_pred_lr": 0.0, "byol_pred_lr": 0.0, "byol_proj_bn": False,  # and so did the predictor rates, BYOL's BatchNorm
             "swav_temperature": lambda saved: saved.get("temperature", 0.1),  # SwAV shared --temperature
-            "outer_set": "query"}  # GeSSL's outer loss was on the query set alone
+            "outer_set": "query",  # GeSSL's outer loss was on the query set alone
+            "inner_params": "all"}  # and its inner loop adapted every parameter
 
 
 def read_run_config(run_dir):

@@ -307,8 +307,11 @@ class DSA(nn.Module):
 
         The prior is frozen and in eval mode, so an image's features do not depend on the batch it is
         in: computed once per optimiser step here, they serve every sub-batch GeSSL's inner loop,
-        look-ahead and outer step cut from it (``take`` slices them like the views).
+        look-ahead and outer step cut from it (``take`` slices them like the views). A batch that
+        carries them already is returned as it is.
         """
+        if "dsa_prior_features" in batch:
+            return batch
         if "images" not in batch:
             raise ValueError("DSA needs the un-augmented images in batch['images']")
         n = len(batch["images"])

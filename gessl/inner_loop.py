@@ -20,11 +20,11 @@ first order: a leaf, or θ's own tensor where no step moved it) and the support 
 copies) keep their values. Neither engine changes the model's buffers: ``func`` runs on
 ``scratch_buffers`` and ``higher`` keeps its own copies.
 """
-import inspect
-
 import higher
 import torch
 from torch.func import functional_call
+
+from baselines.base import heads_alone_refusal
 
 
 def scratch_buffers(module):
@@ -118,7 +118,7 @@ def head_model(model):
     ``SSLModel``) whose method reaches the images only through the backbone it is given; a method
     built with a copy of the backbone (its constructor takes ``backbone``: a momentum encoder, as
     MoCo's, BYOL's and PsCo's) runs that copy on the images, which cached features cannot stand in
-    for: ``ValueError`` (see ``check_head_split``).
+    for, and a method without heads leaves nothing to adapt: ``ValueError`` (``check_head_split``).
     """
     if not all(hasattr(model, part) for part in ("backbone", "method", "regulariser")):
         raise ValueError(f"inner_params='head' needs a model of backbone, method and regulariser "
@@ -128,12 +128,12 @@ def head_model(model):
 
 
 def check_head_split(method_cls, name):
-    """``ValueError`` naming base method ``name`` when its forward cannot run on backbone features:
-    its constructor takes ``backbone``, which it copies into an encoder of its own (docstring of
-    ``baselines``) that reads the images themselves."""
-    if "backbone" in inspect.signature(method_cls).parameters:
-        raise ValueError(f"--inner-params head cannot split --base {name} into backbone and heads: it runs its own "
-                         f"copy of the backbone (a momentum encoder) on the images; use --inner-params all")
+    """``ValueError`` naming base method ``name`` when GeSSL cannot adapt its heads alone on backbone
+    features (``baselines.base.heads_alone_refusal``)."""
+    why = heads_alone_refusal(method_cls)
+    if why:
+        raise ValueError(f"--inner-params head cannot split --base {name} into backbone and heads: {why}; "
+                         f"use --inner-params all")
 
 
 def backbone_features(backbone, batch):

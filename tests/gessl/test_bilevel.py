@@ -103,6 +103,7 @@ def reference_target(model, theta, batch, steps, look, outer_set="query"):
 def gessl_grads(model, batch, **options):
     options.setdefault("sigma_weight", 1.0)  # as in reference_outer
     options.setdefault("outer_set", "query")  # as the references' default
+    options.setdefault("inner_params", "all")  # the references adapt every parameter
     model.zero_grad(set_to_none=True)
     logs = GeSSL(inner_lr=ALPHA, sigma_temperature=TAU, **options).compute_gradients(model, batch, diagnose=True)
     return logs, {n: p.grad.clone() for n, p in trainable(model).items()}

@@ -53,6 +53,7 @@ def separate_passes_step(model, batch, steps, look, first_order, outer_set, task
 
 
 def step(model, batch, **options):
+    options.setdefault("inner_params", "all")  # the reference's path, unless a test names another
     model.zero_grad(set_to_none=True)
     logs = GeSSL(inner_lr=ALPHA, sigma_temperature=TAU, **options).compute_gradients(model, batch, diagnose=True)
     return logs, {n: p.grad.clone() for n, p in trainable(model).items()}
@@ -166,12 +167,39 @@ def test_head_runs_the_backbone_once_per_task_and_updates_only_real_statistics_t
     assert all(torch.count_nonzero(grads[n]) > 0 for n in grads)  # the backbone's parameters get gradient too
 
 
-@pytest.mark.parametrize("base", ["moco", "byol"])
-def test_head_refuses_a_method_with_its_own_copy_of_the_backbone(base, tmp_path):
-    with pytest.raises(UserError, match=f"--inner-params head cannot split --base {base} .* use --inner-params all"):
+@pytest.mark.parametrize("base, why", [("moco", "its own copy of the backbone"), ("byol", "its own copy of the backbone"),
+                                       ("protonet", "no parameters outside the backbone")])
+def test_head_refuses_a_method_with_its_own_copy_of_the_backbone_or_no_heads(base, why, tmp_path):
+    with pytest.raises(UserError, match=f"--inner-params head cannot split --base {base} into backbone and heads: "
+                                        f"it (runs|has) {why}.*; use --inner-params all"):
         prepare_run(parse_args(["--base", base, "--meta", "gessl", "--inner-params", "head", "--out",
                                 str(tmp_path / "run")]))
     assert not (tmp_path / "run").exists()
     cfg = prepare_run(parse_args(["--base", "simclr", "--meta", "gessl", "--inner-params", "head", "--out",
                                   str(tmp_path / "run")]))[0]
     assert cfg.inner_params == "head"
+
+
+class Whole(nn.Module):
+    """A model of the user's own: the toy model behind one forward, without backbone, method and regulariser."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch):
+        return self.inner(batch)
+
+
+@pytest.mark.parametrize("engine", ["higher", "func"])
+def test_auto_adapts_the_heads_of_a_model_that_splits_and_every_parameter_of_any_other(engine):
+    model, batch = toy_model(), toy_batch()
+    paths = {params: step(copy.deepcopy(model), batch, inner_params=params, inner_backend=engine)[1]
+             for params in ("auto", "head", "all")}
+    assert any(not torch.allclose(paths["head"][n], paths["all"][n]) for n in paths["all"])  # the paths differ here
+    for n in paths["auto"]:
+        torch.testing.assert_close(paths["auto"][n], paths["head"][n], rtol=0, atol=0)
+    auto, full = (step(Whole(copy.deepcopy(model)), batch, inner_params=params, inner_backend=engine)[1]
+                  for params in ("auto", "all"))
+    for n in full:
+        torch.testing.assert_close(auto[n], full[n], rtol=0, atol=0)

@@ -150,3 +150,15 @@ def test_the_committed_study_configs_still_read(tmp_path):
         saved = yaml.safe_load((folder / "config.yaml").read_text())
         own = {f.name for f in dataclasses.fields(cfg.base_options)}
         assert {k: v for k, v in saved.items() if k in own} == {k: cfg.value(k) for k in own if k in saved}, folder
+        if saved.get("meta", "gessl") == "gessl":  # GeSSL adapted every parameter before --inner-params existed
+            assert cfg.inner_params == saved.get("inner_params", "all"), folder
+
+
+@pytest.mark.parametrize("base, chosen", [("simclr", "head"), ("barlow", "head"), ("swav", "head"), ("moco", "all"),
+                                          ("byol", "all"), ("psco", "all"), ("protonet", "all")])
+def test_inner_params_auto_is_head_where_the_base_method_can_adapt_its_heads_alone(base, chosen, tmp_path):
+    assert resolve_config({"base": base}).inner_params == chosen
+    assert resolve_config({"base": base, "inner_params": "all"}).inner_params == "all"
+    saved = tmp_path / "config.yaml"
+    saved.write_text(resolve_config({"base": base}).to_yaml())
+    assert yaml.safe_load(saved.read_text())["inner_params"] == chosen  # the run records what auto chose

@@ -198,13 +198,15 @@ def test_prior_gets_no_gradient_and_the_adjuster_does():
     assert model.regulariser.adjuster.hidden.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("inner_params", ["all", "head"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_dsa_inside_gessl_gives_the_same_meta_gradient_on_both_engines(first_order):
+def test_dsa_inside_gessl_gives_the_same_meta_gradient_on_both_engines(first_order, inner_params):
     model, batch = dsa_model(eta=3), dsa_batch()
     grads = {}
     for engine in ("higher", "func"):
         m = copy.deepcopy(model)
-        logs = GeSSL(inner_lr=0.3, inner_backend=engine, first_order=first_order).compute_gradients(m, batch)
+        logs = GeSSL(inner_lr=0.3, inner_backend=engine, first_order=first_order,
+                     inner_params=inner_params).compute_gradients(m, batch)
         grads[engine] = {n: p.grad for n, p in trainable(m).items()}
         assert "dsa_loss" in logs
     assert any(n.startswith("regulariser.adjuster") for n in grads["func"])
@@ -212,16 +214,18 @@ def test_dsa_inside_gessl_gives_the_same_meta_gradient_on_both_engines(first_ord
         torch.testing.assert_close(grads["higher"][n], grads["func"][n], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("inner_params", ["all", "head"])
 @pytest.mark.parametrize("engine", ["higher", "func"])
-def test_prior_features_prepared_once_per_step_change_nothing(engine):
-    """Features of the whole batch, sliced per task, equal the prior run on each sub-batch."""
+def test_prior_features_prepared_once_per_step_change_nothing(engine, inner_params):
+    """Features of the whole batch, sliced per task, equal the prior run on each sub-batch (``all``) or
+    on the images before the backbone's features stand in for the views (``head``)."""
     model, batch = dsa_model(eta=3), dsa_batch()
     model.regulariser.prior = dsa.FrozenPrior(
         nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.BatchNorm1d(5))).double()
     runs = []
     for prepared in (False, True):
         m = copy.deepcopy(model)
-        logs = GeSSL(inner_lr=0.3, inner_backend=engine).compute_gradients(
+        logs = GeSSL(inner_lr=0.3, inner_backend=engine, inner_params=inner_params).compute_gradients(
             m, m.prepare_batch(batch) if prepared else batch)
         runs.append((logs, {n: p.grad for n, p in trainable(m).items()}))
     (logs_a, grads_a), (logs_b, grads_b) = runs
