@@ -25,9 +25,9 @@ at θ_K, taken from the outer forward pass rather than a forward pass of its own
 
 ``inner_params="head"`` [choice] (ANIL's feature reuse, Raghu et al. 2020; ``docs/gessl.md`` says
 why; ``"auto"``, the default, is ``"head"`` for a base method that can adapt its heads alone and
-``"all"`` for any other): θ = (θ_b, φ), the backbone's parameters and the rest (heads, a regulariser's); per task the
-features h = f_θb(views of S ∪ Q) come from one backbone pass, with their graph, and steps 2-5 run
-on them with φ alone adapted::
+``"all"`` for any other): θ = (θ_b, φ), the backbone's parameters and the rest (heads, a
+regulariser's); per task the features h = f_θb(views of S ∪ Q) come from one backbone pass, with
+their graph, and steps 2-5 run on them with φ alone adapted::
 
     φ_{k+1} = φ_k − α ∇_φ L(φ_k; h_S),   φ* = λ more steps from φ_K on h_{S∪Q}, detached,
     outer loss = w_σ · σ(φ*, φ_K; h_O) + γ · L(φ_K; h_O),  differentiated w.r.t. φ and θ_b
@@ -62,7 +62,7 @@ from gessl.config import INNER_LR, TrainConfig, method_class
 from gessl.device import clock
 from gessl.distributed import average_gradients
 from gessl.inner_loop import (ENGINES, backbone_features, batch_size, check_head_split, head_model, lookahead,
-                              scratch_buffers, sgd_update, take, trainable)
+                              scratch_buffers, sgd_update, splits, take, trainable)
 from gessl.shares import smallest_set, support_size, task_slices
 
 
@@ -171,8 +171,7 @@ class GeSSL:
         model of backbone, method and regulariser whose method can adapt its heads alone
         (``baselines.base.heads_alone_refusal``); any other model adapts every parameter."""
         if self.inner_params == "auto":
-            return (all(hasattr(model, part) for part in ("backbone", "method", "regulariser"))
-                    and heads_alone_refusal(type(model.method)) is None)
+            return splits(model) and heads_alone_refusal(type(model.method)) is None
         return self.inner_params == "head"
 
     def task_sets(self, batch):
@@ -189,7 +188,8 @@ class GeSSL:
     def _split(self, task):
         """``(support, outer)`` of one task (``task_sets``)."""
         n_support = support_size(batch_size(task), self.support_ratio)
-        return take(task, slice(0, n_support)), take(task, slice(n_support, None)) if self.outer_set == "query" else task
+        outer = take(task, slice(n_support, None)) if self.outer_set == "query" else task
+        return take(task, slice(0, n_support)), outer
 
     def _check_inputs(self, model, batch):
         """A one-sentence ``ValueError`` for a batch that is not a dict of views indexed by image or

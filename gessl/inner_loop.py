@@ -120,11 +120,16 @@ def head_model(model):
     MoCo's, BYOL's and PsCo's) runs that copy on the images, which cached features cannot stand in
     for, and a method without heads leaves nothing to adapt: ``ValueError`` (``check_head_split``).
     """
-    if not all(hasattr(model, part) for part in ("backbone", "method", "regulariser")):
+    if not splits(model):
         raise ValueError(f"inner_params='head' needs a model of backbone, method and regulariser "
                          f"(gessl.train.SSLModel), not a {type(model).__name__}; use inner_params='all'")
     check_head_split(type(model.method), type(model.method).__name__)
     return type(model)(torch.nn.Identity(), model.method, model.regulariser)
+
+
+def splits(model):
+    """Whether ``model`` is made of ``backbone``, ``method`` and ``regulariser``, as ``gessl.train``'s are."""
+    return all(hasattr(model, part) for part in ("backbone", "method", "regulariser"))
 
 
 def check_head_split(method_cls, name):
