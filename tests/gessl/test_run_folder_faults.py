@@ -4,6 +4,8 @@
   before either begins (a file both wait for): at one moment both hold the folder's evaluation lock
   (the kernel's ``/proc/locks``), so they evaluate side by side; every record of both is in
   ``results.jsonl``, every line whole, and ``episodes.npz`` holds the entries of both.
+- ``gessl.evaluate A B`` holds the evaluation locks of both folders at once: each is taken when the
+  folders are checked, before any work, and held to the end.
 - ``gessl.evaluate`` beside a running ``gessl.train`` is refused and writes nothing; evaluated once
   the training ends, its records name the training step and the SHA-256 of the backbone they scored.
 - The workflow train → evaluate → report (the commands' ``main``) with tiny sizes ends with a report
@@ -128,6 +130,20 @@ def test_two_evaluations_started_together_keep_every_record_of_both(run_copy, da
     by_seed = {seed: {tuple(v for f, v in k.items() if f not in ("seed", "labels")) for k in keys
                       if k["seed"] == str(seed)} for seed in (0, 1)}  # the seed draws the classes: other labels
     assert by_seed[0] and by_seed[0] == by_seed[1]
+
+
+def test_an_evaluation_of_two_folders_holds_both_locks_from_its_start(run_copy, data_root):
+    other = run_copy.parent / "other"
+    shutil.copytree(run_copy, other)
+    proc = popen("gessl.evaluate", run_copy, other, *EVALUATE, "--data-root", data_root)
+    both, deadline = False, time.monotonic() + 600
+    while not both and proc.poll() is None and time.monotonic() < deadline:
+        both = proc.pid in lock_holders(run_copy / ".lock") & lock_holders(other / ".lock")
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert both  # while it evaluated the first, the second was held too: no training could start on it
+    assert {r["run"] for r in jsonl(other / "results.jsonl")} == {"other", "other (random init)"}
 
 
 def test_a_folder_being_trained_is_refused_then_evaluated_with_its_step_and_backbone(data_root, tmp_path, capsys):
