@@ -21,7 +21,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.load import REFERENCES, SETTINGS, model_order
-from analysis.tables import AXES, metric_name
+from analysis.tables import AXES, metric_name, setting_name
 from tasks.common.io import atomic_path
 
 WIDTH = 7.0  # inches: a full text width
@@ -36,12 +36,6 @@ LOG_HIDDEN = ("epoch", "time", "img_per_s")  # metrics.jsonl fields that are not
 def literal(text):
     """``text`` as matplotlib draws it literally: each ``$`` escaped, so no name starts mathtext."""
     return str(text).replace("$", r"\$")
-
-
-def setting_name(field, value):
-    """How a panel title names one value of a varying field: ``5-way``, ``15 queries``, ``seed 1`` ..."""
-    return {"ways": "{}-way", "queries": "{} queries", "episodes": "{} episodes", "seed": "seed {}",
-            "suite": "{} suite"}.get(field, "{}").format(value)
 
 
 def apply_theme():

@@ -38,6 +38,13 @@ def metric_name(metric, arrow=True):
     return name + (mark if arrow else "")
 
 
+def setting_name(field, value):
+    """How a figure's panel or a table's column names one value of a setting field: ``5-way``,
+    ``15 queries``, ``40 episodes``, ``seed 1``, ``quick suite``; the value alone for other fields."""
+    return {"ways": "{}-way", "queries": "{} queries", "episodes": "{} episodes", "seed": "seed {}",
+            "suite": "{} suite"}.get(field, "{}").format(value)
+
+
 def mark_best(df):
     """``df`` with a boolean ``best`` column: the best value of its setting among 2+ ranked models.
 
@@ -86,17 +93,15 @@ def _column_label(row, section, varying):
         if row["protocol"] in varying["classifier"] and pd.notna(row["classifier"]):
             parts.append(str(row["classifier"]))
         if row["protocol"] in varying["queries"] and pd.notna(row["queries"]):
-            parts.append(f"{row['queries']} queries")
+            parts.append(setting_name("queries", row["queries"]))
     elif section in ("crowding", "other"):
         parts.append(metric_name(row["metric"]))
     elif section == "universality" and row["metric"] != "sigma":
         parts.append(metric_name(row["metric"]))
     label = parts[0] + ": " + " ".join(parts[1:]) if len(parts) > 1 else " ".join(parts)
     if varying["settings"]:
-        how = [f"{row['suite']} suite" if pd.notna(row["suite"]) else None,
-               f"{row['episodes']} episodes" if pd.notna(row["episodes"]) else None,
-               f"seed {row['seed']}" if pd.notna(row["seed"]) else None]
-        label += f" ({', '.join(h for h in how if h)})"
+        how = [setting_name(field, row[field]) for field in SETTINGS if pd.notna(row[field])]
+        label += f" ({', '.join(how)})"
     return label
 
 

@@ -26,9 +26,11 @@ axis, protocol, classifier, ways, shots, queries, episodes, metric, value, 95 % 
 suite, code version and time, and a model's records the training step (``train_step``) and the
 SHA-256 of the ``backbone.pt`` (``backbone_sha256``) they scored.
 
-A folder being trained is refused (one line): its backbone is not final. Evaluations of one folder
-may run side by side: each appends its records whole and merges its episodes under a lock
-(``gessl.run_folder.evaluating``, ``tasks.common.io``; docs/run_folders.md).
+A folder being trained is refused (one line): its backbone is not final. Each folder named is
+checked before any work and its evaluation lock (``gessl.run_folder.evaluating``) held from that check
+until the command's evaluations end, so no training starts on it in between. Evaluations of one
+folder may run side by side: each appends its records whole and merges its episodes under a lock
+(``tasks.common.io``; docs/run_folders.md).
 
 ``--compare RUN_A RUN_B`` prints the paired differences A − B of the few-shot accuracies on
 identical episodes, with their intervals (a run without an ``episodes.npz`` is evaluated first).
@@ -58,6 +60,7 @@ For the report (``analysis.report``) two files are also written, each atomically
   and the seed, so every run evaluated with the same seed shows the same images.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -293,15 +296,24 @@ def sigma_records(sigmas, targets, suite, common, classifier):
     return records
 
 
-def check_run_dir(run_dir):
-    """``run_dir`` as a Path; a ``UserError`` unless it is a run folder that no training holds and
-    whose files an evaluation writes are not symbolic links."""
+@contextlib.contextmanager
+def held_run_dir(run_dir):
+    """Hold ``run_dir``'s evaluation lock (``evaluating``) for the block, which gets it as a Path; a
+    ``UserError`` first unless it is a run folder that no training holds and whose files an
+    evaluation writes are not symbolic links."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
                         f"`python -m gessl.train --out {run_dir}`")
     refuse_links(run_dir, WRITTEN)
     with evaluating(run_dir):
+        yield run_dir
+
+
+def check_run_dir(run_dir):
+    """``run_dir`` as a Path; a ``UserError`` unless it is a run folder that no training holds and
+    whose files an evaluation writes are not symbolic links (``held_run_dir``, released at once)."""
+    with held_run_dir(run_dir) as run_dir:
         return run_dir
 
 
@@ -341,10 +353,9 @@ def evaluate_run(run_dir, suite="standard", seed=0, device="auto", processes=Pro
     trained (``gessl.run_folder.evaluating``), a config.yaml that names another backbone than
     backbone.pt, and axes of which none has data are ``UserError``s, before anything is written.
     """
-    run_dir = check_run_dir(run_dir)
-    check_seed(seed)
-    suite = get_suite(suite, **changes)
-    with evaluating(run_dir):
+    with held_run_dir(run_dir) as run_dir:
+        check_seed(seed)
+        suite = get_suite(suite, **changes)
         return _evaluate_run(run_dir, suite, seed, device, processes, data_root, offline)
 
 
@@ -538,7 +549,7 @@ def main(argv=None):
             raise UserError(f"--{name} must be at least 1, got {changes[name]}")
     # Bad flags and folders fail on every process before any work. The runs to evaluate are chosen
     # before the first is, so every process evaluates the same ones whatever rank 0 writes.
-    get_suite(args.suite, **changes)
+    suite = get_suite(args.suite, **changes)
     check_seed(args.seed)
     processes = Processes.from_environment()
     device = processes.place(resolve_device(args.device))
@@ -551,14 +562,14 @@ def main(argv=None):
     runs = list(map(Path, args.run_dirs))
     runs += [run for run in dict.fromkeys(map(Path, compare or ()))
              if run not in runs and not (run / "episodes.npz").is_file()]
-    for run_dir in runs:
-        check_run_dir(run_dir)
-    with processes.group(device):
-        for run_dir in runs:
-            records = evaluate_run(run_dir, args.suite, seed=args.seed, device=args.device, processes=processes,
-                                   data_root=args.data_root, offline=args.offline, **changes)
-            if processes.main:
-                print_table(records)
+    with contextlib.ExitStack() as held:  # each folder's lock taken once, from its check to the end
+        runs = [held.enter_context(held_run_dir(run_dir)) for run_dir in runs]
+        with processes.group(device):
+            for run_dir in runs:
+                records = _evaluate_run(run_dir, suite, args.seed, args.device, processes, args.data_root,
+                                        args.offline)
+                if processes.main:
+                    print_table(records)
     if compare and processes.main:
         print_comparison(*compare, paired_differences(*compare))
 

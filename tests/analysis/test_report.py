@@ -11,6 +11,7 @@ import pytest
 
 from analysis import report
 from tests.analysis.conftest import record, write_jsonl
+from tests.helpers import drawn_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -277,6 +278,8 @@ def test_a_dollar_in_a_run_name_is_drawn_as_written(tmp_path):
     out = tmp_path / "out"
     report.main([str(tmp_path / "run"), "--out", str(out)])
     assert (out / "fig1_fewshot_accuracy.png").is_file() and (out / "fig2_accuracy_vs_shots.png").is_file()
+    for pdf in ("fig1_fewshot_accuracy.pdf", "fig2_accuracy_vs_shots.pdf"):  # the legends: no mathtext, no `\`
+        assert set(names) <= set(drawn_text(out / pdf)), pdf
     assert all(name in pd.read_csv(out / "results.csv")["model"].tolist() for name in names)
 
 

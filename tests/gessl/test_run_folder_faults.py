@@ -1,10 +1,15 @@
 """Run folders under concurrent use and bad input (docs/run_folders.md), with real processes.
 
-- Two ``gessl.evaluate`` started together on one run folder, several times: every record of both
-  is in ``results.jsonl``, every line whole, and ``episodes.npz`` holds the entries of both.
+- Two ``gessl.evaluate`` started together on one run folder, several times, their imports done
+  before either begins (a file both wait for): at one moment both hold the folder's evaluation lock
+  (the kernel's ``/proc/locks``), so they evaluate side by side; every record of both is in
+  ``results.jsonl``, every line whole, and ``episodes.npz`` holds the entries of both.
+- ``gessl.evaluate A B`` holds the evaluation locks of both folders at once: each is taken when the
+  folders are checked, before any work, and held to the end.
 - ``gessl.evaluate`` beside a running ``gessl.train`` is refused and writes nothing; evaluated once
   the training ends, its records name the training step and the SHA-256 of the backbone they scored.
-- The workflow train → evaluate → report (the commands' ``main``) with tiny sizes ends with a report.
+- The workflow train → evaluate → report (the commands' ``main``) with tiny sizes ends with a report
+  whose figures draw the run's name, ``$`` and all, as written.
 - Each bad input is one line and exit status 2, with nothing written in the run folder and nothing
   outside it touched.
 """
@@ -27,10 +32,20 @@ from analysis import report
 from gessl import evaluate, train
 from tasks.common.errors import run_cli
 from tasks.data import cli as data_cli
-from tests.helpers import REPO, jsonl
+from tests.helpers import REPO, drawn_text, jsonl
 
 EVALUATE = ["--suite", "quick", "--axes", "generalization", "--episodes", "4", "--classes", "10", "--shots", "1"]
 REPEATS = 2
+# ``python -m gessl.evaluate ARGS`` (its ``main`` as its ``__main__`` runs it) in a process given
+# ``READY GO ARGS``: once imported it creates the file READY, then waits for the file GO to exist.
+AT_GO = ("import pathlib, sys, time\n"
+         "from gessl import evaluate\n"
+         "from tasks.common.errors import run_cli\n"
+         "ready, go = map(pathlib.Path, sys.argv[1:3])\n"
+         "ready.touch()\n"
+         "while not go.exists():\n"
+         "    time.sleep(0.01)\n"
+         "run_cli(evaluate.main, sys.argv[3:])\n")
 
 
 def command(module, *args):
@@ -67,15 +82,43 @@ def run_copy(trained_run, tmp_path):
     return copy
 
 
-def test_two_evaluations_started_together_keep_every_record_of_both(run_copy, data_root):
+def lock_holders(path):
+    """The ids of the processes holding a ``flock`` on the file ``path`` now, as the kernel lists them
+    (``/proc/locks``; a process waiting for one is not listed as holding it)."""
+    where = os.stat(path)
+    inode = f"{os.major(where.st_dev):02x}:{os.minor(where.st_dev):02x}:{where.st_ino}"
+    return {int(fields[4]) for fields in map(str.split, Path("/proc/locks").read_text().splitlines())
+            if fields[1] == "FLOCK" and fields[5] == inode}
+
+
+def test_two_evaluations_started_together_keep_every_record_of_both(run_copy, data_root, tmp_path):
     written = {}
-    for _ in range(REPEATS):
-        procs = {seed: popen("gessl.evaluate", run_copy, *EVALUATE, "--seed", seed, "--data-root", data_root)
-                 for seed in (0, 1)}
+    for repeat in range(REPEATS):
+        go = tmp_path / f"go-{repeat}"
+        ready, outs, errs = ({seed: tmp_path / f"{what}-{repeat}-{seed}" for seed in (0, 1)}
+                             for what in ("ready", "out", "err"))
+        procs = {}
+        for seed in (0, 1):
+            with open(outs[seed], "w") as out, open(errs[seed], "w") as err:  # files: no pipe fills up
+                procs[seed] = subprocess.Popen(
+                    [sys.executable, "-c", AT_GO, ready[seed], go, run_copy, *EVALUATE, "--seed", str(seed),
+                     "--data-root", data_root], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
+                    stderr=err)
+        deadline = time.monotonic() + 300
+        while not all(r.exists() for r in ready.values()) and time.monotonic() < deadline:
+            for seed, proc in procs.items():
+                assert proc.poll() is None, errs[seed].read_text()[-2000:]
+            time.sleep(0.01)
+        go.touch()
+        together, deadline = False, time.monotonic() + 600
+        while any(proc.poll() is None for proc in procs.values()) and time.monotonic() < deadline:
+            together = together or {proc.pid for proc in procs.values()} <= lock_holders(run_copy / ".lock")
+            time.sleep(0.005)
         for seed, proc in procs.items():
-            out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err[-2000:]
-            written[seed] = written.get(seed, 0) + len(out.strip().splitlines()) - 1  # the table: one row a record
+            assert proc.wait(timeout=1) == 0, errs[seed].read_text()[-2000:]
+            rows = len(outs[seed].read_text().strip().splitlines()) - 1  # the table: a header, one row a record
+            written[seed] = written.get(seed, 0) + rows
+        assert together  # at one moment both held the folder's evaluation lock: both were evaluating
     lines = (run_copy / "results.jsonl").read_text().split("\n")
     assert lines.pop() == ""  # ends with a whole line
     records = [json.loads(line) for line in lines]  # every line valid
@@ -87,6 +130,20 @@ def test_two_evaluations_started_together_keep_every_record_of_both(run_copy, da
     by_seed = {seed: {tuple(v for f, v in k.items() if f not in ("seed", "labels")) for k in keys
                       if k["seed"] == str(seed)} for seed in (0, 1)}  # the seed draws the classes: other labels
     assert by_seed[0] and by_seed[0] == by_seed[1]
+
+
+def test_an_evaluation_of_two_folders_holds_both_locks_from_its_start(run_copy, data_root):
+    other = run_copy.parent / "other"
+    shutil.copytree(run_copy, other)
+    proc = popen("gessl.evaluate", run_copy, other, *EVALUATE, "--data-root", data_root)
+    both, deadline = False, time.monotonic() + 600
+    while not both and proc.poll() is None and time.monotonic() < deadline:
+        both = proc.pid in lock_holders(run_copy / ".lock") & lock_holders(other / ".lock")
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert both  # while it evaluated the first, the second was held too: no training could start on it
+    assert {r["run"] for r in jsonl(other / "results.jsonl")} == {"other", "other (random init)"}
 
 
 def test_a_folder_being_trained_is_refused_then_evaluated_with_its_step_and_backbone(data_root, tmp_path, capsys):
@@ -125,6 +182,9 @@ def test_train_evaluate_report_workflow_ends_with_a_report(data_root, tmp_path):
     evaluate.main([str(out), "--episodes", "10", "--classes", "10", "--axes", "generalization"])
     report.main([str(out), "--out", str(tmp_path / "rep")])
     assert (tmp_path / "rep" / "index.html").is_file() and (tmp_path / "rep" / "fig1_fewshot_accuracy.png").is_file()
+    for pdf in sorted((tmp_path / "rep").glob("*.pdf")):  # each `$` drawn as a `$`: no mathtext, no `\`
+        named = {text for text in drawn_text(pdf) if "wf_" in text}
+        assert named and named <= {"wf_${BASE}_$SEED", "wf_${BASE}_$SEED (random init)"}, (pdf.name, named)
     table = pd.read_csv(tmp_path / "rep" / "results.csv")
     fewshot = table[(table["protocol"] == "fewshot") & (table["run"] == out.name)]
     assert set(fewshot["suite"]) == {"quick", "standard"}
