@@ -176,6 +176,11 @@ def curve_points(grid, cell, steps):
     return {step: Cell(cell.dataset, label, cell.variant, cell.seed) for step, label in points.items() if step < steps}
 
 
+def kept_backbone(run, step):
+    """The backbone ``gessl.train --keep-backbones`` keeps at ``step`` in ``run`` (docs/run_folders.md)."""
+    return run / "backbones" / f"step-{step}.pt"
+
+
 def keep_points(run, points, started, seconds_per_step):
     """Each point of ``points`` (``{step: folder}``) as a run folder ``gessl.evaluate`` scores: the run's
     ``config.yaml`` and the backbone ``gessl.train --keep-backbones`` kept at that step; ``{step: training
@@ -183,7 +188,7 @@ def keep_points(run, points, started, seconds_per_step):
     earlier, stopped process gets its share of ``seconds``, the whole training's)."""
     at = {}
     for step, folder in points.items():
-        kept = run / "backbones" / f"step-{step}.pt"
+        kept = kept_backbone(run, step)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run / "config.yaml", folder / "config.yaml")
         shutil.copyfile(kept, folder / "backbone.pt")
@@ -221,7 +226,7 @@ def seconds_per_step(flags, steps):
         out = Path(scratch) / "run"
         train.main([*flags, "--max-steps", str(2 * steps), "--epochs", "1000000", "--log-every", "1000000",
                     "--ckpt-every", str(steps), "--keep-backbones", "--out", str(out)])
-        written = [(out / "backbones" / f"step-{n}.pt").stat().st_mtime for n in (steps, 2 * steps)]
+        written = [kept_backbone(out, n).stat().st_mtime for n in (steps, 2 * steps)]
     return (written[1] - written[0]) / steps
 
 

@@ -180,10 +180,13 @@ class GeSSL:
         t images, and the images of the outer loss (``outer_set``: the whole task, or the rest)."""
         return [self._split(take(batch, index)) for index in self._slices(batch)]
 
+    def _task_count(self):
+        """This process's tasks per step: M over the processes (M = 0: one each), at least one."""
+        return max(1, (self.tasks_per_step or world_size()) // world_size())
+
     def _slices(self, batch):
         """The slices of ``batch`` that are this process's tasks."""
-        world = world_size()
-        return task_slices(batch_size(batch), (self.tasks_per_step or world) // world)
+        return task_slices(batch_size(batch), self._task_count())
 
     def _split(self, task):
         """``(support, outer)`` of one task (``task_sets``)."""
@@ -209,7 +212,7 @@ class GeSSL:
                     raise ValueError(f"GeSSL needs every entry of the batch indexed by image: batch[{key!r}]"
                                      f"{f'[{row}]' if isinstance(value, (list, tuple)) else ''} is "
                                      f"{_describe(part)}, not a tensor of {n} rows like the views")
-        tasks = max(1, (self.tasks_per_step or world_size()) // world_size())
+        tasks = self._task_count()
         if smallest_set(n, tasks, self.support_ratio) < 2:
             raise ValueError(f"a batch of {n} images cut into {tasks} tasks (support_ratio {self.support_ratio}) "
                              "leaves fewer than 2 images in a support or query set; use a larger batch or "
