@@ -614,15 +614,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/study.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("grid", metavar="GRID.yaml", help="the grid file")
-    parser.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
     parser.add_argument("--calibration-steps", type=int, default=8, help="steps timed per variant (budgets in minutes)")
-    parser.add_argument("--against", metavar="VARIANT",
-                        help="only print every variant's paired differences against VARIANT instead of the grid's "
-                             "reference, from the recorded cells (nothing trained or written)")
+    only.add_argument("--against", metavar="VARIANT",
+                      help="only print every variant's paired differences against VARIANT instead of the grid's "
+                           "reference, from the recorded cells (nothing trained or written; every budget)")
     parser.add_argument("--budget", action="append", metavar="LABEL",
                         help="train only the cells of this budget (its label: 191steps, 10min, ...; repeatable); "
                              "the summaries still cover every recorded cell")
     args = parser.parse_args(argv)
+    if args.against and args.budget:
+        parser.error("--budget chooses cells to train and --against trains none: give one of them")
     grid = read_grid(args.grid)
     Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
     unrunnable = []
