@@ -40,7 +40,6 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite
 from gessl.device import resolve_device
@@ -231,10 +230,8 @@ def evaluate_backbone(model, datasets, out, *, random_twin=None, name=None, in_c
     dev = processes.place(resolve_device(device))
     common = {"seed": seed, "suite": suite.name, "version": version("gessl"), "train_data": None}
     models = {name: model, name + RANDOM_SUFFIX: twin}
-    with tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
-              disable=not processes.main) as progress:
-        records, accuracies = score_models(models, data, suite, seed, dev,
-                                           {run: {**common, "run": run} for run in models}, processes, progress)
+    records, accuracies = score_models(models, data, suite, seed, dev, {run: {**common, "run": run} for run in models},
+                                       processes)
     if processes.main:
         make_folder(out)
         append_jsonl(out / "results.jsonl", records)
