@@ -561,24 +561,34 @@ def budget_minutes(budget):
     return float(last[:-3]) if last.endswith("min") else None
 
 
+def setting_target(setting):
+    """The target data set a setting scores (``"generalization omniglot-lake: 20-way 1-shot"`` → omniglot-lake)."""
+    return setting.split(" ")[1].rstrip(":")
+
+
 def fig_curve(table, reference, targets=()):
-    """Time-to-accuracy: per training set (rows) and 1-shot setting of ``targets`` (columns; all when empty),
-    each variant's accuracy (mean over seeds) against the minutes of training of the budgets in minutes and
-    their curve points (``reference``'s from the rows against it); ``None`` when there is none."""
+    """Time-to-accuracy: per training set (rows) and target data set of ``targets`` (columns; all when
+    empty), each variant's 1-shot accuracy (mean over seeds) against the minutes of training of the budgets
+    in minutes and their curve points (``reference``'s from the rows against it); a target that a training
+    set is not scored on (its own training data) leaves its panel blank. ``None`` when there is none."""
     rows = [r for r in table if r["against"] == reference and "1-shot" in r["setting"]
             and budget_minutes(r["budget"]) is not None
-            and (not targets or r["setting"].split(" ")[1].rstrip(":") in targets)]
+            and (not targets or setting_target(r["setting"]) in targets)]
     if not rows:
         return None
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    columns = list(dict.fromkeys(setting_target(r["setting"]) for r in rows))
     variants = [reference] + list(dict.fromkeys(r["variant"] for r in rows))
     colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
-    fig = figures.new_figure(figures.WIDTH, 1.9 * len(datasets) + 0.5)
-    axes = fig.subplots(len(datasets), len(settings), squeeze=False)
+    fig = figures.new_figure(figures.WIDTH, 1.9 * len(datasets) + 0.7)
+    axes = fig.subplots(len(datasets), len(columns), squeeze=False)
     for i, dataset in enumerate(datasets):
-        for j, (setting, label) in enumerate(zip(settings, short_settings(settings))):
-            ax, part = axes[i, j], [r for r in rows if r["dataset"] == dataset and r["setting"] == setting]
+        for j, target in enumerate(columns):
+            ax = axes[i, j]
+            part = [r for r in rows if r["dataset"] == dataset and setting_target(r["setting"]) == target]
+            if not part:
+                ax.axis("off")
+                continue
             curves = {v: sorted((budget_minutes(r["budget"]), r["mean"]) for r in part if r["variant"] == v)
                       for v in variants[1:]}
             curves[reference] = sorted({(budget_minutes(r["budget"]), r["reference"]) for r in part})
@@ -586,13 +596,14 @@ def fig_curve(table, reference, targets=()):
                 if curves[variant]:
                     x, y = zip(*curves[variant])
                     ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=colors[variant], label=variant)
-            ax.set_title(f"trained on {dataset}\n{label}", fontsize=8)
-            ax.tick_params(labelsize=7.5)
+            ax.set_title(f"{target}\n(trained on {dataset})", fontsize=7.5)
+            ax.tick_params(labelsize=7)
             if i == len(datasets) - 1:
-                ax.set_xlabel("minutes of training", fontsize=8)
+                ax.set_xlabel("minutes of training", fontsize=7.5)
             if j == 0:
-                ax.set_ylabel("1-shot accuracy (%)", fontsize=8)
-    axes[0, -1].legend(fontsize=7, frameon=False)
+                ax.set_ylabel("1-shot accuracy (%)", fontsize=7.5)
+    handles, labels = next(ax for ax in axes.flat if ax.lines).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(variants), fontsize=7.5, frameon=False)
     return fig
 
 
@@ -614,15 +625,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/study.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("grid", metavar="GRID.yaml", help="the grid file")
-    parser.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--summarise", action="store_true", help="only rewrite the summaries from the recorded cells")
     parser.add_argument("--calibration-steps", type=int, default=8, help="steps timed per variant (budgets in minutes)")
-    parser.add_argument("--against", metavar="VARIANT",
-                        help="only print every variant's paired differences against VARIANT instead of the grid's "
-                             "reference, from the recorded cells (nothing trained or written)")
+    only.add_argument("--against", metavar="VARIANT",
+                      help="only print every variant's paired differences against VARIANT instead of the grid's "
+                           "reference, from the recorded cells (nothing trained or written; every budget)")
     parser.add_argument("--budget", action="append", metavar="LABEL",
                         help="train only the cells of this budget (its label: 191steps, 10min, ...; repeatable); "
                              "the summaries still cover every recorded cell")
     args = parser.parse_args(argv)
+    if args.against and args.budget:
+        parser.error("--budget chooses cells to train and --against trains none: give one of them")
     grid = read_grid(args.grid)
     Path(grid["runs"]).mkdir(parents=True, exist_ok=True)
     unrunnable = []

@@ -44,7 +44,7 @@ from torch import nn
 from gessl.backbones import BACKBONES, build_backbone, load_torch_file, not_finite
 from gessl.device import resolve_device
 from gessl.distributed import Processes
-from gessl.evaluate import get_suite, load_target, measure, save_episode_accuracies, sigma_records
+from gessl.evaluate import get_suite, load_target, save_episode_accuracies, score_models
 from tasks.common.errors import UserError
 from tasks.common.io import append_jsonl, make_folder
 from tasks.data.registry import DATASETS, fetch_missing
@@ -229,16 +229,9 @@ def evaluate_backbone(model, datasets, out, *, random_twin=None, name=None, in_c
     data = [load_target(target, where, in_channels, suite, seed) for target in targets]
     dev = processes.place(resolve_device(device))
     common = {"seed": seed, "suite": suite.name, "version": version("gessl"), "train_data": None}
-    records, accuracies = [], {}
-    for run, net in ((name, model), (name + RANDOM_SUFFIX, twin)):
-        net, sigmas = net.to(dev) if isinstance(net, nn.Module) else net, {}
-        for d in data:
-            found, episodes, per_shots, _ = measure(net, d, suite, seed, dev, {**common, "run": run}, processes)
-            records += found
-            accuracies.update(episodes)
-            for k, values in per_shots.items():
-                sigmas.setdefault((d.target.axis, k), []).append(values)
-        records += sigma_records(sigmas, targets, suite, {**common, "run": run}, suite.classifiers[0])
+    models = {name: model, name + RANDOM_SUFFIX: twin}
+    records, accuracies = score_models(models, data, suite, seed, dev, {run: {**common, "run": run} for run in models},
+                                       processes)
     if processes.main:
         make_folder(out)
         append_jsonl(out / "results.jsonl", records)

@@ -64,12 +64,12 @@ def build_backbone(name, in_channels=1, image_size=28):
     return BACKBONES[name](in_channels=in_channels, image_size=image_size)
 
 
-def save_backbone(backbone, name, in_channels, image_size, path, step=None):
-    """Export the encoder alone (no heads, no optimiser state), loadable with ``load_backbone``;
-    ``step``: the training step whose weights these are (None: not known)."""
+def save_backbone(backbone, name, in_channels, image_size, *paths, step=None):
+    """Export the encoder alone (no heads, no optimiser state) to each of ``paths``, loadable with
+    ``load_backbone``; ``step``: the training step whose weights these are (None: not known)."""
     payload = {"format": "gessl-backbone/1", "name": name, "in_channels": in_channels,
                "image_size": image_size, "state_dict": backbone.state_dict(), "step": step}
-    save_torch_file(payload, path)
+    save_torch_file(payload, *paths)
 
 
 def load_backbone(path, map_location="cpu"):
@@ -98,12 +98,14 @@ def not_finite(state):
     return [k for k, ok in zip(names, finite) if not ok]
 
 
-def save_torch_file(obj, path):
-    """``torch.save`` of ``obj`` to ``path`` atomically; serialised in memory first, so that a full or
-    read-only disk is a ``tasks.common.io.WriteError`` rather than an error inside torch's zip writer."""
+def save_torch_file(obj, *paths):
+    """``torch.save`` of ``obj`` to each of ``paths`` atomically; serialised once, in memory, so that a
+    full or read-only disk is a ``tasks.common.io.WriteError`` rather than an error inside torch's zip
+    writer."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    for path in paths:
+        atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_torch_file(path, what, map_location="cpu", digest=False):

@@ -296,6 +296,35 @@ def sigma_records(sigmas, targets, suite, common, classifier):
     return records
 
 
+def score_models(models, data, suite, seed, device, common, processes, keep_features=None):
+    """Records and per-episode accuracies of each of ``models`` on each target of ``data`` (``measure``),
+    then its σ over them (``sigma_records``), under a progress bar of models × targets.
+
+    ``models``: run name → net; ``common``: run name → the fields of its records;
+    ``keep_features(name, data, features)`` is called with each model's features of each target's
+    episode rows. Returns (records, {episode key: accuracies}).
+    """
+    records, accuracies = [], {}
+    targets = [d.target for d in data]
+    with tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
+              disable=not processes.main) as progress:  # closed before a stop's one-line message
+        for name, net in models.items():
+            net, sigmas = net.to(device) if isinstance(net, torch.nn.Module) else net, {}
+            for d in data:
+                progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
+                found, episodes, per_shots, features = measure(net, d, suite, seed, device, common[name],
+                                                               processes)
+                records += found
+                accuracies.update(episodes)
+                for k, values in per_shots.items():
+                    sigmas.setdefault((d.target.axis, k), []).append(values)
+                progress.update()
+                if keep_features is not None:
+                    keep_features(name, d, features)
+            records += sigma_records(sigmas, targets, suite, common[name], suite.classifiers[0])
+    return records, accuracies
+
+
 @contextlib.contextmanager
 def held_run_dir(run_dir):
     """Hold ``run_dir``'s evaluation lock (``evaluating``) for the block, which gets it as a Path; a
@@ -394,28 +423,18 @@ def _evaluate_run(run_dir, suite, seed, device, processes, data_root, offline):
     if not data:
         raise UserError(f"none of the axes asked for ({', '.join(suite.axes)}) has data for {run_dir}"
                         f"{': ' if notes else ''}{'; '.join(notes)}; install their data sets or choose other --axes")
-    targets = [d.target for d in data]
     common = {"seed": seed, "suite": suite.name, "version": version("gessl"),
               "train_data": _training_fingerprint(run_dir)}
-    records, accuracies, samples = [], {}, []
-    with tqdm(total=len(models) * len(data), desc=f"evaluate ({suite.name})", unit="target",
-              disable=not processes.main) as progress:  # closed before a stop's one-line message
-        for name, net in models.items():
-            net, sigmas = net.to(dev), {}
-            for d in data:
-                progress.set_postfix_str(f"{name}: {d.target.axis} on {d.target.dataset} {d.target.split}")
-                found, episodes, per_shots, features = measure(net, d, suite, seed, dev,
-                                                               {**common, "run": name, **scored[name]}, processes)
-                records += found
-                accuracies.update(episodes)
-                for k, values in per_shots.items():
-                    sigmas.setdefault((d.target.axis, k), []).append(values)
-                progress.update()
-                if d.target.axis == "generalization" and d.target.protocol == "episodes":
-                    sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
-                    samples.append((d, sample, features[sample].numpy().astype(np.float32)))
-            records += sigma_records(sigmas, targets, suite, {**common, "run": name, **scored[name]},
-                                     suite.classifiers[0])
+    samples = []
+
+    def keep_sample(name, d, features):
+        if d.target.axis == "generalization" and d.target.protocol == "episodes":
+            sample = feature_sample_index(d.labels[d.rows], seed)  # of the rows the episodes use
+            samples.append((d, sample, features[sample].numpy().astype(np.float32)))
+
+    records, accuracies = score_models(models, data, suite, seed, dev,
+                                       {name: {**common, "run": name, **scored[name]} for name in models},
+                                       processes, keep_sample)
     for d in data:
         if d.target.protocol == "runs":
             where = {**common, "run": run_dir.name + PIXELS_SUFFIX, "dataset": d.target.dataset,

@@ -359,9 +359,8 @@ class Trainer:
         kept = [self.run_dir / "backbone.pt"]
         if self.cfg.keep_backbones:
             kept.append(self.run_dir / "backbones" / f"step-{self.step}.pt")
-        for path in kept:
-            save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size, path,
-                          step=self.step)
+        save_backbone(self.model.backbone, self.cfg.backbone, self.in_channels, self.cfg.image_size, *kept,
+                      step=self.step)
 
     def train_step(self):
         """One optimiser step; returns its logs (tensors or numbers, read only when logged)."""

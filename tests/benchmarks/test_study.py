@@ -188,6 +188,17 @@ def test_budget_trains_only_that_budget_s_cells_and_an_unknown_label_is_a_user_e
     assert [(r["budget"], r["variant"]) for r in records(tmp_path)] == [("2steps", "plain")]
 
 
+@pytest.mark.parametrize("extra, message", [(["--summarise"], "not allowed with argument --against"),
+                                             (["--budget", "2steps"], "--against trains none")])
+def test_against_prints_only_so_it_refuses_the_options_that_train_or_write(glyph_root, tmp_path, capsys, extra,
+                                                                           message):
+    grid = write_grid(tmp_path, glyph_root)
+    with pytest.raises(SystemExit) as stopped:
+        study.main([str(grid), "--against", "slower", *extra])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
 def test_every_variant_of_a_budget_in_minutes_is_timed_before_its_first_cell_trains(glyph_root, tmp_path,
                                                                                      monkeypatch):
     """Variants compared at equal wall-clock are timed back to back, under one load, not cell by cell."""

@@ -1,4 +1,5 @@
 import dataclasses
+import inspect
 import json
 import lzma
 import re
@@ -87,6 +88,17 @@ def test_train_config_holds_only_the_shared_options_and_each_method_its_own():
         cfg = resolve_config({"base": name})
         assert isinstance(cfg.base_options, method.Options) and cfg.base_options == method.Options()
     assert not {"temperature", "proj_dim", "swav_temperature", "maml_inner_lr", "cactus_clusters"} & shared
+
+
+def test_each_constructor_default_is_the_default_of_the_option_it_names():
+    """A method built in Python without a keyword trains like gessl.train without the flag."""
+    shared = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name, method in BASE_METHODS.items():
+        options = {**shared, **{f.name: f.default for f in dataclasses.fields(method.Options)}}
+        keywords = {k: p.default for k, p in inspect.signature(method).parameters.items()
+                    if p.default is not inspect.Parameter.empty and k in options}
+        assert keywords == {k: options[k] for k in keywords}, name
+        assert set(keywords) >= {f.name for f in dataclasses.fields(method.Options)}, name
 
 
 def help_text(*flags, capsys):
