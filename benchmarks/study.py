@@ -570,7 +570,8 @@ def fig_curve(table, reference, targets=()):
     """Time-to-accuracy: per training set (rows) and target data set of ``targets`` (columns; all when
     empty), each variant's 1-shot accuracy (mean over seeds) against the minutes of training of the budgets
     in minutes and their curve points (``reference``'s from the rows against it); a target that a training
-    set is not scored on (its own training data) leaves its panel blank. ``None`` when there is none."""
+    set is not scored on (its own training data) leaves its panel blank, and one scored on two axes shows the
+    first. ``None`` when there is none."""
     rows = [r for r in table if r["against"] == reference and "1-shot" in r["setting"]
             and budget_minutes(r["budget"]) is not None
             and (not targets or setting_target(r["setting"]) in targets)]
@@ -585,10 +586,12 @@ def fig_curve(table, reference, targets=()):
     for i, dataset in enumerate(datasets):
         for j, target in enumerate(columns):
             ax = axes[i, j]
-            part = [r for r in rows if r["dataset"] == dataset and setting_target(r["setting"]) == target]
-            if not part:
+            here = [r for r in rows if r["dataset"] == dataset and setting_target(r["setting"]) == target]
+            if not here:
                 ax.axis("off")
                 continue
+            setting = here[0]["setting"]  # a target scored on two axes (the glyphs by glyph training): the first
+            part = [r for r in here if r["setting"] == setting]
             curves = {v: sorted((budget_minutes(r["budget"]), r["mean"]) for r in part if r["variant"] == v)
                       for v in variants[1:]}
             curves[reference] = sorted({(budget_minutes(r["budget"]), r["reference"]) for r in part})
@@ -596,7 +599,7 @@ def fig_curve(table, reference, targets=()):
                 if curves[variant]:
                     x, y = zip(*curves[variant])
                     ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=colors[variant], label=variant)
-            ax.set_title(f"{target}\n(trained on {dataset})", fontsize=7.5)
+            ax.set_title(f"{target} ({setting.split(' ')[0]})\n(trained on {dataset})", fontsize=7.5)
             ax.tick_params(labelsize=7)
             if i == len(datasets) - 1:
                 ax.set_xlabel("minutes of training", fontsize=7.5)
